@@ -1,0 +1,72 @@
+"""The FastAPI application: routers under /api/v1, errors rendered as problem responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from server.accounts.endpoints import router as accounts_router
+from server.challenges.endpoints import router as challenges_router
+from server.config import Settings, get_settings
+from server.errors import HeldoutError, RuleViolation
+from server.leaderboards.endpoints import router as leaderboards_router
+from server.submissions.endpoints import router as submissions_router
+from server.teams.endpoints import router as teams_router
+from server.uploads.endpoints import router as uploads_router
+
+PROBLEM = "application/problem+json"
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="heldout",
+        version="0.1.0",
+        description="Challenges whose test and training data never leave the organizers' machines.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+    )
+    app.state.settings = settings
+
+    @app.exception_handler(HeldoutError)
+    async def _heldout_error(_: Request, exc: HeldoutError) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, RuleViolation) and exc.next_allowed_at is not None:
+            from server.db import utcnow
+
+            wait = max(0, int((exc.next_allowed_at - utcnow()).total_seconds()))
+            headers["Retry-After"] = str(wait)
+        return JSONResponse(
+            exc.problem(), status_code=exc.status_code, media_type=PROBLEM, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        body = {
+            "title": "Invalid request", "status": 422, "detail": detail,
+            "field": errors[0]["field"] if errors else None, "errors": errors,
+        }
+        return JSONResponse(body, status_code=422, media_type=PROBLEM)
+
+    @app.get("/api/v1/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for router in (
+        accounts_router, challenges_router, teams_router, uploads_router, submissions_router,
+        leaderboards_router,
+    ):
+        app.include_router(router, prefix="/api/v1")
+    return app

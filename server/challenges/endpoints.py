@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.accounts import service as accounts
+from server.challenges import repository, service
+from server.challenges.bundle import parse_spec
+from server.datasets import repository as datasets_repo
+from server.deps import CurrentUser, SessionDep, StoreDep
+from server.errors import NotFound
+from server.submissions import rules
+from server.uploads import service as uploads
+
+router = APIRouter(tags=["challenges"])
+
+
+class ApplyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle: dict[str, Any]
+    datasets: dict[str, str] = Field(
+        default_factory=dict, description="dataset slug -> key of a completed upload (tar)"
+    )
+
+
+class ApplyResult(BaseModel):
+    challenge: str
+    changed: bool
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+
+
+def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
+    spec = phase.spec
+    view: dict[str, Any] = {
+        "slug": phase.slug,
+        "title": spec.title,
+        "kind": phase.kind,
+        "opens_at": spec.opens_at,
+        "closes_at": spec.closes_at,
+        "inputs": [i.model_dump(mode="json") for i in spec.inputs],
+        "outputs": [o.model_dump(mode="json") for o in spec.outputs],
+        "limits": spec.limits.model_dump(),
+        "rules": spec.rules.model_dump(),
+        "rules_text": rules.describe(phase),
+        "metrics": spec.metrics.model_dump(mode="json"),
+        "participants_see_logs": spec.participants_see_logs,
+        "feedback_round": spec.feedback_round,
+    }
+    if organizer:
+        view["metrics_version"] = phase.metrics_version
+        view["datasets"] = {
+            "test": spec.test_dataset, "training": spec.training_dataset,
+            "canary": spec.canary_dataset,
+        }
+    return view
+
+
+@router.post("/challenges/apply", response_model=ApplyResult)
+def apply_bundle(
+    body: ApplyBody, user: CurrentUser, session: SessionDep, store: StoreDep
+) -> object:
+    spec = parse_spec(body.bundle)
+    sources: dict[str, Any] = {
+        slug: uploads.get_complete(session, user, key).digest for slug, key in body.datasets.items()
+    }
+    unknown = set(sources) - {d.slug for d in spec.datasets}
+    if unknown:
+        raise NotFound(f"uploads given for undeclared datasets {sorted(unknown)}", field="datasets")
+    report = service.apply_spec(session, store, user, spec, sources)
+    return ApplyResult(
+        challenge=report.challenge, changed=report.changed, created=report.created,
+        updated=report.updated, unchanged=report.unchanged,
+    )
+
+
+@router.get("/challenges")
+def list_challenges(user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
+    return [
+        {"slug": c.slug, "title": c.title} for c in repository.list_challenges(session)
+    ]
+
+
+@router.get("/challenges/{challenge}")
+def get_challenge(challenge: str, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+    row = service.get_challenge(session, challenge)
+    organizer = accounts.is_organizer(session, user, row.id)
+    return {
+        "slug": row.slug,
+        "title": row.title,
+        "description": row.description,
+        "you_organize": organizer,
+        "phases": [_phase_view(p, organizer) for p in repository.list_phases(session, row.id)],
+    }
+
+
+@router.get("/challenges/{challenge}/phases/{phase}")
+def get_phase(challenge: str, phase: str, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+    row, ph = service.get_phase(session, challenge, phase)
+    return _phase_view(ph, accounts.is_organizer(session, user, row.id))
+
+
+@router.get("/challenges/{challenge}/datasets")
+def list_datasets(challenge: str, user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
+    """Dataset metadata only; labels (ground truth) are served by no endpoint."""
+    row = service.get_challenge(session, challenge)
+    accounts.require_organizer(session, user, row.id)
+    return [
+        {
+            "slug": d.slug, "title": d.title, "public": d.public, "digest": d.digest,
+            "n_cases": d.n_cases, "version": d.version, "label_columns": d.label_columns,
+        }
+        for d in datasets_repo.list_datasets(session, row.id)
+    ]
+
+
+class InviteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team_id: int
+
+
+@router.post("/challenges/{challenge}/phases/{phase}/invitations", status_code=201)
+def invite(
+    challenge: str, phase: str, body: InviteBody, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
+    from server.teams import service as teams
+
+    row, ph = service.get_phase(session, challenge, phase)
+    team = teams.get_team(session, body.team_id)
+    if team.challenge_id != row.id:
+        raise NotFound(f"no team {body.team_id} in this challenge", field="team_id")
+    service.invite_team(session, user, ph, team.id)
+    return {"phase": ph.slug, "team_id": team.id}

@@ -1,0 +1,241 @@
+"""Challenge, phase and bundle schemas: the declarative shape organizers write in YAML.
+
+These are plain pydantic models with no database or HTTP knowledge, so the worker and the
+CLI can import them to validate outputs and bundles exactly as the server does.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SLUG_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
+Slug = Annotated[str, Field(pattern=SLUG_RE, description="lower-case letters, digits, '-'")]
+
+
+class StrictModel(BaseModel):
+    # Unknown keys in a bundle are almost always typos ("memroy_mb"): refuse them by name.
+    model_config = ConfigDict(extra="forbid")
+
+
+class PhaseKind(StrEnum):
+    algorithm = "algorithm"  # T2: a Docker image archive
+    codebase = "codebase"  # T3: a git repository at a ref
+
+
+class InterfaceKind(StrEnum):
+    image = "image"  # /input/images/<slug>/<uuid>.<ext>
+    json = "json"  # /output/<slug>.json holding a bare JSON value
+    file = "file"  # /output/<slug>.<ext>
+
+
+class JsonValueType(StrEnum):
+    number = "number"
+    integer = "integer"
+    boolean = "boolean"
+    string = "string"
+    object = "object"
+    array = "array"
+
+
+class Interface(StrictModel):
+    slug: Slug
+    kind: InterfaceKind
+    # image/file: the file extension including the dot (".mha", ".nii.gz").
+    extension: str | None = None
+    # json: the type of the bare value and its allowed range or choices.
+    value_type: JsonValueType = JsonValueType.number
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Interface:
+        if self.kind in (InterfaceKind.image, InterfaceKind.file):
+            if not self.extension:
+                self.extension = ".mha" if self.kind is InterfaceKind.image else None
+            if not self.extension or not re.fullmatch(r"(\.[a-z0-9]+)+", self.extension):
+                raise ValueError(f"interface {self.slug!r}: extension must look like '.mha'")
+        if (
+            self.minimum is not None
+            and self.maximum is not None
+            and self.minimum > self.maximum
+        ):
+            raise ValueError(f"interface {self.slug!r}: minimum is above maximum")
+        return self
+
+    def output_relpath(self) -> str:
+        """Where an algorithm writes this output, relative to /output."""
+        if self.kind is InterfaceKind.json:
+            return f"{self.slug}.json"
+        return f"{self.slug}{self.extension}"
+
+    def input_reldir(self) -> str:
+        """Where the platform places this input, relative to /input."""
+        return f"images/{self.slug}"
+
+
+class Limits(StrictModel):
+    wall_time_s: int = Field(600, ge=1, le=60 * 60 * 24 * 14)
+    memory_mb: int = Field(4096, ge=32)
+    cpus: float = Field(1.0, gt=0, le=256)
+    gpus: int = Field(0, ge=0, le=16)
+    pids: int = Field(256, ge=16, le=65536)
+    output_mb: int = Field(256, ge=1)
+    tmp_mb: int = Field(256, ge=1)
+    scratch_mb: int = Field(1024, ge=1)
+    shm_mb: int = Field(128, ge=1)
+
+
+class SubmissionRules(StrictModel):
+    max_submissions: int | None = Field(None, ge=1, description="per team per rolling window")
+    window_hours: float = Field(24.0, gt=0)
+    cooldown_hours: float = Field(0.0, ge=0, description="minimum time between submissions")
+    cooldown_penalty_hours: float = Field(
+        0.0, ge=0, description="extra wait imposed on a team that submits during its cooldown"
+    )
+    single_shot: bool = False
+    invite_only: bool = False
+    allow_renounce: bool = False
+
+
+class MetricKind(StrEnum):
+    auc = "auc"
+    macro_auroc = "macro_auroc"
+    cohen_kappa = "cohen_kappa"
+    quadratic_kappa = "quadratic_kappa"
+    mae = "mae"
+    pearson = "pearson"
+    accuracy = "accuracy"
+
+
+class MetricSpec(StrictModel):
+    name: Slug
+    kind: MetricKind
+    output: Slug = Field(description="the output interface holding the prediction")
+    label: str = Field(description="the ground-truth column it is compared with")
+    # Restrict to cases whose `subset_label` column equals `subset_value` (STOIC: severity
+    # among PCR-positive cases).
+    subset_label: str | None = None
+    subset_value: Any = None
+    # For macro AUROC: the label columns (multi-label) or class values (multi-class).
+    classes: list[Any] | None = None
+    higher_is_better: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MetricSpec:
+        if (self.subset_label is None) != (self.subset_value is None):
+            raise ValueError(f"metric {self.name!r}: subset_label and subset_value go together")
+        if self.higher_is_better is None:
+            self.higher_is_better = self.kind is not MetricKind.mae
+        return self
+
+
+class MetricConfig(StrictModel):
+    primary: Slug
+    metrics: list[MetricSpec] = Field(min_length=1)
+    bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
+    bootstrap_seed: int = 20211
+    ci_level: float = Field(0.95, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> MetricConfig:
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError("metric names must be unique")
+        if self.primary not in names:
+            raise ValueError(f"primary metric {self.primary!r} is not among {names}")
+        return self
+
+
+class PhaseSpec(StrictModel):
+    slug: Slug
+    title: str = Field(min_length=1, max_length=200)
+    kind: PhaseKind
+    opens_at: datetime | None = None
+    closes_at: datetime | None = None
+    inputs: list[Interface] = Field(min_length=1)
+    outputs: list[Interface] = Field(min_length=1)
+    limits: Limits = Field(default_factory=Limits)
+    training_limits: Limits | None = None
+    rules: SubmissionRules = Field(default_factory=SubmissionRules)
+    participants_see_logs: bool = False
+    feedback_round: bool = False
+    batch_mode: bool = False
+    test_dataset: str | None = Field(None, description="dataset slug")
+    training_dataset: str | None = Field(None, description="dataset slug (codebase phases)")
+    canary_dataset: str | None = Field(None, description="public cases for the canary run")
+    metrics: MetricConfig
+    # Codebase phases: where the two Dockerfiles live inside the repository.
+    training_dir: str = "training"
+    inference_dir: str = "inference"
+
+    @field_validator("opens_at", "closes_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # A bundle's naive times are read as UTC, so comparisons never mix naive and aware.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> PhaseSpec:
+        if self.opens_at and self.closes_at and self.opens_at >= self.closes_at:
+            raise ValueError(f"phase {self.slug!r}: opens_at must be before closes_at")
+        for group, name in ((self.inputs, "inputs"), (self.outputs, "outputs")):
+            slugs = [i.slug for i in group]
+            if len(set(slugs)) != len(slugs):
+                raise ValueError(f"phase {self.slug!r}: {name} slugs must be unique")
+        if any(i.kind is not InterfaceKind.image for i in self.inputs):
+            raise ValueError(f"phase {self.slug!r}: inputs must be image interfaces")
+        out_slugs = {o.slug for o in self.outputs}
+        for m in self.metrics.metrics:
+            if m.output not in out_slugs:
+                raise ValueError(
+                    f"phase {self.slug!r}: metric {m.name!r} reads output {m.output!r}, "
+                    f"which is not among the phase outputs {sorted(out_slugs)}"
+                )
+        if self.kind is PhaseKind.codebase and not self.training_dataset:
+            raise ValueError(f"phase {self.slug!r}: a codebase phase needs a training_dataset")
+        return self
+
+
+class DatasetSpec(StrictModel):
+    slug: Slug
+    title: str = ""
+    # A directory or archive (relative to the bundle file) holding the cases.
+    path: str
+    public: bool = False
+
+
+class ChallengeSpec(StrictModel):
+    """A whole challenge as a bundle file declares it (`heldout challenge apply`)."""
+
+    slug: Slug
+    title: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    organizers: list[str] = Field(default_factory=list, description="usernames")
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    phases: list[PhaseSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ChallengeSpec:
+        ds = {d.slug for d in self.datasets}
+        for p in self.phases:
+            for ref in (p.test_dataset, p.training_dataset, p.canary_dataset):
+                if ref is not None and ref not in ds:
+                    raise ValueError(
+                        f"phase {p.slug!r} names dataset {ref!r}, "
+                        f"which the bundle does not declare"
+                    )
+        slugs = [p.slug for p in self.phases]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError("phase slugs must be unique")
+        return self
+
+
+BundleVersion = Literal[1]

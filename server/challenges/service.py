@@ -1,0 +1,178 @@
+"""Challenges and phases, created or updated from a bundle idempotently: applying the same
+bundle twice changes nothing, not even a timestamp."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from server.accounts import repository as accounts_repo
+from server.accounts import service as accounts
+from server.accounts.models import User
+from server.challenges import repository
+from server.challenges.models import Challenge, ChallengeOrganizer, Phase, PhaseInvitation
+from server.challenges.schemas import ChallengeSpec
+from server.datasets import repository as datasets_repo
+from server.datasets import service as datasets
+from server.datasets.models import Dataset
+from server.db import utcnow
+from server.errors import InvalidInput, NotFound, NotPermitted
+from server.storage import ArtifactStore
+
+# A dataset's content comes from a local directory (embedded use) or an uploaded archive.
+DatasetSource = Path | str
+
+
+@dataclass
+class ApplyReport:
+    challenge: str
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def record(self, what: str, outcome: str) -> None:
+        getattr(self, outcome).append(what)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+
+def get_challenge(session: Session, slug: str) -> Challenge:
+    challenge = repository.get_challenge(session, slug)
+    if challenge is None:
+        raise NotFound(f"no challenge {slug!r}", field="challenge")
+    return challenge
+
+
+def get_phase(session: Session, challenge_slug: str, phase_slug: str) -> tuple[Challenge, Phase]:
+    challenge = get_challenge(session, challenge_slug)
+    phase = repository.get_phase(session, challenge.id, phase_slug)
+    if phase is None:
+        raise NotFound(f"challenge {challenge_slug!r} has no phase {phase_slug!r}", field="phase")
+    return challenge, phase
+
+
+def apply_spec(
+    session: Session,
+    store: ArtifactStore,
+    user: User,
+    spec: ChallengeSpec,
+    sources: dict[str, DatasetSource] | None = None,
+) -> ApplyReport:
+    sources = sources or {}
+    report = ApplyReport(spec.slug)
+    challenge = repository.get_challenge(session, spec.slug)
+    if challenge is None:
+        if not user.is_admin:
+            raise NotPermitted("only an administrator may create a challenge")
+        challenge = Challenge(slug=spec.slug, title=spec.title, description=spec.description)
+        session.add(challenge)
+        session.flush()
+        session.add(ChallengeOrganizer(challenge_id=challenge.id, user_id=user.id))
+        report.record(f"challenge {spec.slug}", "created")
+    else:
+        accounts.require_organizer(session, user, challenge.id)
+        if (challenge.title, challenge.description) != (spec.title, spec.description):
+            challenge.title, challenge.description = spec.title, spec.description
+            challenge.updated_at = utcnow()
+            report.record(f"challenge {spec.slug}", "updated")
+        else:
+            report.record(f"challenge {spec.slug}", "unchanged")
+
+    current = repository.organizer_ids(session, challenge.id)
+    for username in spec.organizers:
+        organizer = accounts_repo.get_user_by_name(session, username)
+        if organizer is None:
+            raise InvalidInput(f"organizer {username!r} is not a user", field="organizers")
+        if organizer.id not in current:
+            session.add(ChallengeOrganizer(challenge_id=challenge.id, user_id=organizer.id))
+            current.add(organizer.id)
+            report.record(f"organizer {username}", "created")
+
+    dataset_ids: dict[str, int] = {}
+    for ds in spec.datasets:
+        source = sources.get(ds.slug)
+        if source is None:
+            existing = datasets_repo.get_dataset(session, challenge.id, ds.slug)
+            if existing is None:
+                raise InvalidInput(
+                    f"dataset {ds.slug!r} has no content yet: give its path or upload it",
+                    field=f"datasets.{ds.slug}",
+                )
+            dataset, outcome = existing, "unchanged"
+        elif isinstance(source, Path):
+            dataset, outcome = datasets.ingest_directory(
+                session, store, challenge_id=challenge.id, slug=ds.slug, root=source,
+                title=ds.title, public=ds.public,
+            )
+        else:
+            dataset, outcome = datasets.ingest_archive(
+                session, store, archive_digest=source, challenge_id=challenge.id, slug=ds.slug,
+                title=ds.title, public=ds.public,
+            )
+        dataset_ids[ds.slug] = dataset.id
+        report.record(f"dataset {ds.slug}", outcome)
+
+    for phase_spec in spec.phases:
+        spec_json = phase_spec.model_dump(mode="json")
+        ids = {
+            "test_dataset_id": dataset_ids.get(phase_spec.test_dataset or ""),
+            "training_dataset_id": dataset_ids.get(phase_spec.training_dataset or ""),
+            "canary_dataset_id": dataset_ids.get(phase_spec.canary_dataset or ""),
+        }
+        if ids["test_dataset_id"] is not None:
+            # The test cases must carry an image for every input the phase declares.
+            test_ds = session.get(Dataset, ids["test_dataset_id"])
+            assert test_ds is not None
+            datasets.check_interfaces(
+                test_ds,
+                datasets_repo.list_cases(session, test_ds.id),
+                {i.slug for i in phase_spec.inputs},
+            )
+        phase = repository.get_phase(session, challenge.id, phase_spec.slug)
+        name = f"phase {phase_spec.slug}"
+        if phase is None:
+            session.add(
+                Phase(challenge_id=challenge.id, slug=phase_spec.slug, kind=phase_spec.kind.value,
+                      spec_json=spec_json, **ids)
+            )
+            report.record(name, "created")
+            continue
+        if phase.kind != phase_spec.kind.value:
+            raise InvalidInput(
+                f"phase {phase_spec.slug!r} is a {phase.kind} phase; its kind cannot change",
+                field="kind",
+            )
+        current_ids = {k: getattr(phase, k) for k in ids}
+        if phase.spec_json == spec_json and current_ids == ids:
+            report.record(name, "unchanged")
+            continue
+        if phase.spec_json.get("metrics") != spec_json["metrics"]:
+            phase.metrics_version += 1
+        phase.spec_json = spec_json
+        for key, value in ids.items():
+            setattr(phase, key, value)
+        phase.updated_at = utcnow()
+        report.record(name, "updated")
+    session.flush()
+    return report
+
+
+def is_open(phase: Phase, now: datetime) -> tuple[bool, str]:
+    spec = phase.spec
+    if spec.opens_at and now < spec.opens_at:
+        return False, f"phase opens at {spec.opens_at.isoformat()}"
+    if spec.closes_at and now >= spec.closes_at:
+        return False, f"phase closed at {spec.closes_at.isoformat()}"
+    return True, ""
+
+
+def invite_team(session: Session, user: User, phase: Phase, team_id: int) -> None:
+    accounts.require_organizer(session, user, phase.challenge_id)
+    if not repository.is_invited(session, phase.id, team_id):
+        session.add(PhaseInvitation(phase_id=phase.id, team_id=team_id))
+        session.flush()

@@ -1,0 +1,81 @@
+"""All of heldout's settings, in one object read from `HELDOUT_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HELDOUT_", env_file=".env", extra="ignore")
+
+    env: str = Field("development", description="development | test | production")
+    data_dir: Path = Field(Path(".heldout"), description="SQLite file, artifacts, embedded Redis")
+    database_url: str | None = Field(None, description="default: SQLite file in data_dir")
+    # Unset means: the CLI starts an embedded redis-server on a socket in data_dir.
+    redis_url: str | None = None
+    artifact_dir: Path | None = Field(None, description="default: data_dir/artifacts")
+
+    # Client side (CLI).
+    api_url: str = "http://127.0.0.1:8000"
+    token: str | None = None
+
+    # Server.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    secret_key: str = "change-me"
+    max_upload_bytes: int = 20 * 1024**3
+    upload_chunk_bytes: int = 8 * 1024**2
+
+    # Intake of T2 image archives.
+    max_image_archive_bytes: int = 20 * 1024**3
+    max_image_bytes: int = 20 * 1024**3
+
+    # T3 codebases.
+    allowed_local_repo_roots: list[Path] = Field(default_factory=list)
+    allow_http_loopback_repos: bool = False
+    max_repo_bytes: int = 2 * 1024**3
+    git_timeout_s: int = 120
+
+    # Worker.
+    worker_concurrency: int = 2
+    worker_id: str | None = None
+    gpu_device_ids: list[str] = Field(default_factory=list)
+    heartbeat_s: int = 10
+    deadline_margin_s: int = 300
+    evaluation_image: str = "heldout/evaluation:latest"
+    max_attempts: int = 3
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.env == "production" and self.secret_key == "change-me":
+            raise ValueError("HELDOUT_SECRET_KEY must be set in production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'heldout.db').resolve()}"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        return (self.data_dir / "redis.sock").resolve()
+
+    @property
+    def broker_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return f"redis+socket://{self.embedded_redis_socket}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

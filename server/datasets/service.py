@@ -1,0 +1,125 @@
+"""Dataset ingest: an archive or directory of cases becomes content-addressed artifacts plus
+Case rows. Ground truth (labels.csv) is stored as an artifact that no endpoint serves."""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+import uuid
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from server.datasets import manifest as mf
+from server.datasets import repository
+from server.datasets.models import Case, Dataset
+from server.db import utcnow
+from server.errors import InvalidInput
+from server.storage import ArtifactStore
+
+
+def ingest_directory(
+    session: Session,
+    store: ArtifactStore,
+    *,
+    challenge_id: int,
+    slug: str,
+    root: Path,
+    title: str = "",
+    public: bool = False,
+) -> tuple[Dataset, str]:
+    """Create or update a dataset from a directory. Returns it and 'created', 'updated' or
+    'unchanged' (same digest: nothing is written)."""
+    manifest = mf.scan(root)
+    existing = repository.get_dataset(session, challenge_id, slug)
+    if existing is not None and existing.digest == manifest.digest:
+        changed = existing.title != title or existing.public != public
+        existing.title, existing.public = title, public
+        return existing, "updated" if changed else "unchanged"
+
+    store.put_file(root / "labels.csv")
+    for per in manifest.files.values():
+        for f in per.values():
+            store.put_file(root / f.relpath)
+
+    if existing is None:
+        dataset = Dataset(challenge_id=challenge_id, slug=slug, version=1)
+        session.add(dataset)
+        outcome = "created"
+    else:
+        dataset = existing
+        dataset.version += 1
+        dataset.updated_at = utcnow()
+        outcome = "updated"
+    dataset.title, dataset.public = title, public
+    dataset.digest = manifest.digest
+    dataset.labels_digest = manifest.labels_digest
+    dataset.label_columns = manifest.label_columns
+    dataset.n_cases = len(manifest.rows)
+    session.flush()
+
+    # Keep each case's public UUID across versions so re-uploads don't reshuffle names.
+    old = {c.name: c for c in repository.list_cases(session, dataset.id)}
+    for name in manifest.rows:
+        files = {
+            slug: {"digest": f.digest, "ext": f.ext, "size": f.size}
+            for slug, f in manifest.files[name].items()
+        }
+        case = old.pop(name, None)
+        if case is None:
+            session.add(
+                Case(dataset_id=dataset.id, name=name, public_name=str(uuid.uuid4()), files=files)
+            )
+        else:
+            case.files = files
+    for gone in old.values():
+        session.delete(gone)
+    session.flush()
+    return dataset, outcome
+
+
+def ingest_archive(
+    session: Session,
+    store: ArtifactStore,
+    *,
+    archive_digest: str,
+    challenge_id: int,
+    slug: str,
+    title: str = "",
+    public: bool = False,
+) -> tuple[Dataset, str]:
+    """Ingest an uploaded tar (optionally gzip) archive of a dataset directory."""
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
+        dest = Path(tmp)
+        try:
+            with tarfile.open(store.path(archive_digest), "r:*") as tar:
+                # The 'data' filter refuses absolute paths, '..', links outside and devices.
+                tar.extractall(dest, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise InvalidInput(
+                f"dataset {slug!r}: the archive could not be unpacked: {exc}", field="archive"
+            ) from exc
+        root = dest
+        entries = [p for p in dest.iterdir()]
+        if not (dest / "labels.csv").exists() and len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+        return ingest_directory(
+            session, store, challenge_id=challenge_id, slug=slug, root=root, title=title,
+            public=public,
+        )
+
+
+def labels_text(store: ArtifactStore, dataset: Dataset) -> str:
+    return store.read_bytes(dataset.labels_digest).decode("utf-8-sig")
+
+
+def check_interfaces(dataset: Dataset, cases: list[Case], slugs: set[str]) -> None:
+    """A phase's image inputs must all be present in its dataset's cases."""
+    for case in cases:
+        missing = slugs - set(case.files)
+        if missing:
+            raise InvalidInput(
+                f"dataset {dataset.slug!r} lacks images for inputs {sorted(missing)} "
+                f"(case {case.name!r})",
+                field="inputs",
+            )

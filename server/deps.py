@@ -1,0 +1,53 @@
+"""FastAPI dependencies: one session per request (committed once), the current user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from server.accounts import service as accounts
+from server.accounts.models import User
+from server.config import Settings
+from server.db import session_scope
+from server.storage import ArtifactStore
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    settings: Settings = request.app.state.settings
+    with session_scope(settings) as session:
+        yield session
+
+
+# scope="function": commit before the response is sent, so a client never reads ahead of it.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _store(request: Request) -> ArtifactStore:
+    return ArtifactStore(request.app.state.settings.artifacts_path)
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StoreDep = Annotated[ArtifactStore, Depends(_store)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    return None
+
+
+def get_current_user(request: Request, session: SessionDep) -> User:
+    return accounts.authenticate(session, _bearer(request))
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -1,0 +1,61 @@
+"""Enqueue worker tasks only after the transaction that created their rows commits.
+
+The server never imports `worker`: tasks are sent by name through a Celery client, so a job
+id reaches Redis only once the job row exists for any worker to read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from server.config import get_settings
+
+QUEUES = ("build", "cpu", "gpu", "evaluation")
+_KEY = "heldout_pending_tasks"
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    name: str
+    args: tuple[Any, ...]
+    queue: str
+
+
+@lru_cache
+def celery_client() -> Celery:
+    settings = get_settings()
+    return Celery("heldout", broker=settings.broker_url)
+
+
+def enqueue(session: Session, name: str, *args: Any, queue: str) -> None:
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}")
+    session.info.setdefault(_KEY, []).append(PendingTask(name, args, queue))
+
+
+def _send(tasks: list[PendingTask]) -> None:
+    client = celery_client()
+    for task in tasks:
+        client.send_task(task.name, args=list(task.args), queue=task.queue)
+
+
+# Tests (and the in-process demo) may swap the sender, e.g. to record tasks.
+sender = _send
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    tasks = session.info.pop(_KEY, [])
+    if tasks:
+        sender(tasks)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_KEY, None)

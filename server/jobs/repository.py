@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.jobs.models import Job
+
+
+def for_submission(session: Session, submission_id: int, kind: str | None = None) -> list[Job]:
+    stmt = select(Job).where(Job.submission_id == submission_id)
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
+    return list(session.scalars(stmt.order_by(Job.id)))
+
+
+def lock(session: Session, job_id: int) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id).with_for_update())

@@ -1,0 +1,34 @@
+"""The job state machine. A job is one step of a submission (validate, build, train, infer a
+case, evaluate); a finished job is never run again by a duplicate task."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class JobKind(StrEnum):
+    validate = "validate"
+    build = "build"
+    train = "train"
+    infer = "infer"
+    evaluate = "evaluate"
+
+
+J = JobStatus
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    # running -> pending is an infrastructure retry (worker lost, engine error).
+    J.pending: frozenset({J.running, J.cancelled, J.failed}),
+    J.running: frozenset({J.succeeded, J.failed, J.pending, J.cancelled}),
+    J.succeeded: frozenset(),
+    J.failed: frozenset(),
+    J.cancelled: frozenset(),
+}
+FINAL = frozenset({J.succeeded, J.failed, J.cancelled})

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from server.db import Base, UTCDateTime, utcnow
+
+
+class Result(Base):
+    """A submission's scores, keyed by what produced them: a change of evaluator, metric
+    config or ground truth makes a new key, so a stale score is never shown as current."""
+
+    __tablename__ = "results"
+    __table_args__ = (
+        UniqueConstraint(
+            "submission_id", "evaluator_version", "metrics_version", "ground_truth_digest"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[int] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE"), index=True
+    )
+    phase_id: Mapped[int] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"), index=True)
+    evaluator_version: Mapped[str] = mapped_column(String(80))
+    metrics_version: Mapped[int] = mapped_column(Integer)
+    ground_truth_digest: Mapped[str] = mapped_column(String(71))
+    primary_metric: Mapped[str] = mapped_column(String(63))
+    primary_value: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

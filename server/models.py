@@ -1,0 +1,17 @@
+"""Every table, imported in one place for Alembic and for `Base.metadata`."""
+
+from server.accounts.models import ApiToken, User
+from server.challenges.models import Challenge, ChallengeOrganizer, Phase, PhaseInvitation
+from server.datasets.models import Case, Dataset
+from server.db import Base
+from server.jobs.models import Job
+from server.leaderboards.models import Result
+from server.submissions.models import Penalty, Submission, SubmissionTransition
+from server.teams.models import Team, TeamMember
+from server.uploads.models import Upload
+
+__all__ = [
+    "ApiToken", "Base", "Case", "Challenge", "ChallengeOrganizer", "Dataset", "Job", "Penalty",
+    "Phase", "PhaseInvitation", "Result", "Submission", "SubmissionTransition", "Team",
+    "TeamMember", "Upload", "User",
+]

@@ -1,0 +1,112 @@
+"""Content-addressed artifact store on disk: `sha256:<hex>` names a file by its content.
+
+Writes stream through a temporary file in the same filesystem and are renamed into place, so
+a reader never sees half a file and the same content is stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from server.config import Settings, get_settings
+from server.errors import NotFound
+
+CHUNK = 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        algo, _, hexd = digest.partition(":")
+        if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
+            raise NotFound(f"not a sha256 digest: {digest!r}", field="digest")
+        return self.root / "sha256" / hexd[:2] / hexd
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def tmp_path(self) -> Path:
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp")
+        os.close(fd)
+        return Path(name)
+
+    def adopt(self, tmp: Path, digest: str) -> Path:
+        """Move a fully written temporary file into place under its digest."""
+        dest = self.path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            tmp.unlink(missing_ok=True)
+        else:
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        return dest
+
+    def put_chunks(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[str, int]:
+        tmp = self.tmp_path()
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with tmp.open("wb") as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise ValueError(f"content exceeds {max_bytes} bytes")
+                    h.update(chunk)
+                    f.write(chunk)
+            digest = "sha256:" + h.hexdigest()
+            self.adopt(tmp, digest)
+            return digest, size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_file(self, src: Path) -> tuple[str, int]:
+        with src.open("rb") as f:
+            return self.put_stream(f)
+
+    def put_stream(self, f: BinaryIO) -> tuple[str, int]:
+        return self.put_chunks(iter(lambda: f.read(CHUNK), b""))
+
+    def put_bytes(self, data: bytes) -> str:
+        return self.put_chunks([data])[0]
+
+    def read_bytes(self, digest: str) -> bytes:
+        path = self.path(digest)
+        if not path.is_file():
+            raise NotFound(f"artifact {digest} is not in the store")
+        return path.read_bytes()
+
+    @contextmanager
+    def open(self, digest: str) -> Iterator[BinaryIO]:
+        path = self.path(digest)
+        if not path.is_file():
+            raise NotFound(f"artifact {digest} is not in the store")
+        with path.open("rb") as f:
+            yield f
+
+    def copy_to(self, digest: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path(digest), dest)
+
+
+def get_store(settings: Settings | None = None) -> ArtifactStore:
+    settings = settings or get_settings()
+    return ArtifactStore(settings.artifacts_path)

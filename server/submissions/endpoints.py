@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy.orm import Session
+
+from server.challenges import service as challenges
+from server.challenges.models import Challenge, Phase
+from server.deps import CurrentUser, SessionDep, SettingsDep
+from server.jobs import service as jobs
+from server.submissions import repository, rules, service
+from server.submissions.models import Submission
+from server.submissions.schemas import JobSummary, SubmissionCreate, SubmissionRead, TransitionRead
+from server.teams.models import Team
+
+router = APIRouter(tags=["submissions"])
+
+
+def view(session: Session, submission: Submission, *, detail: bool = False) -> SubmissionRead:
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    challenge = session.get(Challenge, phase.challenge_id)
+    team = session.get(Team, submission.team_id)
+    assert challenge is not None and team is not None
+    data: dict[str, Any] = {
+        c: getattr(submission, c)
+        for c in SubmissionRead.model_fields
+        if hasattr(submission, c) and c not in ("transitions", "jobs", "result")
+    }
+    data.update(challenge=challenge.slug, phase=phase.slug, team=team.name)
+    if detail:
+        data["transitions"] = [
+            TransitionRead.model_validate(t) for t in repository.transitions(session, submission.id)
+        ]
+        data["jobs"] = [JobSummary(**j) for j in jobs.summary(session, submission.id)]
+    return SubmissionRead(**data)
+
+
+@router.post(
+    "/challenges/{challenge}/phases/{phase}/submissions",
+    response_model=SubmissionRead, status_code=201,
+)
+def create_submission(
+    challenge: str, phase: str, body: SubmissionCreate, user: CurrentUser,
+    session: SessionDep, settings: SettingsDep,
+) -> SubmissionRead:
+    submission = service.create(session, settings, user, challenge, phase, body)
+    return view(session, submission, detail=True)
+
+
+@router.get(
+    "/challenges/{challenge}/phases/{phase}/submissions", response_model=list[SubmissionRead]
+)
+def list_submissions(
+    challenge: str, phase: str, user: CurrentUser, session: SessionDep
+) -> list[SubmissionRead]:
+    row, ph = challenges.get_phase(session, challenge, phase)
+    return [view(session, s) for s in service.list_visible(session, user, row, ph)]
+
+
+@router.get("/challenges/{challenge}/phases/{phase}/rules")
+def phase_rules(challenge: str, phase: str, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+    _, ph = challenges.get_phase(session, challenge, phase)
+    return {"rules": ph.spec.rules.model_dump(), "text": rules.describe(ph)}
+
+
+@router.get("/submissions/{submission_id}", response_model=SubmissionRead)
+def get_submission(submission_id: int, user: CurrentUser, session: SessionDep) -> SubmissionRead:
+    return view(session, service.get_visible(session, user, submission_id), detail=True)
+
+
+@router.post("/submissions/{submission_id}/cancel", response_model=SubmissionRead)
+def cancel_submission(
+    submission_id: int, user: CurrentUser, session: SessionDep
+) -> SubmissionRead:
+    return view(session, service.cancel(session, user, submission_id), detail=True)
+
+
+@router.post("/submissions/{submission_id}/renounce", response_model=SubmissionRead)
+def renounce_submission(
+    submission_id: int, user: CurrentUser, session: SessionDep
+) -> SubmissionRead:
+    return view(session, service.renounce(session, user, submission_id), detail=True)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.submissions.models import Penalty, Submission, SubmissionTransition
+
+
+def charged(phase_id: int, team_id: int):  # type: ignore[no-untyped-def]
+    return select(Submission).where(
+        Submission.phase_id == phase_id,
+        Submission.team_id == team_id,
+        Submission.charged.is_(True),
+    )
+
+
+def charged_since(session: Session, phase_id: int, team_id: int, since: datetime) -> list[Submission]:
+    stmt = charged(phase_id, team_id).where(Submission.created_at >= since)
+    return list(session.scalars(stmt.order_by(Submission.created_at)))
+
+
+def last_charged(session: Session, phase_id: int, team_id: int) -> Submission | None:
+    stmt = charged(phase_id, team_id).order_by(Submission.created_at.desc()).limit(1)
+    return session.scalar(stmt)
+
+
+def count_standing(session: Session, phase_id: int, team_id: int) -> int:
+    """Charged submissions not renounced: what a single-shot phase allows one of."""
+    stmt = (
+        select(func.count())
+        .select_from(Submission)
+        .where(
+            Submission.phase_id == phase_id,
+            Submission.team_id == team_id,
+            Submission.charged.is_(True),
+            Submission.renounced.is_(False),
+        )
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def active_penalty(session: Session, phase_id: int, team_id: int, now: datetime) -> Penalty | None:
+    stmt = (
+        select(Penalty)
+        .where(Penalty.phase_id == phase_id, Penalty.team_id == team_id, Penalty.until > now)
+        .order_by(Penalty.until.desc())
+        .limit(1)
+    )
+    return session.scalar(stmt)
+
+
+def list_for_phase(
+    session: Session, phase_id: int, team_id: int | None = None
+) -> list[Submission]:
+    stmt = select(Submission).where(Submission.phase_id == phase_id)
+    if team_id is not None:
+        stmt = stmt.where(Submission.team_id == team_id)
+    return list(session.scalars(stmt.order_by(Submission.id)))
+
+
+def transitions(session: Session, submission_id: int) -> list[SubmissionTransition]:
+    stmt = (
+        select(SubmissionTransition)
+        .where(SubmissionTransition.submission_id == submission_id)
+        .order_by(SubmissionTransition.id)
+    )
+    return list(session.scalars(stmt))

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SubmissionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # T2: the key of a completed upload of a `docker save` archive.
+    upload: str | None = Field(None, description="upload key (algorithm phases)")
+    # T3: a repository and a ref (branch, tag or commit).
+    repository_url: str | None = Field(None, max_length=500)
+    ref: str | None = Field(None, max_length=255)
+    comment: str = Field("", max_length=500)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SubmissionCreate:
+        if self.upload and (self.repository_url or self.ref):
+            raise ValueError("give either upload (algorithm) or repository_url+ref (codebase)")
+        if bool(self.repository_url) != bool(self.ref):
+            raise ValueError("repository_url and ref go together")
+        if not self.upload and not self.repository_url:
+            raise ValueError("give upload (algorithm) or repository_url+ref (codebase)")
+        return self
+
+
+class TransitionRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    from_status: str | None
+    to_status: str
+    note: str
+    at: datetime
+
+
+class JobSummary(BaseModel):
+    kind: str
+    total: int
+    by_status: dict[str, int]
+
+
+class SubmissionRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    challenge: str
+    phase: str
+    team: str
+    kind: str
+    status: str
+    failure_code: str | None
+    failure_message: str | None
+    charged: bool
+    renounced: bool
+    comment: str
+    archive_digest: str | None
+    repository_url: str | None
+    ref: str | None
+    commit_sha: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    transitions: list[TransitionRead] = []
+    jobs: list[JobSummary] = []
+    result: dict[str, Any] | None = None

@@ -1,0 +1,194 @@
+"""Submissions: intake under the phase rules, the one place where states change, and what a
+participant or organizer may see."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from server.accounts import service as accounts
+from server.accounts.models import User
+from server.challenges import service as challenges
+from server.challenges.models import Challenge, Phase
+from server.challenges.schemas import PhaseKind
+from server.config import Settings
+from server.db import utcnow
+from server.errors import InvalidInput, InvalidTransition, NotFound, NotPermitted, RuleViolation
+from server.jobs import service as jobs
+from server.jobs.states import JobKind
+from server.submissions import repository, rules
+from server.submissions.models import Submission, SubmissionTransition
+from server.submissions.schemas import SubmissionCreate
+from server.submissions.states import ACTIVE, FINAL, SubmissionStatus, can_transition
+from server.teams import repository as teams_repo
+from server.teams import service as teams
+from server.uploads import service as uploads
+
+
+def transition(
+    session: Session,
+    submission: Submission,
+    target: SubmissionStatus,
+    *,
+    note: str = "",
+    failure: tuple[str, str] | None = None,
+) -> None:
+    """Move a submission to `target` if the table allows it from its current state. The
+    UPDATE is guarded by the state read, so two workers cannot both move it."""
+    current = SubmissionStatus(submission.status)
+    if not can_transition(current, target):
+        raise InvalidTransition(
+            f"submission {submission.id} cannot go from {current} to {target}", field="status"
+        )
+    now = utcnow()
+    values: dict[str, object] = {"status": target.value, "updated_at": now}
+    if failure is not None:
+        values["failure_code"], values["failure_message"] = failure
+    if target in FINAL:
+        values["finished_at"] = now
+    elif target is SubmissionStatus.evaluating:
+        values["finished_at"] = None
+    result = session.execute(
+        update(Submission)
+        .where(Submission.id == submission.id, Submission.status == current.value)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition(
+            f"submission {submission.id} changed state concurrently", field="status"
+        )
+    session.add(
+        SubmissionTransition(
+            submission_id=submission.id, from_status=current.value, to_status=target.value,
+            note=note,
+        )
+    )
+    session.refresh(submission)
+
+
+def fail(session: Session, submission: Submission, code: str, message: str) -> None:
+    transition(session, submission, SubmissionStatus.failed, note=code, failure=(code, message))
+
+
+def create(
+    session: Session,
+    settings: Settings,
+    user: User,
+    challenge_slug: str,
+    phase_slug: str,
+    payload: SubmissionCreate,
+) -> Submission:
+    challenge, phase = challenges.get_phase(session, challenge_slug, phase_slug)
+    now = utcnow()
+    open_, why = challenges.is_open(phase, now)
+    if not open_:
+        spec = phase.spec
+        raise RuleViolation(
+            f"submissions are not accepted: {why}", rule="phase_window",
+            next_allowed_at=spec.opens_at if spec.opens_at and now < spec.opens_at else None,
+            status_code=403,
+        )
+    kind = PhaseKind(phase.kind)
+    fields: dict[str, object] = {}
+    if kind is PhaseKind.algorithm:
+        if not payload.upload:
+            raise InvalidInput(
+                "an algorithm phase takes an uploaded image archive (field 'upload')",
+                field="upload",
+            )
+        upload = uploads.get_complete(session, user, payload.upload)
+        fields.update(archive_digest=upload.digest, archive_size=upload.size)
+    else:
+        if not payload.repository_url or not payload.ref:
+            raise InvalidInput(
+                "a codebase phase takes 'repository_url' and 'ref'", field="repository_url"
+            )
+        # Resolve before taking the team lock: it talks to a git server.
+        url, sha = _resolve_codebase(settings, payload.repository_url, payload.ref)
+        fields.update(repository_url=url, ref=payload.ref, commit_sha=sha)
+
+    team = teams.team_for(session, challenge.id, user)
+    teams_repo.lock(session, team.id)
+    rules.check(session, phase, team, now)
+
+    submission = Submission(
+        phase_id=phase.id, team_id=team.id, user_id=user.id, kind=kind.value,
+        status=SubmissionStatus.received.value, comment=payload.comment, created_at=now,
+        updated_at=now, **fields,
+    )
+    session.add(submission)
+    session.flush()
+    session.add(
+        SubmissionTransition(submission_id=submission.id, from_status=None, to_status="received")
+    )
+    transition(session, submission, SubmissionStatus.validating)
+    jobs.create(session, submission, JobKind.validate)
+    return submission
+
+
+def _resolve_codebase(settings: Settings, url: str, ref: str) -> tuple[str, str]:
+    from server.codebases import git
+
+    try:
+        clean = git.validate_repository_url(
+            url, settings.allowed_local_repo_roots,
+            allow_http_loopback=settings.allow_http_loopback_repos,
+        )
+        return clean, git.resolve_ref(clean, ref, settings.git_timeout_s)
+    except git.CodebaseError as exc:
+        raise InvalidInput(exc.message, field=exc.field) from exc
+
+
+def get_visible(session: Session, user: User, submission_id: int) -> Submission:
+    """A participant sees their team's submissions; organizers see their challenge's."""
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        raise NotFound(f"no submission {submission_id}", field="submission")
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    if accounts.is_organizer(session, user, phase.challenge_id):
+        return submission
+    team = teams_repo.team_of(session, phase.challenge_id, user.id)
+    if team is None or team.id != submission.team_id:
+        # 404, not 403: don't confirm that another team's submission exists.
+        raise NotFound(f"no submission {submission_id}", field="submission")
+    return submission
+
+
+def list_visible(session: Session, user: User, challenge: Challenge, phase: Phase) -> list[Submission]:
+    if accounts.is_organizer(session, user, challenge.id):
+        return repository.list_for_phase(session, phase.id)
+    team = teams_repo.team_of(session, challenge.id, user.id)
+    if team is None:
+        return []
+    return repository.list_for_phase(session, phase.id, team.id)
+
+
+def cancel(session: Session, user: User, submission_id: int) -> Submission:
+    submission = get_visible(session, user, submission_id)
+    status = SubmissionStatus(submission.status)
+    if status not in ACTIVE or status is SubmissionStatus.evaluating:
+        raise InvalidTransition(
+            f"submission {submission_id} is {status} and can no longer be cancelled",
+            field="status",
+        )
+    # Cancelled before any work on private data started: it does not count.
+    if status in (SubmissionStatus.received, SubmissionStatus.validating, SubmissionStatus.queued):
+        submission.charged = False
+    transition(session, submission, SubmissionStatus.cancelled, note=f"by {user.username}")
+    jobs.cancel_open(session, submission)
+    return submission
+
+
+def renounce(session: Session, user: User, submission_id: int) -> Submission:
+    submission = get_visible(session, user, submission_id)
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    if not phase.spec.rules.allow_renounce:
+        raise NotPermitted("this phase does not allow renouncing a submission")
+    submission.renounced = True
+    if SubmissionStatus(submission.status) in ACTIVE - {SubmissionStatus.evaluating}:
+        transition(session, submission, SubmissionStatus.cancelled, note="renounced")
+        jobs.cancel_open(session, submission)
+    return submission

@@ -1,0 +1,49 @@
+"""The submission state machine: one table of allowed transitions, applied in one place."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SubmissionStatus(StrEnum):
+    received = "received"
+    validating = "validating"
+    queued = "queued"
+    building = "building"
+    training = "training"
+    awaiting_log_review = "awaiting_log_review"
+    inferring = "inferring"
+    evaluating = "evaluating"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+S = SubmissionStatus
+_STOP = {S.failed, S.cancelled}
+
+TRANSITIONS: dict[SubmissionStatus, frozenset[SubmissionStatus]] = {
+    S.received: frozenset({S.validating, *_STOP}),
+    S.validating: frozenset({S.queued, *_STOP}),
+    # T2 goes straight to inference; T3 builds first.
+    S.queued: frozenset({S.building, S.inferring, *_STOP}),
+    S.building: frozenset({S.training, *_STOP}),
+    S.training: frozenset({S.awaiting_log_review, S.inferring, *_STOP}),
+    S.awaiting_log_review: frozenset({S.inferring, *_STOP}),
+    S.inferring: frozenset({S.evaluating, *_STOP}),
+    # Re-evaluation (new metric config or ground truth) runs from a finished submission.
+    S.evaluating: frozenset({S.succeeded, S.failed}),
+    S.succeeded: frozenset({S.evaluating}),
+    S.failed: frozenset({S.evaluating}),
+    S.cancelled: frozenset(),
+}
+
+ACTIVE = frozenset(
+    {S.received, S.validating, S.queued, S.building, S.training, S.awaiting_log_review,
+     S.inferring, S.evaluating}
+)
+FINAL = frozenset({S.succeeded, S.failed, S.cancelled})
+
+
+def can_transition(current: SubmissionStatus, target: SubmissionStatus) -> bool:
+    return target in TRANSITIONS[current]

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.teams.models import Team, TeamMember
+
+
+def team_of(session: Session, challenge_id: int, user_id: int) -> Team | None:
+    return session.scalar(
+        select(Team)
+        .join(TeamMember, TeamMember.team_id == Team.id)
+        .where(TeamMember.challenge_id == challenge_id, TeamMember.user_id == user_id)
+    )
+
+
+def get_by_name(session: Session, challenge_id: int, name: str) -> Team | None:
+    return session.scalar(select(Team).where(Team.challenge_id == challenge_id, Team.name == name))
+
+
+def members(session: Session, team_id: int) -> list[TeamMember]:
+    return list(session.scalars(select(TeamMember).where(TeamMember.team_id == team_id)))
+
+
+def list_teams(session: Session, challenge_id: int) -> list[Team]:
+    return list(session.scalars(select(Team).where(Team.challenge_id == challenge_id)))
+
+
+def lock(session: Session, team_id: int) -> Team | None:
+    """Row lock on PostgreSQL; SQLite already serialises writers (BEGIN IMMEDIATE)."""
+    return session.scalar(select(Team).where(Team.id == team_id).with_for_update())
