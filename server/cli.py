@@ -115,6 +115,9 @@ def worker(
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "-Q", queues, "-c", str(concurrency or settings.worker_concurrency), "-l", "INFO",
+        # Threads: the work is waiting on containers, and forked children would inherit
+        # Docker and database connections.
+        "-P", "threads",
     ]
     os.execv(sys.executable, argv)
 

@@ -97,7 +97,9 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
     their changes, such as a recorded cooldown penalty)."""
     from server.errors import HeldoutError
 
+    settings = settings or get_settings()
     session = session_factory(settings)()
+    session.info["settings"] = settings
     try:
         yield session
         session.commit()

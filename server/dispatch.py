@@ -28,9 +28,8 @@ class PendingTask:
 
 
 @lru_cache
-def celery_client() -> Celery:
-    settings = get_settings()
-    return Celery("heldout", broker=settings.broker_url)
+def celery_client(broker_url: str) -> Celery:
+    return Celery("heldout", broker=broker_url)
 
 
 def enqueue(session: Session, name: str, *args: Any, queue: str) -> None:
@@ -39,13 +38,13 @@ def enqueue(session: Session, name: str, *args: Any, queue: str) -> None:
     session.info.setdefault(_KEY, []).append(PendingTask(name, args, queue))
 
 
-def _send(tasks: list[PendingTask]) -> None:
-    client = celery_client()
+def _send(tasks: list[PendingTask], broker_url: str) -> None:
+    client = celery_client(broker_url)
     for task in tasks:
         client.send_task(task.name, args=list(task.args), queue=task.queue)
 
 
-# Tests (and the in-process demo) may swap the sender, e.g. to record tasks.
+# Tests may swap the sender, e.g. to record tasks instead of sending them.
 sender = _send
 
 
@@ -53,7 +52,9 @@ sender = _send
 def _after_commit(session: Session) -> None:
     tasks = session.info.pop(_KEY, [])
     if tasks:
-        sender(tasks)
+        # session_scope records the settings it was opened with; they name the broker.
+        settings = session.info.get("settings") or get_settings()
+        sender(tasks, settings.broker_url)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -90,7 +90,7 @@ def pg_settings(tmp_path: Path) -> Settings:
 def sent_tasks(monkeypatch: pytest.MonkeyPatch) -> list[dispatch.PendingTask]:
     """Tasks the server would have sent to Redis after commit."""
     sent: list[dispatch.PendingTask] = []
-    monkeypatch.setattr(dispatch, "sender", sent.extend)
+    monkeypatch.setattr(dispatch, "sender", lambda tasks, _broker: sent.extend(tasks))
     return sent
 
 

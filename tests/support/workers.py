@@ -1,0 +1,74 @@
+"""A real Celery worker process on real Redis for pipeline tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from server.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HELDOUT_DATA_DIR=str(settings.data_dir.resolve()),
+        HELDOUT_REDIS_URL=settings.broker_url,
+        HELDOUT_HEARTBEAT_S=str(settings.heartbeat_s),
+        HELDOUT_EVALUATION_IMAGE=settings.evaluation_image,
+        PYTHONPATH=str(ROOT),
+    )
+    if settings.database_url:
+        env["HELDOUT_DATABASE_URL"] = settings.database_url
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def celery_worker(settings: Settings, *, concurrency: int = 2, log: Path | None = None,
+                  **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start_worker(settings, concurrency=concurrency, log=log, **extra)
+    try:
+        yield proc
+    finally:
+        stop_worker(proc)
+
+
+def start_worker(settings: Settings, *, concurrency: int = 2, log: Path | None = None,
+                 **extra: str) -> subprocess.Popen[bytes]:
+    out = open(log or settings.data_dir / "worker.log", "ab")  # noqa: SIM115 - lives with proc
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+         "-Q", "build,cpu,gpu,evaluation", "-c", str(concurrency), "-P", "threads",
+         "-l", "INFO", "--without-gossip", "--without-mingle", "-n", f"w{time.time_ns()}@test"],
+        cwd=ROOT, env=worker_env(settings, **extra), stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

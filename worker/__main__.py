@@ -1,0 +1,6 @@
+"""`python -m worker`: a Celery worker on all queues (`heldout worker` is the usual way)."""
+
+from worker.celery_app import app
+
+if __name__ == "__main__":
+    app.worker_main(["worker", "-Q", "build,cpu,gpu,evaluation", "-l", "INFO"])

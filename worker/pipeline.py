@@ -1,0 +1,605 @@
+"""The submission pipeline, one job at a time.
+
+Each job runs in three steps, grand-challenge style: claim it under a row lock (re-checking
+that it is still pending), act outside any transaction with a heartbeat going, then record
+the outcome and schedule what comes next in one transaction (tasks are sent on commit).
+
+Exceptions drive transitions:
+- `StepFailed`: the participant's side (bad image, timeout, invalid output); the job fails
+  with a message safe to show.
+- `InfrastructureError`: the platform's side (engine, disk, worker); the job is retried
+  and, if retries run out, fails without charging the team.
+- anything else: the job fails with a generic message and the error is re-raised so it
+  reaches the logs and monitoring.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.challenges.models import Phase
+from server.challenges.schemas import Interface, InterfaceKind, PhaseSpec
+from server.config import Settings
+from server.datasets import repository as datasets_repo
+from server.datasets.models import Case, Dataset
+from server.db import session_scope
+from server.jobs import repository as jobs_repo
+from server.jobs import service as jobs
+from server.jobs.models import Job
+from server.jobs.states import FINAL as JOB_FINAL
+from server.jobs.states import JobKind, JobStatus
+from server.leaderboards import service as leaderboards
+from server.storage import ArtifactStore
+from server.submissions import service as submissions
+from server.submissions.models import Submission
+from server.submissions.states import SubmissionStatus
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_CASES = 10
+
+
+class StepFailed(Exception):
+    def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.result = code, message, result or {}
+
+
+class InfrastructureError(Exception):
+    pass
+
+
+@dataclass
+class CaseRef:
+    id: int
+    name: str
+    public_name: str
+    files: dict[str, dict[str, Any]]
+
+
+@dataclass
+class JobContext:
+    job_id: int
+    attempt: int
+    kind: JobKind
+    submission_id: int
+    phase_id: int
+    phase: PhaseSpec
+    image_id: str | None
+    archive_digest: str | None
+    cases: list[CaseRef] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    log: str = ""
+
+
+def worker_id(settings: Settings) -> str:
+    return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- the driver ------------------------------------------------------------------------
+
+
+def run_job(settings: Settings, job_id: int) -> None:
+    me = worker_id(settings)
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            log.warning("job %s does not exist; message dropped", job_id)
+            return
+        phase_spec = _phase_of(session, job).spec
+        job = jobs.claim(
+            session, job_id, me, _wall_time(phase_spec, JobKind(job.kind)),
+            settings.deadline_margin_s,
+        )
+        if job is None:
+            log.info("job %s is not pending; nothing to do", job_id)
+            return
+        ctx = _context(session, job)
+
+    store = ArtifactStore(settings.artifacts_path)
+    with Heartbeat(settings, job_id, me):
+        try:
+            outcome = STEPS[ctx.kind](settings, store, ctx)
+        except StepFailed as exc:
+            _record(settings, ctx, failure=exc)
+            return
+        except InfrastructureError as exc:
+            log.warning("job %s attempt %s: infrastructure error: %s", job_id, ctx.attempt, exc)
+            _record_infrastructure(settings, ctx, str(exc))
+            return
+        except Exception:
+            log.exception("job %s failed unexpectedly", job_id)
+            _record(settings, ctx, failure=StepFailed(
+                "internal_error",
+                "The platform hit an unexpected error; the organizers have been told.",
+            ), platform_caused=True)
+            raise
+    _record(settings, ctx, outcome=outcome)
+
+
+class Heartbeat:
+    """Marks the job alive every few seconds while the step runs, so the reaper can tell a
+    slow job from one whose worker vanished."""
+
+    def __init__(self, settings: Settings, job_id: int, me: str) -> None:
+        self.settings, self.job_id, self.me = settings, job_id, me
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"hb-{job_id}")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_s):
+            try:
+                with session_scope(self.settings) as session:
+                    jobs.heartbeat(session, self.job_id, self.me)
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next tick
+                log.exception("heartbeat for job %s failed", self.job_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _phase_of(session: Session, job: Job) -> Phase:
+    submission = session.get(Submission, job.submission_id)
+    assert submission is not None
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    return phase
+
+
+def _wall_time(spec: PhaseSpec, kind: JobKind) -> int:
+    if kind is JobKind.train and spec.training_limits:
+        return spec.training_limits.wall_time_s
+    if kind is JobKind.infer and spec.batch_mode:
+        return spec.limits.wall_time_s * 50
+    return spec.limits.wall_time_s + 600 if kind is JobKind.validate else spec.limits.wall_time_s
+
+
+def _context(session: Session, job: Job) -> JobContext:
+    submission = session.get(Submission, job.submission_id)
+    assert submission is not None
+    phase = _phase_of(session, job)
+    ctx = JobContext(
+        job_id=job.id, attempt=job.attempt, kind=JobKind(job.kind), submission_id=submission.id,
+        phase_id=phase.id, phase=phase.spec, image_id=submission.image_id,
+        archive_digest=submission.archive_digest,
+    )
+    if job.case_id is not None:
+        case = session.get(Case, job.case_id)
+        assert case is not None
+        ctx.cases = [_case_ref(case)]
+    elif ctx.kind is JobKind.infer and phase.test_dataset_id is not None:
+        ctx.cases = [_case_ref(c) for c in datasets_repo.list_cases(session, phase.test_dataset_id)]
+    return ctx
+
+
+def _case_ref(case: Case) -> CaseRef:
+    return CaseRef(case.id, case.name, case.public_name, dict(case.files))
+
+
+# --- recording outcomes and scheduling the next step -----------------------------------
+
+
+def _record(
+    settings: Settings, ctx: JobContext, *, outcome: Outcome | None = None,
+    failure: StepFailed | None = None, platform_caused: bool = False,
+) -> None:
+    store = ArtifactStore(settings.artifacts_path)
+    with session_scope(settings) as session:
+        job = jobs_repo.lock(session, ctx.job_id)
+        assert job is not None
+        if JobStatus(job.status) is not JobStatus.running or job.attempt != ctx.attempt:
+            # Reaped and retried while we worked: the newer attempt owns the job.
+            log.warning("job %s attempt %s superseded; result dropped", ctx.job_id, ctx.attempt)
+            return
+        log_text = (outcome.log if outcome else failure.result.pop("log", "") if failure else "")
+        log_digest = store.put_bytes(log_text.encode()) if log_text else None
+        # Runs on sequestered data keep their logs from participants unless the phase allows.
+        job.logs_held = bool(log_digest) and not ctx.phase.participants_see_logs
+        if failure is None:
+            assert outcome is not None
+            jobs.succeed(session, job, outcome.result, log_digest)
+        else:
+            jobs.fail(session, job, failure.code, failure.message, result=failure.result,
+                      log_digest=log_digest)
+        _advance(session, settings, job, platform_caused=platform_caused)
+
+
+def _record_infrastructure(settings: Settings, ctx: JobContext, reason: str) -> None:
+    with session_scope(settings) as session:
+        job = jobs_repo.lock(session, ctx.job_id)
+        assert job is not None
+        if JobStatus(job.status) is not JobStatus.running or job.attempt != ctx.attempt:
+            return
+        retry_or_fail(session, settings, job, reason)
+
+
+def retry_or_fail(session: Session, settings: Settings, job: Job, reason: str) -> None:
+    """A failure the platform caused: retry while attempts remain, else fail uncharged."""
+    if job.attempt < settings.max_attempts:
+        jobs.retry(session, job, reason)
+        return
+    jobs.fail(
+        session, job, "platform_error",
+        f"The platform could not run this step after {job.attempt} attempts. "
+        "It does not count against your team's limits.",
+    )
+    _advance(session, settings, job, platform_caused=True)
+
+
+def _lock_submission(session: Session, submission_id: int) -> Submission:
+    sub = session.scalar(
+        select(Submission).where(Submission.id == submission_id).with_for_update()
+    )
+    assert sub is not None
+    return sub
+
+
+def _advance(session: Session, settings: Settings, job: Job, *, platform_caused: bool) -> None:
+    submission = _lock_submission(session, job.submission_id)
+    status = SubmissionStatus(submission.status)
+    if status in (SubmissionStatus.cancelled,):
+        return
+    kind = JobKind(job.kind)
+    failed = JobStatus(job.status) is JobStatus.failed
+
+    if failed and kind is not JobKind.infer:
+        if platform_caused:
+            submission.charged = False
+        submissions.fail(session, submission, job.failure_code or "failed",
+                         job.failure_message or "")
+        return
+
+    if kind is JobKind.validate:
+        submission.image_id = job.result.get("image_id")
+        submissions.transition(session, submission, SubmissionStatus.queued)
+        start_inference(session, submission)
+    elif kind is JobKind.infer:
+        _after_inference(session, submission)
+    elif kind is JobKind.evaluate:
+        phase = session.get(Phase, submission.phase_id)
+        assert phase is not None
+        gt = leaderboards.ground_truth_digest(session, phase)
+        assert gt is not None
+        leaderboards.record(session, submission, phase, job.result.get("evaluator_version", "?"),
+                            gt, job.result["metrics"])
+        submissions.transition(session, submission, SubmissionStatus.succeeded)
+
+
+def start_inference(session: Session, submission: Submission) -> None:
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None and phase.test_dataset_id is not None
+    submissions.transition(session, submission, SubmissionStatus.inferring)
+    if phase.spec.batch_mode:
+        jobs.create(session, submission, JobKind.infer)
+        return
+    for case in datasets_repo.list_cases(session, phase.test_dataset_id):
+        jobs.create(session, submission, JobKind.infer, case_id=case.id)
+
+
+def _after_inference(session: Session, submission: Submission) -> None:
+    if SubmissionStatus(submission.status) is not SubmissionStatus.inferring:
+        return
+    infer_jobs = jobs_repo.for_submission(session, submission.id, JobKind.infer.value)
+    if any(JobStatus(j.status) not in JOB_FINAL for j in infer_jobs):
+        return
+    failures = case_failures(session, infer_jobs)
+    if failures:
+        total = sum(len(j.result.get("cases", {})) if j.case_id is None else 1 for j in infer_jobs)
+        listed = "; ".join(f"case {name}: {msg}" for name, msg in failures[:MAX_LISTED_CASES])
+        more = len(failures) - MAX_LISTED_CASES
+        if more > 0:
+            listed += f"; and {more} more"
+        # Charged only if some case failed for the algorithm's own reasons.
+        if all(j.failure_code == "platform_error" for j in infer_jobs
+               if j.status == JobStatus.failed.value):
+            submission.charged = False
+        submissions.fail(
+            session, submission, "cases_failed",
+            f"The algorithm failed on {len(failures)} of {total} cases. {listed}",
+        )
+        return
+    submissions.transition(session, submission, SubmissionStatus.evaluating)
+    jobs.create(session, submission, JobKind.evaluate)
+
+
+def case_failures(session: Session, infer_jobs: list[Job]) -> list[tuple[str, str]]:
+    """(public case name, classified message) for every case that failed."""
+    out: list[tuple[str, str]] = []
+    for j in infer_jobs:
+        if j.case_id is not None:
+            if j.status != JobStatus.succeeded.value:
+                case = session.get(Case, j.case_id)
+                name = case.public_name if case else str(j.case_id)
+                out.append((name, j.failure_message or j.status))
+        else:
+            if j.status != JobStatus.succeeded.value and not j.result.get("cases"):
+                out.append(("(all)", j.failure_message or j.status))
+            for name, entry in sorted(j.result.get("cases", {}).items()):
+                if entry.get("failure"):
+                    out.append((name, entry["failure"]["message"]))
+    return out
+
+
+# --- the steps -------------------------------------------------------------------------
+
+
+def _docker() -> Any:
+    import docker
+
+    try:
+        return docker.from_env(timeout=300)
+    except docker.errors.DockerException as exc:
+        raise InfrastructureError(f"Docker engine unavailable: {exc}") from exc
+
+
+def _executor(settings: Settings) -> Any:
+    from worker.executor.docker import DockerExecutor
+
+    work = (settings.data_dir / "work").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    return DockerExecutor(_docker(), work)
+
+
+def _job_dir(settings: Settings, ctx: JobContext) -> Path:
+    path = (settings.data_dir / "jobs" / f"{ctx.job_id}-a{ctx.attempt}").resolve()
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.intake import IntakeError, IntakeLimits, load_image
+
+    assert ctx.archive_digest is not None
+    limits = IntakeLimits(
+        max_archive_bytes=settings.max_image_archive_bytes,
+        max_image_bytes=settings.max_image_bytes,
+    )
+    try:
+        loaded = load_image(
+            _docker(), store.path(ctx.archive_digest),
+            tag=f"heldout/submission-{ctx.submission_id}:latest", limits=limits,
+        )
+    except IntakeError as exc:
+        if exc.platform_caused:
+            raise InfrastructureError(exc.reason) from exc
+        raise StepFailed("invalid_image", exc.reason) from exc
+    return Outcome({
+        "image_id": loaded.image_id, "size_bytes": loaded.size_bytes, "user": loaded.user,
+        "entrypoint": loaded.entrypoint, "cmd": loaded.cmd,
+    })
+
+
+def _run(executor: Any, spec: Any, dest: Path) -> Any:
+    from worker.executor import ExecutionError
+
+    try:
+        return executor.run(spec, dest)
+    except ExecutionError as exc:
+        if exc.failure.platform_caused:
+            raise InfrastructureError(exc.failure.message) from exc
+        raise StepFailed(exc.failure.reason, exc.failure.message) from exc
+
+
+def _logs(result: Any) -> str:
+    return f"--- stdout ---\n{result.stdout_tail}\n--- stderr ---\n{result.stderr_tail}\n"
+
+
+def _case_files(
+    store: ArtifactStore, case: CaseRef, inputs: list[Interface], work: Path
+) -> dict[str, Path]:
+    """The case's stored files, linked under names that carry their extension (the
+    store names files by digest alone) so staging keeps `.mha`, `.nii.gz`..."""
+    out: dict[str, Path] = {}
+    for interface in inputs:
+        entry = case.files[interface.slug]
+        link = work / "sources" / case.public_name / f"{interface.slug}{entry['ext']}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(store.path(entry["digest"]), link)
+        except OSError:
+            shutil.copyfile(store.path(entry["digest"]), link)
+        out[interface.slug] = link
+    return out
+
+
+def _store_outputs(store: ArtifactStore, values: dict[str, Any], outputs: list[Interface]) -> dict[str, Any]:
+    """JSON values inline; files into the artifact store by digest."""
+    stored: dict[str, Any] = {}
+    for interface in outputs:
+        value = values[interface.slug]
+        if interface.kind is InterfaceKind.json:
+            stored[interface.slug] = {"value": value}
+        else:
+            digest, size = store.put_file(Path(value))
+            stored[interface.slug] = {"digest": digest, "size": size,
+                                      "relpath": interface.output_relpath()}
+    return stored
+
+
+def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.executor import RunSpec
+    from worker.outputs import (
+        stage_batch_inputs, stage_case_inputs, validate_batch_outputs, validate_outputs,
+    )
+
+    assert ctx.image_id is not None
+    executor = _executor(settings)
+    executor.cleanup_stale({"heldout.job": str(ctx.job_id)})
+    work = _job_dir(settings, ctx)
+    try:
+        if ctx.phase.batch_mode:
+            staged = stage_batch_inputs(
+                work / "input", ctx.phase.inputs,
+                {c.public_name: _case_files(store, c, ctx.phase.inputs, work) for c in ctx.cases},
+            )
+            limits = ctx.phase.limits.model_copy(
+                update={"wall_time_s": ctx.phase.limits.wall_time_s * max(1, len(ctx.cases))}
+            )
+            spec = RunSpec(image=ctx.image_id, job_id=str(ctx.job_id), attempt=ctx.attempt,
+                           inputs=work / "input", limits=limits)
+            result = _run(executor, spec, work / "output")
+            per_case = validate_batch_outputs(work / "output", list(staged), ctx.phase.outputs)
+            cases: dict[str, Any] = {}
+            run_failure = result.failure
+            for case in ctx.cases:
+                checked = per_case[case.public_name]
+                failure = run_failure or checked.failure
+                entry: dict[str, Any] = {"case_id": case.id}
+                if failure is not None:
+                    entry["failure"] = {"code": failure.reason, "message": failure.message}
+                else:
+                    entry["outputs"] = _store_outputs(store, checked.values, ctx.phase.outputs)
+                cases[case.public_name] = entry
+            out = {"cases": cases, "duration_s": result.duration_s, "mode": "batch"}
+            if any("failure" in e for e in cases.values()):
+                raise StepFailed("cases_failed", "The algorithm failed on one or more cases.",
+                                 {**out, "log": _logs(result)})
+            return Outcome(out, _logs(result))
+
+        (case,) = ctx.cases
+        stage_case_inputs(work / "input", ctx.phase.inputs,
+                          _case_files(store, case, ctx.phase.inputs, work), case.public_name)
+        spec = RunSpec(image=ctx.image_id, job_id=str(ctx.job_id), attempt=ctx.attempt,
+                       inputs=work / "input", limits=ctx.phase.limits)
+        result = _run(executor, spec, work / "output")
+        failure = result.failure
+        if failure is None:
+            checked = validate_outputs(work / "output", ctx.phase.outputs)
+            failure = checked.failure
+        timing = {"duration_s": result.duration_s, "mode": "case"}
+        if failure is not None:
+            raise StepFailed(failure.reason, failure.message, {**timing, "log": _logs(result)})
+        outputs = _store_outputs(store, checked.values, ctx.phase.outputs)
+        return Outcome({**timing, "outputs": outputs}, _logs(result))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _predictions(session: Session, store: ArtifactStore, submission_id: int, spec: PhaseSpec,
+                 dest: Path) -> None:
+    """grand-challenge's /input/predictions.json plus each job's output files."""
+    entries: list[dict[str, Any]] = []
+    infer_jobs = jobs_repo.for_submission(session, submission_id, JobKind.infer.value)
+    for j in infer_jobs:
+        if j.case_id is not None:
+            pairs = [(j.case_id, j.id, j.result.get("outputs", {}))]
+        else:
+            pairs = [(e["case_id"], int(f"{j.id}{i:06d}"), e.get("outputs", {}))
+                     for i, e in enumerate(j.result.get("cases", {}).values())]
+        for case_id, pk, outputs in pairs:
+            case = session.get(Case, case_id)
+            assert case is not None
+            inputs = [
+                {"interface": i.slug, "socket": i.slug,
+                 "image": {"name": f"{case.name}{case.files[i.slug]['ext']}"}}
+                for i in spec.inputs
+            ]
+            outs: list[dict[str, Any]] = []
+            for slug, stored in outputs.items():
+                item: dict[str, Any] = {"interface": slug, "socket": slug}
+                if "value" in stored:
+                    item["value"] = stored["value"]
+                else:
+                    rel = stored["relpath"]
+                    store.copy_to(stored["digest"], dest / str(pk) / "output" / rel)
+                    item["file"] = f"/input/{pk}/output/{rel}"
+                outs.append(item)
+            entries.append({"pk": pk, "status": "Succeeded", "inputs": inputs, "outputs": outs})
+    (dest / "predictions.json").write_text(json.dumps(entries))
+
+
+def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.executor import RunSpec
+
+    work = _job_dir(settings, ctx)
+    try:
+        (work / "input").mkdir()
+        gt = work / "ground-truth"
+        gt.mkdir()
+        with session_scope(settings) as session:
+            _predictions(session, store, ctx.submission_id, ctx.phase, work / "input")
+            phase = session.get(Phase, ctx.phase_id)
+            assert phase is not None and phase.test_dataset_id is not None
+            dataset = session.get(Dataset, phase.test_dataset_id)
+            assert dataset is not None
+            store.copy_to(dataset.labels_digest, gt / "labels.csv")
+        (gt / "metrics.json").write_text(ctx.phase.metrics.model_dump_json())
+        for path in [work / "input", gt, *gt.iterdir(), *(work / "input").rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+        image = ensure_evaluation_image(settings)
+        spec = RunSpec(
+            image=image, job_id=str(ctx.job_id), attempt=ctx.attempt, inputs=work / "input",
+            limits=ctx.phase.limits.model_copy(update={"gpus": 0, "memory_mb": max(
+                2048, ctx.phase.limits.memory_mb), "wall_time_s": 1800}),
+            read_only_mounts={gt: "/opt/ml/input/data/ground_truth"},
+        )
+        executor = _executor(settings)
+        result = _run(executor, spec, work / "output")
+        metrics_path = work / "output" / "metrics.json"
+        metrics: dict[str, Any] = {}
+        if metrics_path.is_file():
+            try:
+                metrics = json.loads(metrics_path.read_text())
+            except ValueError:
+                metrics = {}
+        if "error" in metrics:
+            error = metrics["error"]
+            raise StepFailed("invalid_predictions", str(error.get("message", error)))
+        if result.failure is not None or "aggregates" not in metrics:
+            # The evaluator is ours: its failure is the platform's, not the team's.
+            raise InfrastructureError(
+                f"evaluation container failed ({result.failure.reason if result.failure else 'no metrics'}): "
+                f"{result.stderr_tail[-500:]}"
+            )
+        return Outcome({"metrics": metrics, "evaluator_version":
+                        str(metrics.get("evaluator_version", image))})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+_eval_lock = threading.Lock()
+
+
+def ensure_evaluation_image(settings: Settings) -> str:
+    """The evaluation image's id, built from `evaluation/` the first time it is needed."""
+    import docker
+
+    client = _docker()
+    with _eval_lock:
+        try:
+            return str(client.images.get(settings.evaluation_image).id)
+        except docker.errors.ImageNotFound:
+            pass
+        from evaluation.build_image import build_evaluation_image
+
+        build_evaluation_image(client, tag=settings.evaluation_image)
+        return str(client.images.get(settings.evaluation_image).id)
+
+
+STEPS = {
+    JobKind.validate: step_validate,
+    JobKind.infer: step_infer,
+    JobKind.evaluate: step_evaluate,
+}

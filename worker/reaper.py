@@ -1,0 +1,94 @@
+"""The reaper: no job stays running without a live owner.
+
+A running job whose heartbeat stopped (its worker vanished) or that is past its deadline
+(its limit plus a margin) is handed back: its containers are removed and it is retried as an
+infrastructure failure, or failed uncharged once its attempts are used up. Every worker runs
+a reaper thread; row locks keep two reapers from handling the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import or_, select
+
+from server.config import Settings
+from server.db import session_scope, utcnow
+from server.jobs.models import Job
+from server.jobs.states import JobStatus
+
+log = logging.getLogger(__name__)
+_stop = threading.Event()
+_thread: threading.Thread | None = None
+
+
+def stale_after(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.heartbeat_s * 3 + 5)
+
+
+def reap(settings: Settings) -> list[int]:
+    """One pass; returns the ids of the jobs it handed back or failed."""
+    from worker.pipeline import retry_or_fail
+
+    now = utcnow()
+    with session_scope(settings) as session:
+        ids = list(session.scalars(
+            select(Job.id).where(
+                Job.status == JobStatus.running.value,
+                or_(Job.heartbeat_at < now - stale_after(settings), Job.deadline_at < now),
+            )
+        ))
+    reaped: list[int] = []
+    for job_id in ids:
+        with session_scope(settings) as session:
+            job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+            if job is None or job.status != JobStatus.running.value:
+                continue
+            beat = job.heartbeat_at
+            if beat is not None and beat >= now - stale_after(settings) and (
+                job.deadline_at is None or job.deadline_at >= now
+            ):
+                continue  # it came back to life since the query
+            reason = (
+                f"worker {job.worker_id} stopped answering"
+                if job.deadline_at is None or job.deadline_at >= now
+                else "the job ran past its deadline"
+            )
+            _remove_containers(settings, job.id)
+            log.warning("reaping job %s (attempt %s): %s", job.id, job.attempt, reason)
+            retry_or_fail(session, settings, job, reason)
+            reaped.append(job.id)
+    return reaped
+
+
+def _remove_containers(settings: Settings, job_id: int) -> None:
+    from worker.executor.base import LABEL_JOB
+    from worker.pipeline import _executor
+
+    try:
+        _executor(settings).cleanup_stale({LABEL_JOB: str(job_id)})
+    except Exception:  # noqa: BLE001 - the retried attempt cleans up by name as well
+        log.exception("could not remove containers of job %s", job_id)
+
+
+def _loop(settings: Settings) -> None:
+    while not _stop.wait(settings.heartbeat_s):
+        try:
+            reap(settings)
+        except Exception:  # noqa: BLE001 - the next pass tries again
+            log.exception("reaper pass failed")
+
+
+def start_reaper_thread(settings: Settings) -> None:
+    global _thread
+    if _thread is not None and _thread.is_alive():
+        return
+    _stop.clear()
+    _thread = threading.Thread(target=_loop, args=(settings,), daemon=True, name="reaper")
+    _thread.start()
+
+
+def stop_reaper_thread() -> None:
+    _stop.set()
