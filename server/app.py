@@ -10,8 +10,10 @@ from fastapi.responses import JSONResponse
 
 from server.accounts.endpoints import router as accounts_router
 from server.challenges.endpoints import router as challenges_router
+from server.codebases.endpoints import router as codebases_router
 from server.config import Settings, get_settings
 from server.errors import HeldoutError, RuleViolation
+from server.jobs.endpoints import router as jobs_router
 from server.leaderboards.endpoints import router as leaderboards_router
 from server.submissions.endpoints import router as submissions_router
 from server.teams.endpoints import router as teams_router
@@ -50,13 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()
-        ]
+        errors = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         body = {
-            "title": "Invalid request", "status": 422, "detail": detail,
-            "field": errors[0]["field"] if errors else None, "errors": errors,
+            "title": "Invalid request",
+            "status": 422,
+            "detail": detail,
+            "field": errors[0]["field"] if errors else None,
+            "errors": errors,
         }
         return JSONResponse(body, status_code=422, media_type=PROBLEM)
 
@@ -65,8 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     for router in (
-        accounts_router, challenges_router, teams_router, uploads_router, submissions_router,
+        accounts_router,
+        challenges_router,
+        teams_router,
+        uploads_router,
+        submissions_router,
+        jobs_router,
         leaderboards_router,
+        codebases_router,
     ):
         app.include_router(router, prefix="/api/v1")
     return app

@@ -22,7 +22,9 @@ from rich.table import Table
 
 from server.config import get_settings
 
-app = typer.Typer(help="heldout: medical-imaging challenges on sequestered data.", no_args_is_help=True)
+app = typer.Typer(
+    help="heldout: medical-imaging challenges on sequestered data.", no_args_is_help=True
+)
 challenge_app = typer.Typer(help="Create and update challenges.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -30,8 +32,8 @@ app.add_typer(challenge_app, name="challenge")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 JsonOpt = typer.Option(False, "--json", help="machine-readable output")
 FINAL = {"succeeded", "failed", "cancelled"}
 
@@ -43,7 +45,8 @@ def _client() -> Any:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    err.print("error:", style="red", end=" ")
+    err.print(message, markup=False, highlight=False)
     raise typer.Exit(code)
 
 
@@ -60,6 +63,8 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         msg = str(body.get("detail") or body)
         if body.get("field"):
             msg += f" [field: {body['field']}]"
+        if body.get("rule"):
+            msg += f" [rule: {body['rule']}]"
         if body.get("next_allowed_at"):
             msg += f" [next allowed: {body['next_allowed_at']}]"
         _fail(f"{exc.status} {msg}")
@@ -113,11 +118,22 @@ def worker(
     settings = get_settings()
     ensure_redis(settings)
     argv = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", queues, "-c", str(concurrency or settings.worker_concurrency), "-l", "INFO",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency or settings.worker_concurrency),
+        "-l",
+        "INFO",
         # Threads: the work is waiting on containers, and forked children would inherit
         # Docker and database connections.
-        "-P", "threads",
+        "-P",
+        "threads",
     ]
     os.execv(sys.executable, argv)
 
@@ -186,7 +202,10 @@ def challenge_apply(
         for ds in spec.datasets:
             root = (bundle.parent / ds.path).resolve()
             if not root.is_dir():
-                _fail(f"dataset {ds.slug!r}: {root} is not a directory [field: datasets.{ds.slug}.path]")
+                _fail(
+                    f"dataset {ds.slug!r}: {root} is not a directory"
+                    f" [field: datasets.{ds.slug}.path]"
+                )
             local = manifest.scan(root)
             if known.get(ds.slug) == local.digest:
                 continue
@@ -219,8 +238,13 @@ def challenge_apply(
 def submit(
     challenge: str = typer.Argument(...),
     phase: str = typer.Argument(...),
-    image: Path = typer.Option(None, "--image", exists=True, dir_okay=False,
-                               help="`docker save` archive (.tar or .tar.gz), algorithm phases"),
+    image: Path = typer.Option(
+        None,
+        "--image",
+        exists=True,
+        dir_okay=False,
+        help="`docker save` archive (.tar or .tar.gz), algorithm phases",
+    ),
     repo: str = typer.Option(None, "--repo", help="git repository URL, codebase phases"),
     ref: str = typer.Option(None, "--ref", help="branch, tag or commit"),
     comment: str = typer.Option("", help="a note kept with the submission"),
@@ -235,8 +259,12 @@ def submit(
     if image:
         size = image.stat().st_size
         with Progress(
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), console=err, disable=as_json,
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            disable=as_json,
         ) as bar:
             task = bar.add_task(f"upload {image.name}", total=size)
             up = _call(client.upload, image, lambda done, _total: bar.update(task, completed=done))
@@ -254,7 +282,9 @@ def submit(
         out.print(f"follow it with: heldout status {sub['id']}")
 
 
-def _follow(client: Any, submission_id: int, as_json: bool, interval: float = 1.0) -> dict[str, Any]:
+def _follow(
+    client: Any, submission_id: int, as_json: bool, interval: float = 1.0
+) -> dict[str, Any]:
     seen = 0
     while True:
         sub = _call(client.get, f"/submissions/{submission_id}")
@@ -294,8 +324,10 @@ def status(
     sub = _call(client.get, f"/submissions/{submission_id}")
     if _emit(sub, as_json):
         return
-    out.print(f"submission {sub['id']} ({sub['challenge']}/{sub['phase']}, team {sub['team']}): "
-              f"[bold]{sub['status']}[/bold]")
+    out.print(
+        f"submission {sub['id']} ({sub['challenge']}/{sub['phase']}, team {sub['team']}): "
+        f"[bold]{sub['status']}[/bold]"
+    )
     for job in sub["jobs"]:
         states = ", ".join(f"{k} {v}" for k, v in sorted(job["by_status"].items()))
         out.print(f"  {job['kind']:9} {states}")
@@ -340,8 +372,13 @@ def leaderboard(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
         table.add_column(name, justify="right")
     for e in data["entries"]:
         lo, hi = e["ci"]
-        row = [str(e["rank"]), e["team"], str(e.get("submission_id", "")), _fmt(e["value"]),
-               f"[{_fmt(lo)}, {_fmt(hi)}]"]
+        row = [
+            str(e["rank"]),
+            e["team"],
+            str(e.get("submission_id", "")),
+            _fmt(e["value"]),
+            f"[{_fmt(lo)}, {_fmt(hi)}]",
+        ]
         row += [_fmt(e["metrics"].get(n, {}).get("value")) for n in others]
         table.add_row(*row)
     out.print(table)
@@ -355,4 +392,3 @@ def main() -> None:  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-

@@ -29,7 +29,8 @@ class Client:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.Client(
-            base_url=settings.api_url.rstrip("/") + "/api/v1", headers=headers,
+            base_url=settings.api_url.rstrip("/") + "/api/v1",
+            headers=headers,
             timeout=httpx.Timeout(60.0, connect=10.0),
         )
 
@@ -51,8 +52,11 @@ class Client:
         return self._check(self.http.post(path, json=json))
 
     def upload(
-        self, path: Path, progress: Callable[[int, int], None] | None = None,
-        chunk_bytes: int = 8 * 1024 * 1024, retries: int = 5,
+        self,
+        path: Path,
+        progress: Callable[[int, int], None] | None = None,
+        chunk_bytes: int = 8 * 1024 * 1024,
+        retries: int = 5,
     ) -> dict[str, Any]:
         """Upload a file in chunks; resumes from the server's offset after a failed chunk,
         and sends nothing when the server already holds the same content."""
@@ -74,7 +78,9 @@ class Client:
                 try:
                     up = self._check(
                         self.http.put(
-                            f"/uploads/{up['key']}", params={"offset": offset}, content=data,
+                            f"/uploads/{up['key']}",
+                            params={"offset": offset},
+                            content=data,
                             timeout=httpx.Timeout(600.0, connect=10.0),
                         )
                     )

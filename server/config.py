@@ -36,9 +36,14 @@ class Settings(BaseSettings):
 
     # T3 codebases.
     allowed_local_repo_roots: list[Path] = Field(default_factory=list)
-    allow_http_loopback_repos: bool = False
+    # Tests and single-machine set-ups serve repositories on 127.0.0.1.
+    allow_loopback_repos: bool = False
     max_repo_bytes: int = 2 * 1024**3
     git_timeout_s: int = 120
+    build_timeout_s: int = 3600
+    # Docker build network: None for the engine's default, "host" where builds must reach
+    # a package index (contracts.md: builds have network access; runs never do).
+    build_network: str | None = None
 
     # Worker.
     worker_concurrency: int = 2

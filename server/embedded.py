@@ -37,10 +37,25 @@ def ensure_redis(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sock.unlink(missing_ok=True)
     subprocess.run(
-        [exe, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--daemonize", "yes",
-         "--pidfile", str(settings.data_dir.resolve() / "redis.pid"),
-         "--logfile", str(settings.data_dir.resolve() / "redis.log")],
+        [
+            exe,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(settings.data_dir.resolve() / "redis.pid"),
+            "--logfile",
+            str(settings.data_dir.resolve() / "redis.log"),
+        ],
         check=True,
     )
     for _ in range(100):

@@ -2,6 +2,7 @@
 
 from server.accounts.models import ApiToken, User
 from server.challenges.models import Challenge, ChallengeOrganizer, Phase, PhaseInvitation
+from server.codebases.models import RepositoryLink
 from server.datasets.models import Case, Dataset
 from server.db import Base
 from server.jobs.models import Job
@@ -11,7 +12,22 @@ from server.teams.models import Team, TeamMember
 from server.uploads.models import Upload
 
 __all__ = [
-    "ApiToken", "Base", "Case", "Challenge", "ChallengeOrganizer", "Dataset", "Job", "Penalty",
-    "Phase", "PhaseInvitation", "Result", "Submission", "SubmissionTransition", "Team",
-    "TeamMember", "Upload", "User",
+    "ApiToken",
+    "Base",
+    "Case",
+    "Challenge",
+    "ChallengeOrganizer",
+    "Dataset",
+    "Job",
+    "Penalty",
+    "Phase",
+    "PhaseInvitation",
+    "RepositoryLink",
+    "Result",
+    "Submission",
+    "SubmissionTransition",
+    "Team",
+    "TeamMember",
+    "Upload",
+    "User",
 ]

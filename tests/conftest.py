@@ -58,8 +58,9 @@ def _pg_settings(tmp_path: Path) -> Settings:
     need(bool(POSTGRES_URL), "PostgreSQL (HELDOUT_TEST_POSTGRES_URL)")
     data = tmp_path / "data"
     data.mkdir()
-    settings = Settings(data_dir=data, database_url=POSTGRES_URL,
-                        redis_url=REDIS_URL or "redis://127.0.0.1:1/0")
+    settings = Settings(
+        data_dir=data, database_url=POSTGRES_URL, redis_url=REDIS_URL or "redis://127.0.0.1:1/0"
+    )
     engine = get_engine(settings)
     if not _pg_migrated:
         with engine.begin() as conn:

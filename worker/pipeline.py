@@ -34,6 +34,7 @@ from server.config import Settings
 from server.datasets import repository as datasets_repo
 from server.datasets.models import Case, Dataset
 from server.db import session_scope
+from server.jobs import logs
 from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
 from server.jobs.models import Job
@@ -78,7 +79,12 @@ class JobContext:
     phase: PhaseSpec
     image_id: str | None
     archive_digest: str | None
+    repository_url: str | None = None
+    commit_sha: str | None = None
     cases: list[CaseRef] = field(default_factory=list)
+    # Results of the submission's earlier jobs, by kind (the clone's source, the build).
+    earlier: dict[str, dict[str, Any]] = field(default_factory=dict)
+    labels_digest: str | None = None
 
 
 @dataclass
@@ -103,7 +109,10 @@ def run_job(settings: Settings, job_id: int) -> None:
             return
         phase_spec = _phase_of(session, job).spec
         job = jobs.claim(
-            session, job_id, me, _wall_time(phase_spec, JobKind(job.kind)),
+            session,
+            job_id,
+            me,
+            _wall_time(phase_spec, JobKind(job.kind)),
             settings.deadline_margin_s,
         )
         if job is None:
@@ -114,7 +123,7 @@ def run_job(settings: Settings, job_id: int) -> None:
     store = ArtifactStore(settings.artifacts_path)
     with Heartbeat(settings, job_id, me):
         try:
-            outcome = STEPS[ctx.kind](settings, store, ctx)
+            outcome = _steps()[ctx.kind](settings, store, ctx)
         except StepFailed as exc:
             _record(settings, ctx, failure=exc)
             return
@@ -124,10 +133,15 @@ def run_job(settings: Settings, job_id: int) -> None:
             return
         except Exception:
             log.exception("job %s failed unexpectedly", job_id)
-            _record(settings, ctx, failure=StepFailed(
-                "internal_error",
-                "The platform hit an unexpected error; the organizers have been told.",
-            ), platform_caused=True)
+            _record(
+                settings,
+                ctx,
+                failure=StepFailed(
+                    "internal_error",
+                    "The platform hit an unexpected error; the organizers have been told.",
+                ),
+                platform_caused=True,
+            )
             raise
     _record(settings, ctx, outcome=outcome)
 
@@ -146,7 +160,7 @@ class Heartbeat:
             try:
                 with session_scope(self.settings) as session:
                     jobs.heartbeat(session, self.job_id, self.me)
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next tick
+            except Exception:  # a missed beat is retried at the next tick
                 log.exception("heartbeat for job %s failed", self.job_id)
 
     def __enter__(self) -> Heartbeat:
@@ -179,10 +193,25 @@ def _context(session: Session, job: Job) -> JobContext:
     assert submission is not None
     phase = _phase_of(session, job)
     ctx = JobContext(
-        job_id=job.id, attempt=job.attempt, kind=JobKind(job.kind), submission_id=submission.id,
-        phase_id=phase.id, phase=phase.spec, image_id=submission.image_id,
+        job_id=job.id,
+        attempt=job.attempt,
+        kind=JobKind(job.kind),
+        submission_id=submission.id,
+        phase_id=phase.id,
+        phase=phase.spec,
+        image_id=submission.image_id,
         archive_digest=submission.archive_digest,
+        repository_url=submission.repository_url,
+        commit_sha=submission.commit_sha,
     )
+    for earlier in jobs_repo.for_submission(session, submission.id):
+        if earlier.status == JobStatus.succeeded.value and earlier.kind != JobKind.infer.value:
+            ctx.earlier[earlier.kind] = dict(earlier.result)
+    if ctx.kind is JobKind.train and phase.training_dataset_id is not None:
+        training = session.get(Dataset, phase.training_dataset_id)
+        assert training is not None
+        ctx.labels_digest = training.labels_digest
+        ctx.cases = [_case_ref(c) for c in datasets_repo.list_cases(session, training.id)]
     if job.case_id is not None:
         case = session.get(Case, job.case_id)
         assert case is not None
@@ -200,8 +229,12 @@ def _case_ref(case: Case) -> CaseRef:
 
 
 def _record(
-    settings: Settings, ctx: JobContext, *, outcome: Outcome | None = None,
-    failure: StepFailed | None = None, platform_caused: bool = False,
+    settings: Settings,
+    ctx: JobContext,
+    *,
+    outcome: Outcome | None = None,
+    failure: StepFailed | None = None,
+    platform_caused: bool = False,
 ) -> None:
     store = ArtifactStore(settings.artifacts_path)
     with session_scope(settings) as session:
@@ -211,16 +244,24 @@ def _record(
             # Reaped and retried while we worked: the newer attempt owns the job.
             log.warning("job %s attempt %s superseded; result dropped", ctx.job_id, ctx.attempt)
             return
-        log_text = (outcome.log if outcome else failure.result.pop("log", "") if failure else "")
+        log_text = outcome.log if outcome else failure.result.pop("log", "") if failure else ""
         log_digest = store.put_bytes(log_text.encode()) if log_text else None
-        # Runs on sequestered data keep their logs from participants unless the phase allows.
-        job.logs_held = bool(log_digest) and not ctx.phase.participants_see_logs
+        # Runs on sequestered data keep their logs from participants until reviewed.
+        _, phase = logs.job_phase(session, job)
+        job.logs_held = bool(log_digest) and logs.held_for(ctx.kind, phase)
+        job.log_review = logs.PENDING if job.logs_held else None
         if failure is None:
             assert outcome is not None
             jobs.succeed(session, job, outcome.result, log_digest)
         else:
-            jobs.fail(session, job, failure.code, failure.message, result=failure.result,
-                      log_digest=log_digest)
+            jobs.fail(
+                session,
+                job,
+                failure.code,
+                failure.message,
+                result=failure.result,
+                log_digest=log_digest,
+            )
         _advance(session, settings, job, platform_caused=platform_caused)
 
 
@@ -239,7 +280,9 @@ def retry_or_fail(session: Session, settings: Settings, job: Job, reason: str) -
         jobs.retry(session, job, reason)
         return
     jobs.fail(
-        session, job, "platform_error",
+        session,
+        job,
+        "platform_error",
         f"The platform could not run this step after {job.attempt} attempts. "
         "It does not count against your team's limits.",
     )
@@ -247,9 +290,7 @@ def retry_or_fail(session: Session, settings: Settings, job: Job, reason: str) -
 
 
 def _lock_submission(session: Session, submission_id: int) -> Submission:
-    sub = session.scalar(
-        select(Submission).where(Submission.id == submission_id).with_for_update()
-    )
+    sub = session.scalar(select(Submission).where(Submission.id == submission_id).with_for_update())
     assert sub is not None
     return sub
 
@@ -265,13 +306,27 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
     if failed and kind is not JobKind.infer:
         if platform_caused:
             submission.charged = False
-        submissions.fail(session, submission, job.failure_code or "failed",
-                         job.failure_message or "")
+        submissions.fail(
+            session, submission, job.failure_code or "failed", job.failure_message or ""
+        )
         return
 
-    if kind is JobKind.validate:
+    if kind is JobKind.validate and submission.kind == "codebase":
+        submissions.transition(session, submission, SubmissionStatus.queued)
+        jobs.create(session, submission, JobKind.build)
+        submissions.transition(session, submission, SubmissionStatus.building)
+    elif kind is JobKind.validate:
         submission.image_id = job.result.get("image_id")
         submissions.transition(session, submission, SubmissionStatus.queued)
+        start_inference(session, submission)
+    elif kind is JobKind.build:
+        submissions.transition(session, submission, SubmissionStatus.training)
+        phase = session.get(Phase, submission.phase_id)
+        assert phase is not None
+        limits = phase.spec.training_limits or phase.spec.limits
+        jobs.create(session, submission, JobKind.train, queue="gpu" if limits.gpus else "cpu")
+    elif kind is JobKind.train:
+        submission.image_id = job.result["inference_image_id"]
         start_inference(session, submission)
     elif kind is JobKind.infer:
         _after_inference(session, submission)
@@ -280,8 +335,14 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
         assert phase is not None
         gt = leaderboards.ground_truth_digest(session, phase)
         assert gt is not None
-        leaderboards.record(session, submission, phase, job.result.get("evaluator_version", "?"),
-                            gt, job.result["metrics"])
+        leaderboards.record(
+            session,
+            submission,
+            phase,
+            job.result.get("evaluator_version", "?"),
+            gt,
+            job.result["metrics"],
+        )
         submissions.transition(session, submission, SubmissionStatus.succeeded)
 
 
@@ -310,11 +371,16 @@ def _after_inference(session: Session, submission: Submission) -> None:
         if more > 0:
             listed += f"; and {more} more"
         # Charged only if some case failed for the algorithm's own reasons.
-        if all(j.failure_code == "platform_error" for j in infer_jobs
-               if j.status == JobStatus.failed.value):
+        if all(
+            j.failure_code == "platform_error"
+            for j in infer_jobs
+            if j.status == JobStatus.failed.value
+        ):
             submission.charged = False
         submissions.fail(
-            session, submission, "cases_failed",
+            session,
+            submission,
+            "cases_failed",
             f"The algorithm failed on {len(failures)} of {total} cases. {listed}",
         )
         return
@@ -377,17 +443,24 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
     )
     try:
         loaded = load_image(
-            _docker(), store.path(ctx.archive_digest),
-            tag=f"heldout/submission-{ctx.submission_id}:latest", limits=limits,
+            _docker(),
+            store.path(ctx.archive_digest),
+            tag=f"heldout/submission-{ctx.submission_id}:latest",
+            limits=limits,
         )
     except IntakeError as exc:
         if exc.platform_caused:
             raise InfrastructureError(exc.reason) from exc
         raise StepFailed("invalid_image", exc.reason) from exc
-    return Outcome({
-        "image_id": loaded.image_id, "size_bytes": loaded.size_bytes, "user": loaded.user,
-        "entrypoint": loaded.entrypoint, "cmd": loaded.cmd,
-    })
+    return Outcome(
+        {
+            "image_id": loaded.image_id,
+            "size_bytes": loaded.size_bytes,
+            "user": loaded.user,
+            "entrypoint": loaded.entrypoint,
+            "cmd": loaded.cmd,
+        }
+    )
 
 
 def _run(executor: Any, spec: Any, dest: Path) -> Any:
@@ -423,7 +496,9 @@ def _case_files(
     return out
 
 
-def _store_outputs(store: ArtifactStore, values: dict[str, Any], outputs: list[Interface]) -> dict[str, Any]:
+def _store_outputs(
+    store: ArtifactStore, values: dict[str, Any], outputs: list[Interface]
+) -> dict[str, Any]:
     """JSON values inline; files into the artifact store by digest."""
     stored: dict[str, Any] = {}
     for interface in outputs:
@@ -432,15 +507,21 @@ def _store_outputs(store: ArtifactStore, values: dict[str, Any], outputs: list[I
             stored[interface.slug] = {"value": value}
         else:
             digest, size = store.put_file(Path(value))
-            stored[interface.slug] = {"digest": digest, "size": size,
-                                      "relpath": interface.output_relpath()}
+            stored[interface.slug] = {
+                "digest": digest,
+                "size": size,
+                "relpath": interface.output_relpath(),
+            }
     return stored
 
 
 def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
     from worker.executor import RunSpec
     from worker.outputs import (
-        stage_batch_inputs, stage_case_inputs, validate_batch_outputs, validate_outputs,
+        stage_batch_inputs,
+        stage_case_inputs,
+        validate_batch_outputs,
+        validate_outputs,
     )
 
     assert ctx.image_id is not None
@@ -450,14 +531,20 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
     try:
         if ctx.phase.batch_mode:
             staged = stage_batch_inputs(
-                work / "input", ctx.phase.inputs,
+                work / "input",
+                ctx.phase.inputs,
                 {c.public_name: _case_files(store, c, ctx.phase.inputs, work) for c in ctx.cases},
             )
             limits = ctx.phase.limits.model_copy(
                 update={"wall_time_s": ctx.phase.limits.wall_time_s * max(1, len(ctx.cases))}
             )
-            spec = RunSpec(image=ctx.image_id, job_id=str(ctx.job_id), attempt=ctx.attempt,
-                           inputs=work / "input", limits=limits)
+            spec = RunSpec(
+                image=ctx.image_id,
+                job_id=str(ctx.job_id),
+                attempt=ctx.attempt,
+                inputs=work / "input",
+                limits=limits,
+            )
             result = _run(executor, spec, work / "output")
             per_case = validate_batch_outputs(work / "output", list(staged), ctx.phase.outputs)
             cases: dict[str, Any] = {}
@@ -473,15 +560,27 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                 cases[case.public_name] = entry
             out = {"cases": cases, "duration_s": result.duration_s, "mode": "batch"}
             if any("failure" in e for e in cases.values()):
-                raise StepFailed("cases_failed", "The algorithm failed on one or more cases.",
-                                 {**out, "log": _logs(result)})
+                raise StepFailed(
+                    "cases_failed",
+                    "The algorithm failed on one or more cases.",
+                    {**out, "log": _logs(result)},
+                )
             return Outcome(out, _logs(result))
 
         (case,) = ctx.cases
-        stage_case_inputs(work / "input", ctx.phase.inputs,
-                          _case_files(store, case, ctx.phase.inputs, work), case.public_name)
-        spec = RunSpec(image=ctx.image_id, job_id=str(ctx.job_id), attempt=ctx.attempt,
-                       inputs=work / "input", limits=ctx.phase.limits)
+        stage_case_inputs(
+            work / "input",
+            ctx.phase.inputs,
+            _case_files(store, case, ctx.phase.inputs, work),
+            case.public_name,
+        )
+        spec = RunSpec(
+            image=ctx.image_id,
+            job_id=str(ctx.job_id),
+            attempt=ctx.attempt,
+            inputs=work / "input",
+            limits=ctx.phase.limits,
+        )
         result = _run(executor, spec, work / "output")
         failure = result.failure
         if failure is None:
@@ -496,8 +595,9 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _predictions(session: Session, store: ArtifactStore, submission_id: int, spec: PhaseSpec,
-                 dest: Path) -> None:
+def _predictions(
+    session: Session, store: ArtifactStore, submission_id: int, spec: PhaseSpec, dest: Path
+) -> None:
     """grand-challenge's /input/predictions.json plus each job's output files."""
     entries: list[dict[str, Any]] = []
     infer_jobs = jobs_repo.for_submission(session, submission_id, JobKind.infer.value)
@@ -505,14 +605,19 @@ def _predictions(session: Session, store: ArtifactStore, submission_id: int, spe
         if j.case_id is not None:
             pairs = [(j.case_id, j.id, j.result.get("outputs", {}))]
         else:
-            pairs = [(e["case_id"], int(f"{j.id}{i:06d}"), e.get("outputs", {}))
-                     for i, e in enumerate(j.result.get("cases", {}).values())]
+            pairs = [
+                (e["case_id"], int(f"{j.id}{i:06d}"), e.get("outputs", {}))
+                for i, e in enumerate(j.result.get("cases", {}).values())
+            ]
         for case_id, pk, outputs in pairs:
             case = session.get(Case, case_id)
             assert case is not None
             inputs = [
-                {"interface": i.slug, "socket": i.slug,
-                 "image": {"name": f"{case.name}{case.files[i.slug]['ext']}"}}
+                {
+                    "interface": i.slug,
+                    "socket": i.slug,
+                    "image": {"name": f"{case.name}{case.files[i.slug]['ext']}"},
+                }
                 for i in spec.inputs
             ]
             outs: list[dict[str, Any]] = []
@@ -550,9 +655,17 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
 
         image = ensure_evaluation_image(settings)
         spec = RunSpec(
-            image=image, job_id=str(ctx.job_id), attempt=ctx.attempt, inputs=work / "input",
-            limits=ctx.phase.limits.model_copy(update={"gpus": 0, "memory_mb": max(
-                2048, ctx.phase.limits.memory_mb), "wall_time_s": 1800}),
+            image=image,
+            job_id=str(ctx.job_id),
+            attempt=ctx.attempt,
+            inputs=work / "input",
+            limits=ctx.phase.limits.model_copy(
+                update={
+                    "gpus": 0,
+                    "memory_mb": max(2048, ctx.phase.limits.memory_mb),
+                    "wall_time_s": 1800,
+                }
+            ),
             read_only_mounts={gt: "/opt/ml/input/data/ground_truth"},
         )
         executor = _executor(settings)
@@ -569,12 +682,13 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             raise StepFailed("invalid_predictions", str(error.get("message", error)))
         if result.failure is not None or "aggregates" not in metrics:
             # The evaluator is ours: its failure is the platform's, not the team's.
+            why = result.failure.reason if result.failure else "no metrics"
             raise InfrastructureError(
-                f"evaluation container failed ({result.failure.reason if result.failure else 'no metrics'}): "
-                f"{result.stderr_tail[-500:]}"
+                f"evaluation container failed ({why}): {result.stderr_tail[-500:]}"
             )
-        return Outcome({"metrics": metrics, "evaluator_version":
-                        str(metrics.get("evaluator_version", image))})
+        return Outcome(
+            {"metrics": metrics, "evaluator_version": str(metrics.get("evaluator_version", image))}
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -598,8 +712,21 @@ def ensure_evaluation_image(settings: Settings) -> str:
         return str(client.images.get(settings.evaluation_image).id)
 
 
-STEPS = {
-    JobKind.validate: step_validate,
-    JobKind.infer: step_infer,
-    JobKind.evaluate: step_evaluate,
-}
+def step_validate_any(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    if ctx.archive_digest is None:
+        from worker.training import step_clone
+
+        return step_clone(settings, store, ctx)
+    return step_validate(settings, store, ctx)
+
+
+def _steps() -> dict[JobKind, Any]:
+    from worker.training import step_build, step_train
+
+    return {
+        JobKind.validate: step_validate_any,
+        JobKind.build: step_build,
+        JobKind.train: step_train,
+        JobKind.infer: step_infer,
+        JobKind.evaluate: step_evaluate,
+    }

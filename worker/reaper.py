@@ -34,12 +34,14 @@ def reap(settings: Settings) -> list[int]:
 
     now = utcnow()
     with session_scope(settings) as session:
-        ids = list(session.scalars(
-            select(Job.id).where(
-                Job.status == JobStatus.running.value,
-                or_(Job.heartbeat_at < now - stale_after(settings), Job.deadline_at < now),
+        ids = list(
+            session.scalars(
+                select(Job.id).where(
+                    Job.status == JobStatus.running.value,
+                    or_(Job.heartbeat_at < now - stale_after(settings), Job.deadline_at < now),
+                )
             )
-        ))
+        )
     reaped: list[int] = []
     for job_id in ids:
         with session_scope(settings) as session:
@@ -47,8 +49,10 @@ def reap(settings: Settings) -> list[int]:
             if job is None or job.status != JobStatus.running.value:
                 continue
             beat = job.heartbeat_at
-            if beat is not None and beat >= now - stale_after(settings) and (
-                job.deadline_at is None or job.deadline_at >= now
+            if (
+                beat is not None
+                and beat >= now - stale_after(settings)
+                and (job.deadline_at is None or job.deadline_at >= now)
             ):
                 continue  # it came back to life since the query
             reason = (
@@ -69,7 +73,7 @@ def _remove_containers(settings: Settings, job_id: int) -> None:
 
     try:
         _executor(settings).cleanup_stale({LABEL_JOB: str(job_id)})
-    except Exception:  # noqa: BLE001 - the retried attempt cleans up by name as well
+    except Exception:  # the retried attempt removes its leftovers by name as well
         log.exception("could not remove containers of job %s", job_id)
 
 
@@ -77,7 +81,7 @@ def _loop(settings: Settings) -> None:
     while not _stop.wait(settings.heartbeat_s):
         try:
             reap(settings)
-        except Exception:  # noqa: BLE001 - the next pass tries again
+        except Exception:  # the next pass tries again
             log.exception("reaper pass failed")
 
 

@@ -25,9 +25,7 @@ def create_user(
     session: Session, username: str, *, email: str | None = None, is_admin: bool = False
 ) -> User:
     if not USERNAME_RE.match(username):
-        raise InvalidInput(
-            "username must be 1-64 letters, digits, '_', '.', '-'", field="username"
-        )
+        raise InvalidInput("username must be 1-64 letters, digits, '_', '.', '-'", field="username")
     if repository.get_user_by_name(session, username):
         raise AlreadyExists(f"user {username!r} already exists", field="username")
     user = User(username=username, email=email, is_admin=is_admin)

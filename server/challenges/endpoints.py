@@ -53,7 +53,8 @@ def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
     if organizer:
         view["metrics_version"] = phase.metrics_version
         view["datasets"] = {
-            "test": spec.test_dataset, "training": spec.training_dataset,
+            "test": spec.test_dataset,
+            "training": spec.training_dataset,
             "canary": spec.canary_dataset,
         }
     return view
@@ -72,16 +73,17 @@ def apply_bundle(
         raise NotFound(f"uploads given for undeclared datasets {sorted(unknown)}", field="datasets")
     report = service.apply_spec(session, store, user, spec, sources)
     return ApplyResult(
-        challenge=report.challenge, changed=report.changed, created=report.created,
-        updated=report.updated, unchanged=report.unchanged,
+        challenge=report.challenge,
+        changed=report.changed,
+        created=report.created,
+        updated=report.updated,
+        unchanged=report.unchanged,
     )
 
 
 @router.get("/challenges")
 def list_challenges(user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
-    return [
-        {"slug": c.slug, "title": c.title} for c in repository.list_challenges(session)
-    ]
+    return [{"slug": c.slug, "title": c.title} for c in repository.list_challenges(session)]
 
 
 @router.get("/challenges/{challenge}")
@@ -110,8 +112,13 @@ def list_datasets(challenge: str, user: CurrentUser, session: SessionDep) -> lis
     accounts.require_organizer(session, user, row.id)
     return [
         {
-            "slug": d.slug, "title": d.title, "public": d.public, "digest": d.digest,
-            "n_cases": d.n_cases, "version": d.version, "label_columns": d.label_columns,
+            "slug": d.slug,
+            "title": d.title,
+            "public": d.public,
+            "digest": d.digest,
+            "n_cases": d.n_cases,
+            "version": d.version,
+            "label_columns": d.label_columns,
         }
         for d in datasets_repo.list_datasets(session, row.id)
     ]

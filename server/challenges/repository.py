@@ -29,7 +29,9 @@ def list_phases(session: Session, challenge_id: int) -> list[Phase]:
 def organizer_ids(session: Session, challenge_id: int) -> set[int]:
     return set(
         session.scalars(
-            select(ChallengeOrganizer.user_id).where(ChallengeOrganizer.challenge_id == challenge_id)
+            select(ChallengeOrganizer.user_id).where(
+                ChallengeOrganizer.challenge_id == challenge_id
+            )
         )
     )
 

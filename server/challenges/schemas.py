@@ -60,11 +60,7 @@ class Interface(StrictModel):
                 self.extension = ".mha" if self.kind is InterfaceKind.image else None
             if not self.extension or not re.fullmatch(r"(\.[a-z0-9]+)+", self.extension):
                 raise ValueError(f"interface {self.slug!r}: extension must look like '.mha'")
-        if (
-            self.minimum is not None
-            and self.maximum is not None
-            and self.minimum > self.maximum
-        ):
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"interface {self.slug!r}: minimum is above maximum")
         return self
 
@@ -171,8 +167,15 @@ class PhaseSpec(StrictModel):
     canary_dataset: str | None = Field(None, description="public cases for the canary run")
     metrics: MetricConfig
     # Codebase phases: where the two Dockerfiles live inside the repository.
-    training_dir: str = "training"
-    inference_dir: str = "inference"
+    training_dir: str = Field("training", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    inference_dir: str = Field("inference", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+    @field_validator("training_dir", "inference_dir")
+    @classmethod
+    def _inside_repo(cls, value: str) -> str:
+        if any(part in (".", "..") for part in value.split("/")):
+            raise ValueError("must be a directory inside the repository, without '.' or '..'")
+        return value
 
     @field_validator("opens_at", "closes_at")
     @classmethod
@@ -229,8 +232,7 @@ class ChallengeSpec(StrictModel):
             for ref in (p.test_dataset, p.training_dataset, p.canary_dataset):
                 if ref is not None and ref not in ds:
                     raise ValueError(
-                        f"phase {p.slug!r} names dataset {ref!r}, "
-                        f"which the bundle does not declare"
+                        f"phase {p.slug!r} names dataset {ref!r}, which the bundle does not declare"
                     )
         slugs = [p.slug for p in self.phases]
         if len(set(slugs)) != len(slugs):

@@ -106,13 +106,23 @@ def apply_spec(
             dataset, outcome = existing, "unchanged"
         elif isinstance(source, Path):
             dataset, outcome = datasets.ingest_directory(
-                session, store, challenge_id=challenge.id, slug=ds.slug, root=source,
-                title=ds.title, public=ds.public,
+                session,
+                store,
+                challenge_id=challenge.id,
+                slug=ds.slug,
+                root=source,
+                title=ds.title,
+                public=ds.public,
             )
         else:
             dataset, outcome = datasets.ingest_archive(
-                session, store, archive_digest=source, challenge_id=challenge.id, slug=ds.slug,
-                title=ds.title, public=ds.public,
+                session,
+                store,
+                archive_digest=source,
+                challenge_id=challenge.id,
+                slug=ds.slug,
+                title=ds.title,
+                public=ds.public,
             )
         dataset_ids[ds.slug] = dataset.id
         report.record(f"dataset {ds.slug}", outcome)
@@ -137,8 +147,13 @@ def apply_spec(
         name = f"phase {phase_spec.slug}"
         if phase is None:
             session.add(
-                Phase(challenge_id=challenge.id, slug=phase_spec.slug, kind=phase_spec.kind.value,
-                      spec_json=spec_json, **ids)
+                Phase(
+                    challenge_id=challenge.id,
+                    slug=phase_spec.slug,
+                    kind=phase_spec.kind.value,
+                    spec_json=spec_json,
+                    **ids,
+                )
             )
             report.record(name, "created")
             continue

@@ -52,9 +52,7 @@ class Manifest:
     def digest(self) -> str:
         canon = {
             "labels": self.labels_digest,
-            "files": {
-                f.relpath: f.digest for per in self.files.values() for f in per.values()
-            },
+            "files": {f.relpath: f.digest for per in self.files.values() for f in per.values()},
         }
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()
@@ -64,7 +62,9 @@ class Manifest:
         return {slug for per in self.files.values() for slug in per}
 
 
-def read_labels(text: str, source: str = "labels.csv") -> tuple[list[str], dict[str, dict[str, str]]]:
+def read_labels(
+    text: str, source: str = "labels.csv"
+) -> tuple[list[str], dict[str, dict[str, str]]]:
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)

@@ -104,7 +104,12 @@ def ingest_archive(
         if not (dest / "labels.csv").exists() and len(entries) == 1 and entries[0].is_dir():
             root = entries[0]
         return ingest_directory(
-            session, store, challenge_id=challenge_id, slug=slug, root=root, title=title,
+            session,
+            store,
+            challenge_id=challenge_id,
+            slug=slug,
+            root=root,
+            title=title,
             public=public,
         )
 

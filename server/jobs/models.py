@@ -31,6 +31,12 @@ class Job(Base):
     # Output values, timings, image digests: whatever the step produced, as JSON.
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     log_digest: Mapped[str | None] = mapped_column(String(71))
-    # Logs of runs on sequestered data are held until an organizer releases them.
+    # Logs of runs on sequestered data are held until an organizer releases them:
+    # log_review is None (nothing to review), "pending", "released" or "refused", and a
+    # release may carry a redacted copy.
     logs_held: Mapped[bool] = mapped_column(Boolean, default=False)
+    log_review: Mapped[str | None] = mapped_column(String(16), index=True)
+    released_log_digest: Mapped[str | None] = mapped_column(String(71))
+    reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -38,8 +38,12 @@ def create(
     enqueue: bool = True,
 ) -> Job:
     job = Job(
-        submission_id=submission.id, kind=kind.value, case_id=case_id,
-        queue=queue or QUEUE_FOR[kind], status=JobStatus.pending.value, result={},
+        submission_id=submission.id,
+        kind=kind.value,
+        case_id=case_id,
+        queue=queue or QUEUE_FOR[kind],
+        status=JobStatus.pending.value,
+        result={},
     )
     session.add(job)
     session.flush()
@@ -67,7 +71,9 @@ def set_status(session: Session, job: Job, target: JobStatus, **values: Any) -> 
     session.refresh(job)
 
 
-def claim(session: Session, job_id: int, worker_id: str, wall_time_s: int, margin_s: int) -> Job | None:
+def claim(
+    session: Session, job_id: int, worker_id: str, wall_time_s: int, margin_s: int
+) -> Job | None:
     """Lock the job and mark it running for this worker; None if there is nothing to do
     (finished, cancelled, or running under a live owner)."""
     job = repository.lock(session, job_id)
@@ -77,8 +83,13 @@ def claim(session: Session, job_id: int, worker_id: str, wall_time_s: int, margi
         return None
     now = utcnow()
     set_status(
-        session, job, JobStatus.running, attempt=job.attempt + 1, worker_id=worker_id,
-        heartbeat_at=now, started_at=now,
+        session,
+        job,
+        JobStatus.running,
+        attempt=job.attempt + 1,
+        worker_id=worker_id,
+        heartbeat_at=now,
+        started_at=now,
         deadline_at=now + timedelta(seconds=wall_time_s + margin_s),
     )
     return job
@@ -94,20 +105,36 @@ def heartbeat(session: Session, job_id: int, worker_id: str) -> bool:
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
-def succeed(session: Session, job: Job, result: dict[str, Any], log_digest: str | None = None) -> None:
+def succeed(
+    session: Session, job: Job, result: dict[str, Any], log_digest: str | None = None
+) -> None:
     set_status(
-        session, job, JobStatus.succeeded, result=result, log_digest=log_digest,
+        session,
+        job,
+        JobStatus.succeeded,
+        result=result,
+        log_digest=log_digest,
         finished_at=utcnow(),
     )
 
 
 def fail(
-    session: Session, job: Job, code: str, message: str, *, result: dict[str, Any] | None = None,
+    session: Session,
+    job: Job,
+    code: str,
+    message: str,
+    *,
+    result: dict[str, Any] | None = None,
     log_digest: str | None = None,
 ) -> None:
     set_status(
-        session, job, JobStatus.failed, failure_code=code, failure_message=message,
-        result=result if result is not None else job.result, log_digest=log_digest,
+        session,
+        job,
+        JobStatus.failed,
+        failure_code=code,
+        failure_message=message,
+        result=result if result is not None else job.result,
+        log_digest=log_digest,
         finished_at=utcnow(),
     )
 
@@ -115,7 +142,12 @@ def fail(
 def retry(session: Session, job: Job, reason: str) -> None:
     """An infrastructure failure: back to pending and onto the queue again."""
     set_status(
-        session, job, JobStatus.pending, worker_id=None, heartbeat_at=None, deadline_at=None,
+        session,
+        job,
+        JobStatus.pending,
+        worker_id=None,
+        heartbeat_at=None,
+        deadline_at=None,
         failure_message=f"retried: {reason}",
     )
     requeue(session, job)

@@ -12,6 +12,8 @@ router = APIRouter(tags=["leaderboards"])
 
 
 @router.get("/challenges/{challenge}/phases/{phase}/leaderboard")
-def leaderboard(challenge: str, phase: str, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+def leaderboard(
+    challenge: str, phase: str, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
     _, ph = challenges.get_phase(session, challenge, phase)
     return service.leaderboard(session, ph)

@@ -19,7 +19,10 @@ def current_results(
 
 
 def find(
-    session: Session, submission_id: int, evaluator_version: str, metrics_version: int,
+    session: Session,
+    submission_id: int,
+    evaluator_version: str,
+    metrics_version: int,
     ground_truth_digest: str,
 ) -> Result | None:
     return session.scalar(

@@ -22,8 +22,12 @@ def ground_truth_digest(session: Session, phase: Phase) -> str | None:
 
 
 def record(
-    session: Session, submission: Submission, phase: Phase, evaluator_version: str,
-    ground_truth: str, metrics: dict[str, Any],
+    session: Session,
+    submission: Submission,
+    phase: Phase,
+    evaluator_version: str,
+    ground_truth: str,
+    metrics: dict[str, Any],
 ) -> Result:
     """Store a result under its key; a re-run with the same key replaces nothing."""
     existing = repository.find(
@@ -34,9 +38,14 @@ def record(
     primary = phase.spec.metrics.primary
     value = metrics.get("aggregates", {}).get(primary, {}).get("value")
     result = Result(
-        submission_id=submission.id, phase_id=phase.id, evaluator_version=evaluator_version,
-        metrics_version=phase.metrics_version, ground_truth_digest=ground_truth,
-        primary_metric=primary, primary_value=value, metrics=metrics,
+        submission_id=submission.id,
+        phase_id=phase.id,
+        evaluator_version=evaluator_version,
+        metrics_version=phase.metrics_version,
+        ground_truth_digest=ground_truth,
+        primary_metric=primary,
+        primary_value=value,
+        metrics=metrics,
     )
     session.add(result)
     session.flush()

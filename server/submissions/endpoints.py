@@ -39,11 +39,16 @@ def view(session: Session, submission: Submission, *, detail: bool = False) -> S
 
 @router.post(
     "/challenges/{challenge}/phases/{phase}/submissions",
-    response_model=SubmissionRead, status_code=201,
+    response_model=SubmissionRead,
+    status_code=201,
 )
 def create_submission(
-    challenge: str, phase: str, body: SubmissionCreate, user: CurrentUser,
-    session: SessionDep, settings: SettingsDep,
+    challenge: str,
+    phase: str,
+    body: SubmissionCreate,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> SubmissionRead:
     submission = service.create(session, settings, user, challenge, phase, body)
     return view(session, submission, detail=True)
@@ -60,7 +65,9 @@ def list_submissions(
 
 
 @router.get("/challenges/{challenge}/phases/{phase}/rules")
-def phase_rules(challenge: str, phase: str, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+def phase_rules(
+    challenge: str, phase: str, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
     _, ph = challenges.get_phase(session, challenge, phase)
     return {"rules": ph.spec.rules.model_dump(), "text": rules.describe(ph)}
 
@@ -71,9 +78,7 @@ def get_submission(submission_id: int, user: CurrentUser, session: SessionDep) -
 
 
 @router.post("/submissions/{submission_id}/cancel", response_model=SubmissionRead)
-def cancel_submission(
-    submission_id: int, user: CurrentUser, session: SessionDep
-) -> SubmissionRead:
+def cancel_submission(submission_id: int, user: CurrentUser, session: SessionDep) -> SubmissionRead:
     return view(session, service.cancel(session, user, submission_id), detail=True)
 
 

@@ -10,7 +10,9 @@ from server.db import Base, UTCDateTime, utcnow
 
 class Submission(Base):
     __tablename__ = "submissions"
-    __table_args__ = (Index("ix_submissions_phase_team_created", "phase_id", "team_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_submissions_phase_team_created", "phase_id", "team_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     phase_id: Mapped[int] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"))

@@ -16,7 +16,9 @@ def charged(phase_id: int, team_id: int):  # type: ignore[no-untyped-def]
     )
 
 
-def charged_since(session: Session, phase_id: int, team_id: int, since: datetime) -> list[Submission]:
+def charged_since(
+    session: Session, phase_id: int, team_id: int, since: datetime
+) -> list[Submission]:
     stmt = charged(phase_id, team_id).where(Submission.created_at >= since)
     return list(session.scalars(stmt.order_by(Submission.created_at)))
 
@@ -51,9 +53,7 @@ def active_penalty(session: Session, phase_id: int, team_id: int, now: datetime)
     return session.scalar(stmt)
 
 
-def list_for_phase(
-    session: Session, phase_id: int, team_id: int | None = None
-) -> list[Submission]:
+def list_for_phase(session: Session, phase_id: int, team_id: int | None = None) -> list[Submission]:
     stmt = select(Submission).where(Submission.phase_id == phase_id)
     if team_id is not None:
         stmt = stmt.where(Submission.team_id == team_id)

@@ -39,8 +39,10 @@ def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
 
     if rules.invite_only and not challenges_repo.is_invited(session, phase.id, team.id):
         raise RuleViolation(
-            "this phase is open to invited teams only", rule="invite_only",
-            next_allowed_at=None, status_code=403,
+            "this phase is open to invited teams only",
+            rule="invite_only",
+            next_allowed_at=None,
+            status_code=403,
         )
 
     penalty = repository.active_penalty(session, phase.id, team.id, now)
@@ -48,14 +50,17 @@ def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
         raise RuleViolation(
             f"your team is barred from submitting until {penalty.until.isoformat()} "
             f"({penalty.reason})",
-            rule="cooldown_penalty", next_allowed_at=penalty.until,
+            rule="cooldown_penalty",
+            next_allowed_at=penalty.until,
         )
 
     if rules.single_shot and repository.count_standing(session, phase.id, team.id) >= 1:
         hint = " Renounce it first to submit again." if rules.allow_renounce else ""
         raise RuleViolation(
             "this phase allows one submission per team and yours is in." + hint,
-            rule="single_shot", next_allowed_at=None, status_code=409,
+            rule="single_shot",
+            next_allowed_at=None,
+            status_code=409,
         )
 
     if rules.cooldown_hours:
@@ -68,8 +73,12 @@ def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
                 if rules.cooldown_penalty_hours:
                     until = now + timedelta(hours=rules.cooldown_penalty_hours)
                     session.add(
-                        Penalty(phase_id=phase.id, team_id=team.id, until=until,
-                                reason="submitted during the cooldown")
+                        Penalty(
+                            phase_id=phase.id,
+                            team_id=team.id,
+                            until=until,
+                            reason="submitted during the cooldown",
+                        )
                     )
                     next_at = max(ends, until)
                     detail += (
@@ -80,7 +89,8 @@ def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
                     detail += " has not passed"
                 raise RuleViolation(
                     f"{detail}. Next submission allowed at {next_at.isoformat()}.",
-                    rule="cooldown", next_allowed_at=next_at,
+                    rule="cooldown",
+                    next_allowed_at=next_at,
                     keep_changes=bool(rules.cooldown_penalty_hours),
                 )
 
@@ -93,5 +103,6 @@ def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
                 f"your team has made {len(recent)} of {rules.max_submissions} submission(s) "
                 f"allowed per {rules.window_hours:g} h. Next submission allowed at "
                 f"{frees.isoformat()}.",
-                rule="max_submissions", next_allowed_at=frees,
+                rule="max_submissions",
+                next_allowed_at=frees,
             )

@@ -60,7 +60,9 @@ def transition(
         )
     session.add(
         SubmissionTransition(
-            submission_id=submission.id, from_status=current.value, to_status=target.value,
+            submission_id=submission.id,
+            from_status=current.value,
+            to_status=target.value,
             note=note,
         )
     )
@@ -85,7 +87,8 @@ def create(
     if not open_:
         spec = phase.spec
         raise RuleViolation(
-            f"submissions are not accepted: {why}", rule="phase_window",
+            f"submissions are not accepted: {why}",
+            rule="phase_window",
             next_allowed_at=spec.opens_at if spec.opens_at and now < spec.opens_at else None,
             status_code=403,
         )
@@ -113,9 +116,15 @@ def create(
     rules.check(session, phase, team, now)
 
     submission = Submission(
-        phase_id=phase.id, team_id=team.id, user_id=user.id, kind=kind.value,
-        status=SubmissionStatus.received.value, comment=payload.comment, created_at=now,
-        updated_at=now, **fields,
+        phase_id=phase.id,
+        team_id=team.id,
+        user_id=user.id,
+        kind=kind.value,
+        status=SubmissionStatus.received.value,
+        comment=payload.comment,
+        created_at=now,
+        updated_at=now,
+        **fields,
     )
     session.add(submission)
     session.flush()
@@ -132,8 +141,9 @@ def _resolve_codebase(settings: Settings, url: str, ref: str) -> tuple[str, str]
 
     try:
         clean = git.validate_repository_url(
-            url, settings.allowed_local_repo_roots,
-            allow_http_loopback=settings.allow_http_loopback_repos,
+            url,
+            settings.allowed_local_repo_roots,
+            allow_loopback=settings.allow_loopback_repos,
         )
         return clean, git.resolve_ref(clean, ref, settings.git_timeout_s)
     except git.CodebaseError as exc:
@@ -156,7 +166,9 @@ def get_visible(session: Session, user: User, submission_id: int) -> Submission:
     return submission
 
 
-def list_visible(session: Session, user: User, challenge: Challenge, phase: Phase) -> list[Submission]:
+def list_visible(
+    session: Session, user: User, challenge: Challenge, phase: Phase
+) -> list[Submission]:
     if accounts.is_organizer(session, user, challenge.id):
         return repository.list_for_phase(session, phase.id)
     team = teams_repo.team_of(session, challenge.id, user.id)

@@ -39,8 +39,16 @@ TRANSITIONS: dict[SubmissionStatus, frozenset[SubmissionStatus]] = {
 }
 
 ACTIVE = frozenset(
-    {S.received, S.validating, S.queued, S.building, S.training, S.awaiting_log_review,
-     S.inferring, S.evaluating}
+    {
+        S.received,
+        S.validating,
+        S.queued,
+        S.building,
+        S.training,
+        S.awaiting_log_review,
+        S.inferring,
+        S.evaluating,
+    }
 )
 FINAL = frozenset({S.succeeded, S.failed, S.cancelled})
 

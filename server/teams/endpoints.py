@@ -28,7 +28,9 @@ def _view(session: SessionDep, team_id: int) -> dict[str, Any]:
     team = service.get_team(session, team_id)
     names = [session.get(User, m.user_id) for m in repository.members(session, team.id)]
     return {
-        "id": team.id, "name": team.name, "solo": team.solo,
+        "id": team.id,
+        "name": team.name,
+        "solo": team.solo,
         "members": sorted(u.username for u in names if u is not None),
     }
 

@@ -17,21 +17,29 @@ class UploadStart(BaseModel):
     filename: str = Field(min_length=1, max_length=255)
     size: int = Field(gt=0)
     sha256: str | None = Field(
-        None, pattern=r"^sha256:[0-9a-f]{64}$",
+        None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
         description="if the server already holds this content, nothing needs sending",
     )
 
 
 def _view(upload: Upload) -> dict[str, Any]:
     return {
-        "key": upload.key, "filename": upload.filename, "size": upload.size,
-        "received": upload.received, "status": upload.status, "digest": upload.digest,
+        "key": upload.key,
+        "filename": upload.filename,
+        "size": upload.size,
+        "received": upload.received,
+        "status": upload.status,
+        "digest": upload.digest,
     }
 
 
 @router.post("/uploads", status_code=201)
 def start(
-    body: UploadStart, user: CurrentUser, session: SessionDep, store: StoreDep,
+    body: UploadStart,
+    user: CurrentUser,
+    session: SessionDep,
+    store: StoreDep,
     settings: SettingsDep,
 ) -> dict[str, Any]:
     upload = service.start(
@@ -47,7 +55,11 @@ def status(key: str, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
 
 @router.put("/uploads/{key}")
 async def append(
-    key: str, request: Request, user: CurrentUser, session: SessionDep, store: StoreDep,
+    key: str,
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    store: StoreDep,
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
     """Raw body, streamed to disk: the server never holds a whole chunk in memory."""

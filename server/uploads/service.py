@@ -19,7 +19,7 @@ from server.uploads.models import Upload
 
 # Running hashes of uploads streamed in order by this process; a resumed upload whose hash
 # state was lost is hashed again from disk at completion.
-_hashers: dict[str, tuple[int, "hashlib._Hash"]] = {}
+_hashers: dict[str, tuple[int, hashlib._Hash]] = {}
 
 
 def _part(store: ArtifactStore, key: str) -> Path:
@@ -27,15 +27,23 @@ def _part(store: ArtifactStore, key: str) -> Path:
 
 
 def start(
-    session: Session, store: ArtifactStore, user: User, filename: str, size: int,
-    max_bytes: int, expected_digest: str | None = None,
+    session: Session,
+    store: ArtifactStore,
+    user: User,
+    filename: str,
+    size: int,
+    max_bytes: int,
+    expected_digest: str | None = None,
 ) -> Upload:
     if size <= 0:
         raise InvalidInput("size must be positive", field="size")
     if size > max_bytes:
         raise TooLarge(f"{size} bytes is over the upload limit of {max_bytes}", field="size")
     upload = Upload(
-        key=str(uuid.uuid4()), user_id=user.id, filename=filename[:255], size=size,
+        key=str(uuid.uuid4()),
+        user_id=user.id,
+        filename=filename[:255],
+        size=size,
         expected_digest=expected_digest,
     )
     if expected_digest and store.exists(expected_digest):
@@ -67,7 +75,10 @@ def get_complete(session: Session, user: User, key: str) -> Upload:
 
 
 async def append(
-    session: Session, store: ArtifactStore, upload: Upload, offset: int,
+    session: Session,
+    store: ArtifactStore,
+    upload: Upload,
+    offset: int,
     body: AsyncIterator[bytes],
 ) -> Upload:
     if upload.status == "complete":
@@ -75,7 +86,8 @@ async def append(
     if offset != upload.received:
         raise Conflict(
             f"chunk starts at byte {offset}, the server has {upload.received}: resume there",
-            field="offset", received=upload.received,
+            field="offset",
+            received=upload.received,
         )
     part = _part(store, upload.key)
     pos, hasher = _hashers.get(upload.key, (0, hashlib.sha256()))

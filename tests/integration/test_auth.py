@@ -12,7 +12,13 @@ from server.accounts.models import ApiToken
 from server.config import Settings
 from server.db import session_scope
 from tests.support.factories import (
-    apply_bundle, auth, stoic_bundle, stoic_cases, submit_blob, user_token, write_dataset,
+    apply_bundle,
+    auth,
+    stoic_bundle,
+    stoic_cases,
+    submit_blob,
+    user_token,
+    write_dataset,
 )
 
 
@@ -43,7 +49,9 @@ def test_missing_bad_and_revoked_tokens(api: TestClient, settings: Settings) -> 
 
 def test_only_admins_create_users(api: TestClient, settings: Settings) -> None:
     alice = user_token(settings, "alice")
-    assert api.post("/api/v1/users", json={"username": "eve"}, headers=auth(alice)).status_code == 403
+    assert (
+        api.post("/api/v1/users", json={"username": "eve"}, headers=auth(alice)).status_code == 403
+    )
     admin = user_token(settings, "root", admin=True)
     r = api.post("/api/v1/users", json={"username": "eve"}, headers=auth(admin))
     assert r.status_code == 201
@@ -68,33 +76,43 @@ def test_participants_cannot_see_other_teams_or_organizer_data(
 
     # Bob cannot read Alice's submission (nor learn that it exists), nor cancel it.
     assert api.get(f"/api/v1/submissions/{a_sub['id']}", headers=auth(bob)).status_code == 404
-    assert api.post(f"/api/v1/submissions/{a_sub['id']}/cancel", headers=auth(bob)).status_code == 404
-    listed = api.get("/api/v1/challenges/stoic/phases/qualification/submissions",
-                     headers=auth(bob)).json()
+    assert (
+        api.post(f"/api/v1/submissions/{a_sub['id']}/cancel", headers=auth(bob)).status_code == 404
+    )
+    listed = api.get(
+        "/api/v1/challenges/stoic/phases/qualification/submissions", headers=auth(bob)
+    ).json()
     assert [s["id"] for s in listed] == [b_sub["id"]]
     # Organizers see both.
-    listed = api.get("/api/v1/challenges/stoic/phases/qualification/submissions",
-                     headers=auth(admin)).json()
+    listed = api.get(
+        "/api/v1/challenges/stoic/phases/qualification/submissions", headers=auth(admin)
+    ).json()
     assert {s["id"] for s in listed} == {a_sub["id"], b_sub["id"]}
 
     # Organizer endpoints.
     assert api.get("/api/v1/challenges/stoic/datasets", headers=auth(bob)).status_code == 403
     assert apply_bundle(api, bob, stoic_bundle()).status_code == 403
-    r = api.post("/api/v1/challenges/stoic/phases/qualification/invitations",
-                 json={"team_id": 1}, headers=auth(bob))
+    r = api.post(
+        "/api/v1/challenges/stoic/phases/qualification/invitations",
+        json={"team_id": 1},
+        headers=auth(bob),
+    )
     assert r.status_code == 403
     phase = api.get("/api/v1/challenges/stoic/phases/qualification", headers=auth(bob)).json()
     assert "datasets" not in phase and "metrics_version" not in phase
 
     # Ground truth: walk every GET route a participant can call and look for the marker.
     paths = [
-        "/api/v1/challenges", "/api/v1/challenges/stoic",
+        "/api/v1/challenges",
+        "/api/v1/challenges/stoic",
         "/api/v1/challenges/stoic/phases/qualification",
         "/api/v1/challenges/stoic/phases/qualification/submissions",
         "/api/v1/challenges/stoic/phases/qualification/leaderboard",
         "/api/v1/challenges/stoic/phases/qualification/rules",
-        "/api/v1/challenges/stoic/datasets", f"/api/v1/submissions/{b_sub['id']}",
-        "/api/v1/me", "/api/v1/openapi.json",
+        "/api/v1/challenges/stoic/datasets",
+        f"/api/v1/submissions/{b_sub['id']}",
+        "/api/v1/me",
+        "/api/v1/openapi.json",
     ]
     for path in paths:
         r = api.get(path, headers=auth(bob))

@@ -8,7 +8,12 @@ from fastapi.testclient import TestClient
 
 from server.config import Settings
 from tests.support.factories import (
-    apply_bundle, auth, stoic_bundle, stoic_cases, user_token, write_dataset,
+    apply_bundle,
+    auth,
+    stoic_bundle,
+    stoic_cases,
+    user_token,
+    write_dataset,
 )
 
 
@@ -39,7 +44,9 @@ def test_apply_twice_changes_nothing(api: TestClient, settings: Settings, tmp_pa
     assert phase["metrics_version"] == 2
 
 
-def test_changed_dataset_gets_new_version(api: TestClient, settings: Settings, tmp_path: Path) -> None:
+def test_changed_dataset_gets_new_version(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
     admin = user_token(settings, "admin", admin=True)
     ds = write_dataset(tmp_path / "test", stoic_cases())
     apply_bundle(api, admin, stoic_bundle(), {"test": ds})
@@ -50,7 +57,9 @@ def test_changed_dataset_gets_new_version(api: TestClient, settings: Settings, t
     assert datasets[0]["version"] == 2
 
 
-def test_malformed_bundles_name_the_field(api: TestClient, settings: Settings, tmp_path: Path) -> None:
+def test_malformed_bundles_name_the_field(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
     admin = user_token(settings, "admin", admin=True)
     ds = write_dataset(tmp_path / "test", stoic_cases())
 

@@ -53,8 +53,11 @@ def _submit(api: TestClient, token: str, archive: Path) -> dict[str, Any]:
     from tests.support.factories import upload_bytes
 
     key = upload_bytes(api, token, archive.read_bytes(), archive.name)
-    r = api.post("/api/v1/challenges/stoic/phases/qualification/submissions",
-                 json={"upload": key}, headers=auth(token))
+    r = api.post(
+        "/api/v1/challenges/stoic/phases/qualification/submissions",
+        json={"upload": key},
+        headers=auth(token),
+    )
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -92,8 +95,9 @@ def test_good_algorithm_is_scored_and_ranked(live: Any, tmp_path: Path) -> None:
         {"kind": "infer", "total": N_CASES, "by_status": {"succeeded": N_CASES}},
         {"kind": "evaluate", "total": 1, "by_status": {"succeeded": 1}},
     ]
-    board = api.get("/api/v1/challenges/stoic/phases/qualification/leaderboard",
-                    headers=auth(alice)).json()
+    board = api.get(
+        "/api/v1/challenges/stoic/phases/qualification/leaderboard", headers=auth(alice)
+    ).json()
     (entry,) = board["entries"]
     assert entry["team"] == "alice" and entry["rank"] == 1
     # Predicted COVID probability is age/100 and COVID follows age: a perfect AUC.
@@ -119,7 +123,10 @@ def test_failing_cases_name_the_cases(live: Any, tmp_path: Path) -> None:
 def test_root_image_is_refused_at_validation(live: Any, tmp_path: Path) -> None:
     settings, api, client = live
     admin = user_token(settings, "admin", admin=True)
-    assert apply_bundle(api, admin, stoic_bundle(), {"test": _dataset(tmp_path / "t")}).status_code == 200
+    assert (
+        apply_bundle(api, admin, stoic_bundle(), {"test": _dataset(tmp_path / "t")}).status_code
+        == 200
+    )
     tag = images.build_image(client, "pipeline-root", images.WELL_BEHAVED, user=None)
     archive = images.save_image(client, [tag], tmp_path / "root.tar")
     alice = user_token(settings, "alice")
@@ -134,8 +141,9 @@ def test_worker_killed_mid_job_loses_nothing(live: Any, tmp_path: Path) -> None:
     """SIGKILL the worker while a case runs; the reaper in a new worker retries the job
     and every case is evaluated exactly once."""
     settings, api, client = live
-    slow = images.WELL_BEHAVED.replace("import glob, json, os, sys",
-                                       "import glob, json, os, sys, time\ntime.sleep(4)")
+    slow = images.WELL_BEHAVED.replace(
+        "import glob, json, os, sys", "import glob, json, os, sys, time\ntime.sleep(4)"
+    )
     _, archive = _setup(live, tmp_path, slow, "pipeline-slow")
     alice = user_token(settings, "alice")
     first = start_worker(settings, concurrency=1, log=settings.data_dir / "w1.log")
@@ -152,8 +160,11 @@ def test_worker_killed_mid_job_loses_nothing(live: Any, tmp_path: Path) -> None:
     with celery_worker(settings, log=settings.data_dir / "w2.log"):
         final = _wait_final(api, alice, sub["id"])
     assert final["status"] == "succeeded", final
-    assert final["jobs"][1] == {"kind": "infer", "total": N_CASES,
-                                "by_status": {"succeeded": N_CASES}}
+    assert final["jobs"][1] == {
+        "kind": "infer",
+        "total": N_CASES,
+        "by_status": {"succeeded": N_CASES},
+    }
     from server.db import session_scope
     from server.jobs import repository as jobs_repo
 
@@ -165,8 +176,9 @@ def test_worker_killed_mid_job_loses_nothing(live: Any, tmp_path: Path) -> None:
         (evaluate,) = jobs_repo.for_submission(session, sub["id"], "evaluate")
         cases = evaluate.result["metrics"]["case"]
         assert len(cases) == N_CASES
-    board = api.get("/api/v1/challenges/stoic/phases/qualification/leaderboard",
-                    headers=auth(alice)).json()
+    board = api.get(
+        "/api/v1/challenges/stoic/phases/qualification/leaderboard", headers=auth(alice)
+    ).json()
     assert len(board["entries"]) == 1
     leftovers = client.containers.list(all=True, filters={"label": "heldout.managed=1"})
     assert leftovers == []

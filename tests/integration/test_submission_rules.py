@@ -11,16 +11,22 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from server.accounts import repository as accounts_repo
 from server.config import Settings
 from server.db import session_scope
 from server.errors import RuleViolation
+from server.storage import ArtifactStore
 from server.submissions import service as submissions
 from server.submissions.schemas import SubmissionCreate
-from server.accounts import repository as accounts_repo
 from server.uploads import service as uploads
-from server.storage import ArtifactStore
 from tests.support.factories import (
-    apply_bundle, auth, stoic_bundle, stoic_cases, submit_blob, user_token, write_dataset,
+    apply_bundle,
+    auth,
+    stoic_bundle,
+    stoic_cases,
+    submit_blob,
+    user_token,
+    write_dataset,
 )
 
 
@@ -68,8 +74,9 @@ def test_max_submissions_per_window(api: TestClient, settings: Settings, tmp_pat
 
 
 def test_cooldown_with_penalty(api: TestClient, settings: Settings, tmp_path: Path) -> None:
-    _challenge(api, settings, tmp_path,
-               rules={"cooldown_hours": 24 * 7, "cooldown_penalty_hours": 24 * 14})
+    _challenge(
+        api, settings, tmp_path, rules={"cooldown_hours": 24 * 7, "cooldown_penalty_hours": 24 * 14}
+    )
     alice = user_token(settings, "alice")
     assert submit_blob(api, alice).status_code == 201
     r = submit_blob(api, alice)
@@ -116,7 +123,9 @@ def test_single_shot_without_renounce(api: TestClient, settings: Settings, tmp_p
     assert r.status_code == 403
 
 
-def test_early_cancellation_is_not_charged(api: TestClient, settings: Settings, tmp_path: Path) -> None:
+def test_early_cancellation_is_not_charged(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
     _challenge(api, settings, tmp_path, rules={"max_submissions": 1})
     alice = user_token(settings, "alice")
     first = submit_blob(api, alice).json()
@@ -134,14 +143,21 @@ def test_invite_only(api: TestClient, settings: Settings, tmp_path: Path) -> Non
     alice = user_token(settings, "alice")
     r = submit_blob(api, alice)
     assert r.status_code == 403 and r.json()["rule"] == "invite_only"
-    team = api.post("/api/v1/challenges/stoic/teams", json={"name": "Finalists"},
-                    headers=auth(alice)).json()
+    team = api.post(
+        "/api/v1/challenges/stoic/teams", json={"name": "Finalists"}, headers=auth(alice)
+    ).json()
     # Participants cannot invite themselves.
-    r = api.post("/api/v1/challenges/stoic/phases/qualification/invitations",
-                 json={"team_id": team["id"]}, headers=auth(alice))
+    r = api.post(
+        "/api/v1/challenges/stoic/phases/qualification/invitations",
+        json={"team_id": team["id"]},
+        headers=auth(alice),
+    )
     assert r.status_code == 403
-    r = api.post("/api/v1/challenges/stoic/phases/qualification/invitations",
-                 json={"team_id": team["id"]}, headers=auth(admin))
+    r = api.post(
+        "/api/v1/challenges/stoic/phases/qualification/invitations",
+        json={"team_id": team["id"]},
+        headers=auth(admin),
+    )
     assert r.status_code == 201
     ok = submit_blob(api, alice)
     assert ok.status_code == 201 and ok.json()["team"] == "Finalists"
@@ -159,10 +175,12 @@ def test_phase_window(api: TestClient, settings: Settings, tmp_path: Path) -> No
 def test_teams_do_not_overlap(api: TestClient, settings: Settings, tmp_path: Path) -> None:
     _challenge(api, settings, tmp_path, rules={"max_submissions": 1})
     alice, bob = user_token(settings, "alice"), user_token(settings, "bob")
-    team = api.post("/api/v1/challenges/stoic/teams", json={"name": "Lungs"},
-                    headers=auth(alice)).json()
-    r = api.post(f"/api/v1/teams/{team['id']}/members", json={"username": "bob"},
-                 headers=auth(alice))
+    team = api.post(
+        "/api/v1/challenges/stoic/teams", json={"name": "Lungs"}, headers=auth(alice)
+    ).json()
+    r = api.post(
+        f"/api/v1/teams/{team['id']}/members", json={"username": "bob"}, headers=auth(alice)
+    )
     assert r.status_code == 201 and r.json()["members"] == ["alice", "bob"]
     again = api.post("/api/v1/challenges/stoic/teams", json={"name": "Other"}, headers=auth(bob))
     assert again.status_code == 409 and "at most one" in again.json()["detail"]
@@ -203,12 +221,13 @@ def _race(settings: Settings, n: int) -> list[str]:
             with session_scope(settings) as session:
                 user = accounts_repo.get_user_by_name(session, "alice")
                 assert user is not None
-                submissions.create(session, settings, user, "stoic", "qualification",
-                                   SubmissionCreate(upload=key))
+                submissions.create(
+                    session, settings, user, "stoic", "qualification", SubmissionCreate(upload=key)
+                )
             outcome = "accepted"
         except RuleViolation as exc:
             outcome = exc.rule
-        except Exception as exc:  # noqa: BLE001 - recorded and asserted below
+        except Exception as exc:  # recorded, and asserted on below
             outcome = f"error: {exc!r}"
         with lock:
             outcomes.append(outcome)
@@ -232,6 +251,7 @@ def test_parallel_submissions_against_limit_of_one(
     assert len(outcomes) == 12
     assert all(o in ("accepted", "max_submissions", "single_shot") for o in outcomes), outcomes
     alice = user_token(settings, "alice")
-    listed = api.get("/api/v1/challenges/stoic/phases/qualification/submissions",
-                     headers=auth(alice)).json()
+    listed = api.get(
+        "/api/v1/challenges/stoic/phases/qualification/submissions", headers=auth(alice)
+    ).json()
     assert len(listed) == 1

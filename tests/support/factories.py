@@ -26,8 +26,12 @@ def auth(token: str) -> dict[str, str]:
 
 
 def write_dataset(
-    root: Path, cases: dict[str, dict[str, Any]], *, payload: bytes | None = None,
-    slug: str = "ct", ext: str = ".mha",
+    root: Path,
+    cases: dict[str, dict[str, Any]],
+    *,
+    payload: bytes | None = None,
+    slug: str = "ct",
+    ext: str = ".mha",
 ) -> Path:
     """A dataset directory: labels.csv plus one image file per case."""
     (root / "images" / slug).mkdir(parents=True, exist_ok=True)
@@ -45,8 +49,7 @@ def write_dataset(
 
 def stoic_cases(n: int = 6) -> dict[str, dict[str, Any]]:
     return {
-        f"P{i:03d}": {"probCOVID": int(i % 2 == 0), "probSevere": int(i % 4 == 0)}
-        for i in range(n)
+        f"P{i:03d}": {"probCOVID": int(i % 2 == 0), "probSevere": int(i % 4 == 0)} for i in range(n)
     }
 
 
@@ -67,12 +70,22 @@ STOIC_PHASE = textwrap.dedent(
 
 
 def stoic_bundle(
-    slug: str = "stoic", *, rules: dict[str, Any] | None = None, dataset_path: str = "test",
-    limits: dict[str, Any] | None = None, extra_phase: dict[str, Any] | None = None,
+    slug: str = "stoic",
+    *,
+    rules: dict[str, Any] | None = None,
+    dataset_path: str = "test",
+    limits: dict[str, Any] | None = None,
+    extra_phase: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     phase: dict[str, Any] = yaml.safe_load(STOIC_PHASE)
-    phase.update(slug="qualification", title="Qualification", kind="algorithm",
-                 test_dataset="test", rules=rules or {}, limits=limits or {"wall_time_s": 120})
+    phase.update(
+        slug="qualification",
+        title="Qualification",
+        kind="algorithm",
+        test_dataset="test",
+        rules=rules or {},
+        limits=limits or {"wall_time_s": 120},
+    )
     phase.update(extra_phase or {})
     return {
         "version": 1,
@@ -85,14 +98,16 @@ def stoic_bundle(
 
 def upload_bytes(api: Any, token: str, data: bytes, filename: str = "blob.tar") -> str:
     """Upload through the API in two chunks (exercising resume offsets); returns the key."""
-    up = api.post("/api/v1/uploads", json={"filename": filename, "size": len(data)},
-                  headers=auth(token))
+    up = api.post(
+        "/api/v1/uploads", json={"filename": filename, "size": len(data)}, headers=auth(token)
+    )
     assert up.status_code == 201, up.text
     key = up.json()["key"]
     half = len(data) // 2
     for offset, chunk in ((0, data[:half]), (half, data[half:])):
-        r = api.put(f"/api/v1/uploads/{key}", params={"offset": offset}, content=chunk,
-                    headers=auth(token))
+        r = api.put(
+            f"/api/v1/uploads/{key}", params={"offset": offset}, content=chunk, headers=auth(token)
+        )
         assert r.status_code == 200, r.text
     assert r.json()["status"] == "complete"
     return str(key)
@@ -112,13 +127,24 @@ def tar_dir(root: Path) -> bytes:
 def apply_bundle(
     api: Any, token: str, bundle: dict[str, Any], datasets: dict[str, Path] | None = None
 ) -> Any:
-    keys = {slug: upload_bytes(api, token, tar_dir(path)) for slug, path in (datasets or {}).items()}
-    return api.post("/api/v1/challenges/apply", json={"bundle": bundle, "datasets": keys},
-                    headers=auth(token))
+    keys = {
+        slug: upload_bytes(api, token, tar_dir(path)) for slug, path in (datasets or {}).items()
+    }
+    return api.post(
+        "/api/v1/challenges/apply", json={"bundle": bundle, "datasets": keys}, headers=auth(token)
+    )
 
 
-def submit_blob(api: Any, token: str, challenge: str = "stoic", phase: str = "qualification",
-                data: bytes = b"not really an image archive") -> Any:
+def submit_blob(
+    api: Any,
+    token: str,
+    challenge: str = "stoic",
+    phase: str = "qualification",
+    data: bytes = b"not really an image archive",
+) -> Any:
     key = upload_bytes(api, token, data)
-    return api.post(f"/api/v1/challenges/{challenge}/phases/{phase}/submissions",
-                    json={"upload": key}, headers=auth(token))
+    return api.post(
+        f"/api/v1/challenges/{challenge}/phases/{phase}/submissions",
+        json={"upload": key},
+        headers=auth(token),
+    )

@@ -33,8 +33,9 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def celery_worker(settings: Settings, *, concurrency: int = 2, log: Path | None = None,
-                  **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(
+    settings: Settings, *, concurrency: int = 2, log: Path | None = None, **extra: str
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = start_worker(settings, concurrency=concurrency, log=log, **extra)
     try:
         yield proc
@@ -42,14 +43,35 @@ def celery_worker(settings: Settings, *, concurrency: int = 2, log: Path | None 
         stop_worker(proc)
 
 
-def start_worker(settings: Settings, *, concurrency: int = 2, log: Path | None = None,
-                 **extra: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    settings: Settings, *, concurrency: int = 2, log: Path | None = None, **extra: str
+) -> subprocess.Popen[bytes]:
     out = open(log or settings.data_dir / "worker.log", "ab")  # noqa: SIM115 - lives with proc
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-         "-Q", "build,cpu,gpu,evaluation", "-c", str(concurrency), "-P", "threads",
-         "-l", "INFO", "--without-gossip", "--without-mingle", "-n", f"w{time.time_ns()}@test"],
-        cwd=ROOT, env=worker_env(settings, **extra), stdout=out, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "-Q",
+            "build,cpu,gpu,evaluation",
+            "-c",
+            str(concurrency),
+            "-P",
+            "threads",
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"w{time.time_ns()}@test",
+        ],
+        cwd=ROOT,
+        env=worker_env(settings, **extra),
+        stdout=out,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 

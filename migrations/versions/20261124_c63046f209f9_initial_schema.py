@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: f34ef2fde8ad
+Revision ID: c63046f209f9
 Revises: 
-Create Date: 2026-11-24 09:37:54.422709
+Create Date: 2026-11-24 09:49:40.154694
 """
 from collections.abc import Sequence
 
@@ -12,7 +12,7 @@ from alembic import op
 
 import server.db
 
-revision: str = 'f34ef2fde8ad'
+revision: str = 'c63046f209f9'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -198,6 +198,20 @@ def upgrade() -> None:
     with op.batch_alter_table('phase_invitations', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_phase_invitations_phase_id'), ['phase_id'], unique=False)
 
+    op.create_table('repository_links',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('phase_id', sa.Integer(), nullable=False),
+    sa.Column('team_id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('repository_url', sa.String(length=500), nullable=False),
+    sa.Column('secret', sa.String(length=100), nullable=False),
+    sa.Column('created_at', server.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['phase_id'], ['phases.id'], name=op.f('fk_repository_links_phase_id_phases'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['team_id'], ['teams.id'], name=op.f('fk_repository_links_team_id_teams'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_repository_links_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_repository_links')),
+    sa.UniqueConstraint('phase_id', 'team_id', name=op.f('uq_repository_links_phase_id_team_id'))
+    )
     op.create_table('submissions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('phase_id', sa.Integer(), nullable=False),
@@ -247,12 +261,18 @@ def upgrade() -> None:
     sa.Column('result', sa.JSON(), nullable=False),
     sa.Column('log_digest', sa.String(length=71), nullable=True),
     sa.Column('logs_held', sa.Boolean(), nullable=False),
+    sa.Column('log_review', sa.String(length=16), nullable=True),
+    sa.Column('released_log_digest', sa.String(length=71), nullable=True),
+    sa.Column('reviewed_by', sa.Integer(), nullable=True),
+    sa.Column('reviewed_at', server.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('created_at', server.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_jobs_case_id_cases')),
+    sa.ForeignKeyConstraint(['reviewed_by'], ['users.id'], name=op.f('fk_jobs_reviewed_by_users')),
     sa.ForeignKeyConstraint(['submission_id'], ['submissions.id'], name=op.f('fk_jobs_submission_id_submissions'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs'))
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_jobs_log_review'), ['log_review'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_submission_id'), ['submission_id'], unique=False)
 
@@ -306,6 +326,7 @@ def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_jobs_submission_id'))
         batch_op.drop_index(batch_op.f('ix_jobs_status'))
+        batch_op.drop_index(batch_op.f('ix_jobs_log_review'))
 
     op.drop_table('jobs')
     with op.batch_alter_table('submissions', schema=None) as batch_op:
@@ -314,6 +335,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_submissions_phase_team_created')
 
     op.drop_table('submissions')
+    op.drop_table('repository_links')
     with op.batch_alter_table('phase_invitations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_phase_invitations_phase_id'))
 

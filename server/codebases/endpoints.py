@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.codebases import service
+from server.deps import CurrentUser, SessionDep, SettingsDep
+
+router = APIRouter(tags=["codebases"])
+
+
+class LinkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    repository_url: str = Field(max_length=500)
+
+
+@router.post("/challenges/{challenge}/phases/{phase}/repository-link", status_code=201)
+def link_repository(
+    challenge: str,
+    phase: str,
+    body: LinkBody,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    row, secret = service.link(session, settings, user, challenge, phase, body.repository_url)
+    return {
+        "id": row.id,
+        "repository_url": row.repository_url,
+        "webhook_url": f"/api/v1/webhooks/push/{row.id}",
+        "secret": secret,
+        "note": "set this secret on the repository's push webhook; it is shown once",
+    }
+
+
+@router.post("/webhooks/push/{link_id}")
+async def push_webhook(
+    link_id: int,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """GitHub-style push webhook (HMAC-SHA256 in X-Hub-Signature-256); a tag push submits."""
+    body = await request.body()
+    sub = service.receive_push(
+        session,
+        settings,
+        link_id,
+        request.headers.get("x-github-event"),
+        request.headers.get("x-hub-signature-256"),
+        body,
+    )
+    if sub is None:
+        response.status_code = 202
+        return {"submitted": False, "detail": "ignored: only tag pushes submit"}
+    response.status_code = 201
+    return {"submitted": True, "submission_id": sub.id, "commit_sha": sub.commit_sha}

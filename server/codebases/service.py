@@ -1,0 +1,126 @@
+"""Repository links and push webhooks: a GitHub-style, HMAC-signed push of a tag submits
+that tag to the linked codebase phase, under the same rules as any submission."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.accounts.models import User
+from server.challenges import service as challenges
+from server.challenges.models import Challenge, Phase
+from server.codebases import webhooks
+from server.codebases.models import RepositoryLink
+from server.config import Settings
+from server.errors import InvalidInput, NotFound, Unauthorized
+from server.submissions import service as submissions
+from server.submissions.models import Submission
+from server.submissions.schemas import SubmissionCreate
+from server.teams import service as teams
+
+
+def link(
+    session: Session,
+    settings: Settings,
+    user: User,
+    challenge_slug: str,
+    phase_slug: str,
+    url: str,
+) -> tuple[RepositoryLink, str]:
+    from server.codebases import git
+
+    challenge, phase = challenges.get_phase(session, challenge_slug, phase_slug)
+    if phase.kind != "codebase":
+        raise InvalidInput("only codebase phases take repository links", field="phase")
+    try:
+        clean = git.validate_repository_url(
+            url, settings.allowed_local_repo_roots, allow_loopback=settings.allow_loopback_repos
+        )
+    except git.CodebaseError as exc:
+        raise InvalidInput(exc.message, field=exc.field) from exc
+    team = teams.team_for(session, challenge.id, user)
+    row = session.scalar(
+        select(RepositoryLink).where(
+            RepositoryLink.phase_id == phase.id, RepositoryLink.team_id == team.id
+        )
+    )
+    secret = secrets.token_hex(32)
+    if row is None:
+        row = RepositoryLink(
+            phase_id=phase.id, team_id=team.id, user_id=user.id, repository_url=clean, secret=secret
+        )
+        session.add(row)
+    else:
+        row.repository_url, row.secret, row.user_id = clean, secret, user.id
+    session.flush()
+    return row, secret
+
+
+def _same_repo(a: str, b: str) -> bool:
+    def norm(u: str) -> str:
+        u = u.strip().rstrip("/")
+        return u[:-4] if u.endswith(".git") else u
+
+    return norm(a) == norm(b)
+
+
+def receive_push(
+    session: Session,
+    settings: Settings,
+    link_id: int,
+    event: str | None,
+    signature: str | None,
+    body: bytes,
+) -> Submission | None:
+    """Verify and act on a push. Returns the submission, or None for an ignored event."""
+    row = session.get(RepositoryLink, link_id)
+    if row is None:
+        raise NotFound(f"no repository link {link_id}", field="link")
+    if not webhooks.verify_signature(row.secret.encode(), body, signature):
+        raise Unauthorized("the X-Hub-Signature-256 signature does not match", field="signature")
+    if event not in ("push", None):
+        return None
+    try:
+        payload: Any = json.loads(body)
+        push = webhooks.parse_push(payload)
+    except (ValueError, webhooks.WebhookError) as exc:
+        raise InvalidInput(f"not a push event payload: {exc}", field="body") from exc
+    if not _same_repo(push.repo_url, row.repository_url) and not any(
+        _same_repo(u, row.repository_url) for u in _payload_urls(payload)
+    ):
+        raise InvalidInput(
+            "the push is for another repository than the linked one", field="repository"
+        )
+    if not push.submits:
+        return None  # only tag pushes submit
+    phase = session.get(Phase, row.phase_id)
+    assert phase is not None
+    challenge = session.get(Challenge, phase.challenge_id)
+    user = session.get(User, row.user_id)
+    assert challenge is not None and user is not None
+    # The ref is resolved again through git: the payload's sha is not trusted.
+    return submissions.create(
+        session,
+        settings,
+        user,
+        challenge.slug,
+        phase.slug,
+        SubmissionCreate(
+            repository_url=row.repository_url,
+            ref=f"refs/tags/{push.tag}",
+            comment=f"webhook: tag {push.tag}",
+        ),
+    )
+
+
+def _payload_urls(payload: Any) -> list[str]:
+    repo = payload.get("repository") if isinstance(payload, dict) else None
+    if not isinstance(repo, dict):
+        return []
+    return [
+        str(repo[k]) for k in ("clone_url", "git_url", "html_url", "url", "ssh_url") if repo.get(k)
+    ]

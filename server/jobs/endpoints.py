@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.challenges import service as challenges
+from server.deps import CurrentUser, SessionDep, StoreDep
+from server.jobs import logs, repository
+from server.submissions import service as submissions
+
+router = APIRouter(tags=["jobs"])
+
+
+class ReleaseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    redactions: list[str] = Field(default_factory=list, description="strings to blank out")
+
+
+@router.get("/submissions/{submission_id}/jobs")
+def list_jobs(submission_id: int, user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
+    sub = submissions.get_visible(session, user, submission_id)
+    return [
+        {
+            "id": j.id,
+            "kind": j.kind,
+            "status": j.status,
+            "attempt": j.attempt,
+            "failure_code": j.failure_code,
+            "failure_message": j.failure_message,
+            "logs_held": j.logs_held,
+            "log_review": j.log_review,
+            "started_at": j.started_at,
+            "finished_at": j.finished_at,
+        }
+        for j in repository.for_submission(session, sub.id)
+    ]
+
+
+@router.get("/jobs/{job_id}/logs")
+def job_logs(
+    job_id: int, user: CurrentUser, session: SessionDep, store: StoreDep
+) -> dict[str, Any]:
+    return logs.read(session, store, user, job_id)
+
+
+@router.get("/challenges/{challenge}/log-reviews")
+def pending_reviews(challenge: str, user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
+    row = challenges.get_challenge(session, challenge)
+    return logs.pending(session, user, row.id)
+
+
+@router.post("/jobs/{job_id}/logs/release")
+def release_logs(
+    job_id: int, body: ReleaseBody, user: CurrentUser, session: SessionDep, store: StoreDep
+) -> dict[str, Any]:
+    job = logs.release(session, store, user, job_id, body.redactions)
+    return {"job_id": job.id, "review": job.log_review}
+
+
+@router.post("/jobs/{job_id}/logs/refuse")
+def refuse_logs(job_id: int, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+    job = logs.refuse(session, user, job_id)
+    return {"job_id": job.id, "review": job.log_review}

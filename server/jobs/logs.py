@@ -1,0 +1,132 @@
+"""Log review: logs of runs on sequestered data are held until an organizer reads them and
+releases them (optionally redacted) or refuses them. Participants see only the classified
+failure reason of a held run, through every endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.accounts import service as accounts
+from server.accounts.models import User
+from server.challenges.models import Phase
+from server.db import utcnow
+from server.errors import InvalidInput, NotFound, NotPermitted
+from server.jobs.models import Job
+from server.jobs.states import JobKind
+from server.storage import ArtifactStore
+from server.submissions import service as submissions
+from server.submissions.models import Submission
+
+PENDING, RELEASED, REFUSED = "pending", "released", "refused"
+
+
+def held_for(kind: JobKind, phase: Phase) -> bool:
+    """Whether a job's logs are withheld from participants until review."""
+    spec = phase.spec
+    if kind in (JobKind.validate, JobKind.build):
+        return False  # clone and build logs hold no private data
+    if kind is JobKind.train:
+        return not spec.feedback_round
+    if kind is JobKind.evaluate:
+        return True  # the evaluator reads ground truth
+    return not spec.participants_see_logs
+
+
+def job_phase(session: Session, job: Job) -> tuple[Submission, Phase]:
+    sub = session.get(Submission, job.submission_id)
+    assert sub is not None
+    phase = session.get(Phase, sub.phase_id)
+    assert phase is not None
+    return sub, phase
+
+
+def pending(session: Session, user: User, challenge_id: int) -> list[dict[str, Any]]:
+    accounts.require_organizer(session, user, challenge_id)
+    rows = session.execute(
+        select(Job, Submission)
+        .join(Submission, Submission.id == Job.submission_id)
+        .join(Phase, Phase.id == Submission.phase_id)
+        .where(Phase.challenge_id == challenge_id, Job.log_review == PENDING)
+        .order_by(Job.id)
+    ).all()
+    return [
+        {
+            "job_id": j.id,
+            "submission_id": s.id,
+            "kind": j.kind,
+            "status": j.status,
+            "failure_code": j.failure_code,
+            "finished_at": j.finished_at,
+        }
+        for j, s in rows
+    ]
+
+
+def read(session: Session, store: ArtifactStore, user: User, job_id: int) -> dict[str, Any]:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}", field="job")
+    sub, phase = job_phase(session, job)
+    # Raises NotFound for someone who may not see the submission at all.
+    submissions.get_visible(session, user, sub.id)
+    organizer = accounts.is_organizer(session, user, phase.challenge_id)
+    view: dict[str, Any] = {"job_id": job.id, "kind": job.kind, "review": job.log_review}
+    if organizer:
+        view["log"] = _text(store, job.log_digest)
+        if job.released_log_digest:
+            view["released_log"] = _text(store, job.released_log_digest)
+        return view
+    if not job.logs_held:
+        view["log"] = _text(store, job.log_digest)
+    elif job.log_review == RELEASED:
+        view["log"] = _text(store, job.released_log_digest or job.log_digest)
+    else:
+        raise NotPermitted(
+            "the logs of this run on sequestered data are held until an organizer reviews "
+            f"them (review: {job.log_review}); the classified reason is: "
+            f"{job.failure_code or job.status}"
+        )
+    return view
+
+
+def _text(store: ArtifactStore, digest: str | None) -> str:
+    return store.read_bytes(digest).decode("utf-8", "replace") if digest else ""
+
+
+def release(
+    session: Session,
+    store: ArtifactStore,
+    user: User,
+    job_id: int,
+    redactions: list[str] | None = None,
+) -> Job:
+    job = _reviewable(session, user, job_id)
+    if redactions:
+        text = _text(store, job.log_digest)
+        for secret in redactions:
+            if not secret:
+                raise InvalidInput("a redaction cannot be empty", field="redactions")
+            text = text.replace(secret, "[redacted]")
+        job.released_log_digest = store.put_bytes(text.encode())
+    job.log_review, job.reviewed_by, job.reviewed_at = RELEASED, user.id, utcnow()
+    return job
+
+
+def refuse(session: Session, user: User, job_id: int) -> Job:
+    job = _reviewable(session, user, job_id)
+    job.log_review, job.reviewed_by, job.reviewed_at = REFUSED, user.id, utcnow()
+    return job
+
+
+def _reviewable(session: Session, user: User, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}", field="job")
+    _, phase = job_phase(session, job)
+    accounts.require_organizer(session, user, phase.challenge_id)
+    if job.log_review is None:
+        raise InvalidInput(f"job {job_id} has no held logs to review", field="job")
+    return job

@@ -1,0 +1,159 @@
+"""The `heldout` CLI against a real `heldout server` process, with the embedded default
+set-up: SQLite in the data directory and a redis-server the CLI starts itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import need
+from tests.support.factories import STOIC_PHASE, stoic_cases, write_dataset
+from tests.support.workers import ROOT, wait_for
+
+HELDOUT = [sys.executable, "-m", "server.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HELDOUT_")}
+    e.update(HELDOUT_DATA_DIR=str(tmp_path / "d"), PYTHONPATH=str(ROOT))
+    return e
+
+
+def run(env: dict[str, str], *args: str, token: str | None = None, ok: bool = True) -> Any:
+    e = dict(env)
+    if token:
+        e["HELDOUT_TOKEN"] = token
+    proc = subprocess.run(
+        [*HELDOUT, *args],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture
+def server(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    need(shutil.which("redis-server") is not None, "redis-server")
+    port = _free_port()
+    env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{port}"}
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [*HELDOUT, "server", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{env['HELDOUT_API_URL']}/api/v1/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, 60, "heldout server to answer")
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        pid = Path(env["HELDOUT_DATA_DIR"]) / "redis.pid"
+        if pid.exists():
+            os.kill(int(pid.read_text()), 15)
+
+
+def _bundle(tmp_path: Path, max_submissions: int = 1) -> Path:
+    write_dataset(tmp_path / "data" / "test", stoic_cases())
+    phase = textwrap.indent(STOIC_PHASE.strip(), "    ")
+    text = (
+        "version: 1\nslug: stoic\ntitle: STOIC-style\n"
+        "datasets:\n  - {slug: test, path: data/test}\n"
+        "phases:\n  - slug: qualification\n    title: Qualification\n    kind: algorithm\n"
+        f"    test_dataset: test\n    rules: {{max_submissions: {max_submissions}}}\n{phase}\n"
+    )
+    path = tmp_path / "bundle.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
+    env = server
+    admin = json.loads(run(env, "token", "create", "--user", "admin", "--admin", "--json").stdout)
+    assert admin["token"].startswith("hld_") and admin["admin"] is True
+    assert (Path(env["HELDOUT_DATA_DIR"]) / "redis.sock").exists()  # embedded Redis
+
+    bundle = _bundle(tmp_path)
+    first = run(env, "challenge", "apply", str(bundle), token=admin["token"])
+    assert "challenge stoic: changed" in first.stdout
+    assert "uploading dataset test" in first.stderr
+    again = run(env, "challenge", "apply", str(bundle), "--json", token=admin["token"])
+    result = json.loads(again.stdout)
+    assert result["changed"] is False and result["created"] == result["updated"] == []
+    assert "uploading" not in again.stderr  # the unchanged dataset was not sent again
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("slug: x\nphases: [\n")
+    bad = run(env, "challenge", "apply", str(broken), token=admin["token"], ok=False)
+    assert bad.returncode == 1 and "not valid YAML at line" in bad.stderr
+
+    alice = json.loads(run(env, "token", "create", "--user", "alice", "--json").stdout)["token"]
+    archive = tmp_path / "algo.tar"
+    archive.write_bytes(b"x" * 300_000)
+    sub = json.loads(
+        run(
+            env, "submit", "stoic", "qualification", "--image", str(archive), "--json", token=alice
+        ).stdout
+    )
+    assert sub["status"] == "validating" and sub["team"] == "alice"
+
+    status = json.loads(
+        run(env, "status", str(sub["id"]), "--no-follow", "--json", token=alice).stdout
+    )
+    assert status["id"] == sub["id"] and status["status"] == "validating"
+    human = run(env, "status", str(sub["id"]), "--no-follow", token=alice).stdout
+    assert f"submission {sub['id']}" in human and "validate" in human
+
+    refused = run(
+        env, "submit", "stoic", "qualification", "--image", str(archive), token=alice, ok=False
+    )
+    assert refused.returncode == 1
+    assert "429" in refused.stderr and "next allowed" in refused.stderr
+
+    rules = run(env, "rules", "stoic", "qualification", token=alice).stdout
+    assert "at most 1 submission(s) per 24 h" in rules
+    board = run(env, "leaderboard", "stoic", "qualification", token=alice).stdout
+    assert "no scored submissions yet" in board
+
+    # Another participant cannot read alice's submission.
+    bob = json.loads(run(env, "token", "create", "--user", "bob", "--json").stdout)["token"]
+    hidden = run(env, "status", str(sub["id"]), "--no-follow", token=bob, ok=False)
+    assert hidden.returncode == 1 and "404" in hidden.stderr
+
+
+def test_cli_without_server_says_so(env: dict[str, str]) -> None:
+    env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{_free_port()}"}
+    proc = run(env, "leaderboard", "stoic", "qualification", token="hld_x", ok=False)
+    assert proc.returncode == 1 and "cannot reach the heldout server" in proc.stderr

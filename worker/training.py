@@ -1,0 +1,201 @@
+"""T3 steps: clone the codebase, build its training image, train on the sequestered
+training set, and build the inference image around the trained artifacts (contracts.md,
+STOIC Final phase). Inference and evaluation then run as for T2."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+from server.config import Settings
+from server.storage import ArtifactStore
+from worker.pipeline import (
+    InfrastructureError,
+    JobContext,
+    Outcome,
+    StepFailed,
+    _docker,
+    _executor,
+    _job_dir,
+    _logs,
+    _run,
+)
+
+
+def _tar_tree(store: ArtifactStore, root: Path, *, exclude: str | None = None) -> str:
+    tmp = store.tmp_path()
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root)
+                if exclude and rel.parts and rel.parts[0] == exclude:
+                    continue
+                tar.add(path, arcname=str(rel), recursive=False)
+        return store.put_file(tmp)[0]
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _untar(store: ArtifactStore, digest: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(store.path(digest)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def step_clone(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.builder import CloneError, clone
+
+    assert ctx.repository_url and ctx.commit_sha
+    work = _job_dir(settings, ctx)
+    try:
+        try:
+            res = clone(
+                ctx.repository_url,
+                ctx.commit_sha,
+                work / "repo",
+                max_bytes=settings.max_repo_bytes,
+                timeout_s=settings.git_timeout_s,
+            )
+        except CloneError as exc:
+            raise StepFailed("clone_failed", exc.message) from exc
+        for rel in (ctx.phase.training_dir, ctx.phase.inference_dir):
+            if not (work / "repo" / rel / "Dockerfile").is_file():
+                raise StepFailed(
+                    "missing_dockerfile",
+                    f"The repository has no {rel}/Dockerfile at commit {ctx.commit_sha[:12]}.",
+                )
+        source = _tar_tree(store, work / "repo", exclude=".git")
+        log = (
+            f"cloned {ctx.repository_url} at {res.commit} ({res.tree_bytes} bytes, "
+            f"shallow={res.shallow}, lfs files={res.lfs_files})\n"
+        )
+        if res.submodules:
+            log += f"submodules are not fetched: {', '.join(res.submodules)}\n"
+        return Outcome(
+            {
+                "source_digest": source,
+                "commit": res.commit,
+                "tree_bytes": res.tree_bytes,
+                "submodules": list(res.submodules),
+            },
+            log,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(
+    settings: Settings, context: Path, tag: str, ctx: JobContext, what: str
+) -> tuple[str, str]:
+    from worker.builder import BuildError, build_image
+
+    try:
+        res = build_image(
+            _docker(),
+            context,
+            context,
+            tag,
+            timeout_s=settings.build_timeout_s,
+            max_image_bytes=settings.max_image_bytes,
+            network=settings.build_network,
+            labels={"heldout.submission": str(ctx.submission_id)},
+        )
+    except BuildError as exc:
+        raise StepFailed(
+            "build_failed", f"The {what} image did not build: {exc.message}", {"log": exc.log}
+        ) from exc
+    return res.image_id, res.log
+
+
+def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    work = _job_dir(settings, ctx)
+    try:
+        repo = _untar(store, ctx.earlier["validate"]["source_digest"], work / "repo")
+        image_id, log = _build(
+            settings,
+            repo / ctx.phase.training_dir,
+            f"heldout/submission-{ctx.submission_id}-training:latest",
+            ctx,
+            "training",
+        )
+        return Outcome({"training_image_id": image_id}, log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _stage_training(store: ArtifactStore, ctx: JobContext, dest: Path) -> None:
+    """/input/data/mha/<PatientID><ext> and /input/metadata/reference.csv (contracts.md)."""
+    slug = ctx.phase.inputs[0].slug
+    data = dest / "data" / "mha"
+    data.mkdir(parents=True)
+    for case in ctx.cases:
+        entry = case.files[slug]
+        store.copy_to(entry["digest"], data / f"{case.name}{entry['ext']}")
+    assert ctx.labels_digest is not None
+    store.copy_to(ctx.labels_digest, dest / "metadata" / "reference.csv")
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.builder import ArtifactError, assemble_inference_context
+    from worker.executor import RunSpec
+
+    limits = ctx.phase.training_limits or ctx.phase.limits
+    gpus: list[str] = []
+    if limits.gpus:
+        if len(settings.gpu_device_ids) < limits.gpus:
+            raise InfrastructureError(
+                f"this worker has {len(settings.gpu_device_ids)} GPU(s), the phase needs "
+                f"{limits.gpus}"
+            )
+        gpus = settings.gpu_device_ids[: limits.gpus]
+    executor = _executor(settings)
+    executor.cleanup_stale({"heldout.job": str(ctx.job_id)})
+    work = _job_dir(settings, ctx)
+    try:
+        _stage_training(store, ctx, work / "input")
+        spec = RunSpec(
+            image=ctx.earlier["build"]["training_image_id"],
+            job_id=str(ctx.job_id),
+            attempt=ctx.attempt,
+            inputs=work / "input",
+            limits=limits,
+            gpu_device_ids=gpus,
+            writable_rootfs=True,
+            scratch=True,
+            cap_add=("SYS_NICE",),
+        )
+        result = _run(executor, spec, work / "output")
+        log = _logs(result)
+        if result.failure is not None:
+            raise StepFailed(
+                result.failure.reason,
+                result.failure.message,
+                {"log": log, "duration_s": result.duration_s},
+            )
+        artifacts = _tar_tree(store, work / "output")
+
+        repo = _untar(store, ctx.earlier["validate"]["source_digest"], work / "repo")
+        try:
+            context = assemble_inference_context(
+                repo, ctx.phase.inference_dir, work / "output", work / "inference"
+            )
+        except ArtifactError as exc:
+            raise StepFailed("invalid_artifacts", exc.message, {"log": log}) from exc
+        image_id, build_log = _build(
+            settings, context, f"heldout/submission-{ctx.submission_id}:latest", ctx, "inference"
+        )
+        return Outcome(
+            {
+                "artifacts_digest": artifacts,
+                "inference_image_id": image_id,
+                "duration_s": result.duration_s,
+                "inference_build_log_digest": store.put_bytes(build_log.encode()),
+            },
+            log,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
