@@ -1,0 +1,792 @@
+"""Codebase (T3) builder: clone a participant's repository and build its images.
+
+Everything here handles untrusted input (a participant's repository and Dockerfiles), so each
+step has a size and a time cap and fails with a `BuilderError` whose message is meant for
+the participant. Build logs go back to the participant too: a build sees no private data.
+
+Clone rules (`clone`):
+- git runs in `server.codebases.git`'s hardened environment: no hooks, no system or user
+  config, no credential prompts, no submodules, no LFS smudge during checkout.
+- Shallow fetch of the one commit (`git fetch --depth 1 origin <sha>`); servers that refuse
+  fetching by sha (or shallow fetches: dumb http) get one full fetch of branches and tags,
+  after which the commit must exist, else the clone fails naming it.
+- `max_bytes` caps the fetched objects (the fetch is killed once `.git` grows past it), the
+  checked-out tree (summed from `git ls-tree` before anything is written, so a small pack of
+  huge compressible files is caught too) and the LFS objects.
+- Symlinks whose target leaves the tree are refused: checked on the tree's blobs before
+  checkout and again on the files after it.
+- Git LFS: when a `.gitattributes` declares `filter=lfs` and pointer files are present,
+  `git lfs pull` fetches the objects if git-lfs is installed; otherwise the clone fails
+  saying so, rather than building an image around pointer files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import docker
+import docker.types
+import docker.utils
+import requests
+from docker.utils.json_stream import json_stream
+
+from server.codebases.git import (
+    SHA_RE,
+    GitSandbox,
+    GitTimeout,
+    allows_file,
+    git_sandbox,
+    kill_process_group,
+    last_error_line,
+    run_git,
+)
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+LFS_POINTER_MAX_BYTES = 1024  # git-lfs never writes larger pointers
+DEFAULT_MAX_LOG_CHARS = 2_000_000
+POLL_INTERVAL_S = 0.1
+READ_TIMEOUT_MARGIN_S = 60
+ARTIFACT_DIRNAME = "artifact"  # contracts.md: trained /output lands in inference/artifact/
+_NONZERO_RE = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the engine colours stderr lines
+
+
+class BuilderError(Exception):
+    """A failure caused by the codebase; `message` is shown to the participant."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CloneError(BuilderError):
+    pass
+
+
+class BuildError(BuilderError):
+    """`docker build` failed; `log` is the (capped) build log, kept for the participant."""
+
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+class ArtifactError(BuilderError):
+    """The trained artifacts or the inference directory cannot be assembled into a context."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Clone
+
+
+@dataclass(frozen=True)
+class CloneResult:
+    commit: str
+    tree_bytes: int  # bytes checked out, LFS objects included
+    fetched_bytes: int  # size of .git after the fetch
+    shallow: bool  # False when the server refused the shallow fetch by sha
+    lfs_files: int  # files replaced by `git lfs pull`
+    submodules: tuple[str, ...]  # gitlinks left empty (submodules are never fetched)
+
+
+@dataclass(frozen=True)
+class _TreeEntry:
+    mode: str
+    kind: str
+    object_id: str
+    size: int  # 0 for gitlinks
+    path: str
+
+
+def clone(url: str, commit: str, dest: Path, *, max_bytes: int, timeout_s: float) -> CloneResult:
+    """Check out `commit` of `url` (validated by `validate_repository_url`) into `dest`.
+
+    Raises `CloneError` for anything the repository is to blame for; `dest` is then left
+    as it was when the clone stopped, for the caller to remove.
+    """
+    if not SHA_RE.match(commit):
+        raise ValueError(f"clone() needs a full 40-hex commit sha, got {commit!r}")
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise ValueError(f"clone destination {dest} is not empty")
+    dest.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    cap_mb = _mb(max_bytes)
+
+    with git_sandbox(allow_file=allows_file(url)) as sandbox:
+        # --template= : no sample hooks or other template files in our .git.
+        _git(sandbox, ["init", "-q", "--template=", "--", str(dest)], deadline, timeout_s)
+        # A named remote because git-lfs derives its endpoint from origin's URL.
+        _git(sandbox, ["remote", "add", "--", "origin", url], deadline, timeout_s, cwd=dest)
+
+        fetch = ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules"]
+        shallow = True
+        rc, err = _capped(
+            sandbox, [*fetch, "--depth=1", "--", "origin", commit], dest, dest / ".git",
+            deadline=deadline, timeout_s=timeout_s, max_bytes=max_bytes, what="the repository",
+        )  # fmt: skip
+        if rc != 0:
+            # Refused fetch by sha (protocol v0 without allowReachableSHA1InWant) or shallow
+            # fetches (dumb http): fetch everything once and look for the commit there.
+            shallow = False
+            rc, err = _capped(
+                sandbox,
+                [*fetch, "--", "origin", "+refs/heads/*:refs/remotes/origin/*",
+                 "+refs/tags/*:refs/tags/*"],
+                dest, dest / ".git",
+                deadline=deadline, timeout_s=timeout_s, max_bytes=max_bytes,
+                what="the repository",
+            )  # fmt: skip
+            if rc != 0:
+                raise CloneError(f"could not fetch {url}: {last_error_line(err)}")
+        fetched_bytes = _tree_size(dest / ".git")
+
+        exists = _git(
+            sandbox, ["cat-file", "-e", f"{commit}^{{commit}}"], deadline, timeout_s,
+            cwd=dest, check=False,
+        )  # fmt: skip
+        if exists.returncode != 0:
+            raise CloneError(f"commit {commit} does not exist in {url}")
+
+        entries = _ls_tree(sandbox, dest, commit, deadline, timeout_s)
+        tree_bytes = sum(e.size for e in entries)
+        if tree_bytes > max_bytes:
+            raise CloneError(
+                f"commit {commit[:12]} checks out {_mb(tree_bytes)} MB of files, above the "
+                f"cap of {cap_mb} MB"
+            )
+        _refuse_escaping_links(sandbox, dest, entries, deadline, timeout_s)
+
+        _git(sandbox, ["checkout", "-q", "--detach", commit], deadline, timeout_s, cwd=dest)
+        _check_links_on_disk(dest, entries)
+
+        lfs_files = _pull_lfs(sandbox, url, dest, entries, deadline, timeout_s, max_bytes)
+        if lfs_files:
+            tree_bytes = _tree_size(dest, skip=".git")
+            if tree_bytes > max_bytes:
+                raise CloneError(
+                    f"with its Git LFS files the repository holds {_mb(tree_bytes)} MB, "
+                    f"above the cap of {cap_mb} MB"
+                )
+
+    return CloneResult(
+        commit=commit,
+        tree_bytes=tree_bytes,
+        fetched_bytes=fetched_bytes,
+        shallow=shallow,
+        lfs_files=lfs_files,
+        submodules=tuple(e.path for e in entries if e.kind == "commit"),
+    )
+
+
+def _git(
+    sandbox: GitSandbox,
+    args: list[str],
+    deadline: float,
+    timeout_s: float,
+    *,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise CloneError(f"cloning took longer than {timeout_s:g} s")
+    try:
+        proc = run_git(sandbox, args, timeout_s=remaining, cwd=cwd)
+    except GitTimeout:
+        raise CloneError(f"cloning took longer than {timeout_s:g} s") from None
+    if check and proc.returncode != 0:
+        raise CloneError(f"git {args[0]} failed: {last_error_line(proc.stderr)}")
+    return proc
+
+
+def _capped(
+    sandbox: GitSandbox,
+    args: list[str],
+    cwd: Path,
+    watched: Path,
+    *,
+    deadline: float,
+    timeout_s: float,
+    max_bytes: int,
+    what: str,
+) -> tuple[int, bytes]:
+    """Run git while `watched` stays under `max_bytes` and the deadline is ahead; kill it else.
+
+    stderr goes to a file: an unread pipe would fill up and stall git.
+    """
+    with tempfile.TemporaryFile() as err, subprocess.Popen(
+        sandbox.argv(*args), cwd=cwd, env=sandbox.env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+    ) as proc:  # fmt: skip
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                kill_process_group(proc)
+                raise CloneError(f"cloning took longer than {timeout_s:g} s")
+            size = _tree_size(watched)
+            if size > max_bytes:
+                kill_process_group(proc)
+                raise CloneError(
+                    f"{what} is larger than the cap of {_mb(max_bytes)} MB "
+                    f"(stopped after {_mb(size)} MB)"
+                )
+            time.sleep(POLL_INTERVAL_S)
+        if _tree_size(watched) > max_bytes:  # it may have finished between two polls
+            raise CloneError(f"{what} is larger than the cap of {_mb(max_bytes)} MB")
+        err.seek(0)
+        return proc.returncode, err.read()
+
+
+def _ls_tree(
+    sandbox: GitSandbox, dest: Path, commit: str, deadline: float, timeout_s: float
+) -> list[_TreeEntry]:
+    proc = _git(
+        sandbox, ["ls-tree", "-r", "-z", "-l", "--full-tree", commit], deadline, timeout_s,
+        cwd=dest,
+    )  # fmt: skip
+    entries = []
+    for record in proc.stdout.split(b"\0"):
+        if not record:
+            continue
+        meta, _, path = record.partition(b"\t")
+        mode, kind, object_id, size = meta.decode().split()
+        entries.append(
+            _TreeEntry(
+                mode=mode,
+                kind=kind,
+                object_id=object_id,
+                size=int(size) if size != "-" else 0,
+                path=path.decode("utf-8", "surrogateescape"),
+            )
+        )
+    return entries
+
+
+def _refuse_escaping_links(
+    sandbox: GitSandbox,
+    dest: Path,
+    entries: list[_TreeEntry],
+    deadline: float,
+    timeout_s: float,
+) -> None:
+    links = [e for e in entries if e.mode == "120000"]
+    if not links:
+        return
+    remaining = max(deadline - time.monotonic(), 0.001)
+    batch = "".join(f"{e.object_id}\n" for e in links).encode()
+    try:
+        proc = run_git(sandbox, ["cat-file", "--batch"], timeout_s=remaining, cwd=dest, stdin=batch)
+    except GitTimeout:
+        raise CloneError(f"cloning took longer than {timeout_s:g} s") from None
+    out = proc.stdout
+    pos = 0
+    for entry in links:
+        header_end = out.index(b"\n", pos)
+        size = int(out[pos:header_end].split()[2])
+        target = out[header_end + 1 : header_end + 1 + size].decode("utf-8", "surrogateescape")
+        pos = header_end + 1 + size + 1
+        if _link_escapes(entry.path, target):
+            raise CloneError(
+                f"symlink '{entry.path}' points outside the repository ('{target}'); "
+                "links must stay inside the tree"
+            )
+
+
+def _link_escapes(link_path: str, target: str) -> bool:
+    if target.startswith("/") or not target:
+        return True
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
+    return joined == ".." or joined.startswith("../")
+
+
+def _check_links_on_disk(dest: Path, entries: list[_TreeEntry]) -> None:
+    """Lexical checks miss chains (`a -> ..` inside a subdirectory); resolve for real."""
+    root = dest.resolve()
+    for entry in entries:
+        if entry.mode != "120000":
+            continue
+        resolved = Path(os.path.realpath(dest / entry.path))
+        if not resolved.is_relative_to(root):
+            raise CloneError(
+                f"symlink '{entry.path}' resolves outside the repository; "
+                "links must stay inside the tree"
+            )
+
+
+def _pull_lfs(
+    sandbox: GitSandbox,
+    url: str,
+    dest: Path,
+    entries: list[_TreeEntry],
+    deadline: float,
+    timeout_s: float,
+    max_bytes: int,
+) -> int:
+    attribute_files = [e.path for e in entries if posixpath.basename(e.path) == ".gitattributes"]
+    if not any(b"filter=lfs" in (dest / p).read_bytes() for p in attribute_files):
+        return 0
+    pointers = _lfs_pointers(dest, entries)
+    if not pointers:
+        return 0
+    if not git_lfs_available(sandbox):
+        raise CloneError(
+            f"the repository keeps {len(pointers)} file(s) in Git LFS (e.g. '{pointers[0]}') "
+            "but git-lfs is not installed on this worker; ask the organizers"
+        )
+    # The filter must be configured for `git lfs pull` to write files (our HOME is empty).
+    config = [
+        "filter.lfs.process=git-lfs filter-process --skip",
+        "filter.lfs.smudge=git-lfs smudge --skip -- %f",
+        "filter.lfs.clean=git-lfs clean -- %f",
+        "filter.lfs.required=true",
+    ]
+    endpoint = lfs_endpoint(url)
+    if endpoint:
+        # git config outranks the repository's .lfsconfig, which could otherwise send the
+        # worker (not a container) to any host, its own services included.
+        config += [f"lfs.url={endpoint}", f"remote.origin.lfsurl={endpoint}"]
+    args = [x for pair in config for x in ("-c", pair)]
+    rc, err = _capped(
+        sandbox, [*args, "lfs", "pull"], dest, dest / ".git" / "lfs",
+        deadline=deadline, timeout_s=timeout_s, max_bytes=max_bytes, what="the Git LFS content",
+    )  # fmt: skip
+    if rc != 0:
+        raise CloneError(f"git lfs pull failed: {last_error_line(err)}")
+    left = _lfs_pointers(dest, entries)
+    if left:
+        raise CloneError(
+            f"git lfs pull left {len(left)} pointer file(s) (e.g. '{left[0]}'): their "
+            "objects are missing on the LFS server"
+        )
+    return len(pointers)
+
+
+def lfs_endpoint(url: str) -> str | None:
+    """The LFS API git-lfs would derive from a clone URL; None for file:// (read directly)."""
+    if url.startswith("file://"):
+        return None
+    if url.startswith("git://"):
+        # git-lfs maps git:// to https:// on the same host.
+        url = "https://" + url[len("git://") :]
+    base = url.rstrip("/")
+    return (base if base.endswith(".git") else base + ".git") + "/info/lfs"
+
+
+def _lfs_pointers(dest: Path, entries: list[_TreeEntry]) -> list[str]:
+    found = []
+    for e in entries:
+        if e.kind != "blob" or e.mode == "120000" or e.size > LFS_POINTER_MAX_BYTES:
+            continue
+        try:
+            with open(dest / e.path, "rb") as f:
+                head = f.read(len(LFS_POINTER_PREFIX))
+        except FileNotFoundError:
+            continue
+        if head == LFS_POINTER_PREFIX:
+            found.append(e.path)
+    return found
+
+
+def git_lfs_available(sandbox: GitSandbox) -> bool:
+    try:
+        return run_git(sandbox, ["lfs", "version"], timeout_s=30).returncode == 0
+    except (GitTimeout, OSError):
+        return False
+
+
+def _tree_size(root: Path, *, skip: str | None = None) -> int:
+    """Apparent size of the files under `root` (links not followed); 0 if it is gone."""
+    total = 0
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    if skip and current == root and entry.name == skip:
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # git renames temp files as it goes
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(Path(entry.path))
+                    else:
+                        total += st.st_size
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return total
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f}".rstrip("0").rstrip(".")
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str  # sha256:<hex> of the image config: the content digest to pin and run
+    tag: str
+    size: int  # bytes, as the engine reports
+    log: str
+    duration_s: float
+
+
+@dataclass
+class _CappedLog:
+    """Keeps the head and the tail of a log: the start says what ran, the end what broke."""
+
+    max_chars: int
+    head: list[str] = field(default_factory=list)
+    head_chars: int = 0
+    tail: deque[str] = field(default_factory=deque)
+    tail_chars: int = 0
+    dropped: int = 0
+
+    def write(self, text: str) -> None:
+        head_cap = self.max_chars // 4
+        if self.head_chars < head_cap:
+            part = text[: head_cap - self.head_chars]
+            self.head.append(part)
+            self.head_chars += len(part)
+            text = text[len(part) :]
+        if not text:
+            return
+        self.tail.append(text)
+        self.tail_chars += len(text)
+        tail_cap = self.max_chars - head_cap
+        while self.tail_chars > tail_cap and self.tail:
+            first = self.tail[0]
+            excess = self.tail_chars - tail_cap
+            if len(first) <= excess:
+                self.tail.popleft()
+                self.tail_chars -= len(first)
+                self.dropped += len(first)
+            else:
+                self.tail[0] = first[excess:]
+                self.tail_chars -= excess
+                self.dropped += excess
+
+    def text(self) -> str:
+        middle = f"\n[... {self.dropped} characters of build log left out ...]\n"
+        return "".join(self.head) + (middle if self.dropped else "") + "".join(self.tail)
+
+
+def build_image(
+    client: docker.DockerClient,
+    context_dir: Path,
+    dockerfile_dir: Path,
+    tag: str,
+    *,
+    timeout_s: float,
+    max_image_bytes: int,
+    network: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    memory_bytes: int | None = None,
+    max_log_chars: int = DEFAULT_MAX_LOG_CHARS,
+) -> BuildResult:
+    """Build `dockerfile_dir/Dockerfile` with `context_dir` as context and tag it `tag`.
+
+    `network` is the build's network mode: "host" where builds need the network
+    (contracts.md: they do; real codebases install dependencies), "none" to cut it, None for
+    the engine's default. Uses the classic builder through the engine API: the HTTP response
+    is the build, so closing it at the deadline makes the engine stop the build and remove
+    its intermediate container (`forcerm`).
+    """
+    started = time.monotonic()
+    context = Path(context_dir).resolve()
+    dockerfile_dir = Path(dockerfile_dir).resolve()
+    if not context.is_dir():
+        raise BuildError(f"build context '{context_dir}' is not a directory", "")
+    if not dockerfile_dir.is_relative_to(context):
+        raise BuildError(f"'{dockerfile_dir}' is outside the build context", "")
+    dockerfile = dockerfile_dir / "Dockerfile"
+    if not dockerfile.is_file():
+        rel = dockerfile_dir.relative_to(context.parent).as_posix()
+        raise BuildError(f"there is no Dockerfile in '{rel}/'", "")
+    dockerfile_rel = dockerfile.relative_to(context).as_posix()
+
+    params: dict[str, Any] = {
+        "t": tag,
+        "dockerfile": dockerfile_rel,
+        "rm": True,
+        "forcerm": True,
+        "pull": False,
+        "nocache": False,
+        "q": False,
+    }
+    if network:
+        params["networkmode"] = network
+    if labels:
+        params["labels"] = json.dumps(dict(labels))
+    if memory_bytes:
+        params["memory"] = memory_bytes
+        params["memswap"] = memory_bytes  # no swap on top
+
+    log = _CappedLog(max_log_chars)
+    with _context_archive(context, dockerfile_rel) as archive:
+        url = f"{client.api.base_url}/v{client.api.api_version}/build"
+        remaining = max(timeout_s - (time.monotonic() - started), 0.001)
+        try:
+            response = client.api.post(
+                url,
+                params=params,
+                data=archive,
+                headers={"Content-Type": "application/x-tar"},
+                stream=True,
+                # The read timeout only bounds an engine that never answers: while the build
+                # streams, the timer in _follow_build (same deadline, no margin) ends it first.
+                timeout=(30, remaining + READ_TIMEOUT_MARGIN_S),
+            )
+        except requests.exceptions.ReadTimeout as exc:
+            # Other connection errors are the platform's (engine down) and propagate.
+            raise BuildError(f"the build did not start within {timeout_s:g} s", "") from exc
+        with response:
+            if 400 <= response.status_code < 500:  # e.g. a Dockerfile that does not parse
+                raise BuildError(f"the engine refused the build: {_api_message(response)}", "")
+            response.raise_for_status()  # an engine failure is the platform's, not the team's
+            outcome = _follow_build(response, log, timeout_s - (time.monotonic() - started))
+
+    if outcome.timed_out:
+        raise BuildError(f"the build took longer than its limit of {timeout_s:g} s", log.text())
+    if outcome.error:
+        raise BuildError(outcome.failure_message(), log.text())
+    image_id = outcome.image_id
+    if not image_id:
+        raise BuildError("the build ended without producing an image", log.text())
+
+    size = int(client.api.inspect_image(image_id)["Size"])
+    if size > max_image_bytes:
+        # By tag, not id: an identical image may be in use under another tag.
+        client.api.remove_image(tag)
+        raise BuildError(
+            f"the image is {_mb(size)} MB, above the cap of {_mb(max_image_bytes)} MB",
+            log.text(),
+        )
+    return BuildResult(
+        image_id=image_id,
+        tag=tag,
+        size=size,
+        log=log.text(),
+        duration_s=time.monotonic() - started,
+    )
+
+
+class _context_archive:  # lower case: used like a function in a with statement
+    """The build context as a tar file, honoring .dockerignore (as `docker build` does)."""
+
+    def __init__(self, context: Path, dockerfile_rel: str) -> None:
+        exclude = None
+        ignore = context / ".dockerignore"
+        if ignore.is_file():
+            lines = (ln.strip() for ln in ignore.read_text(errors="replace").splitlines())
+            exclude = [ln for ln in lines if ln and not ln.startswith("#")]
+        self._file: IO[bytes] = docker.utils.tar(
+            str(context), exclude=exclude, dockerfile=(dockerfile_rel, None), gzip=False
+        )
+
+    def __enter__(self) -> IO[bytes]:
+        return self._file
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+@dataclass
+class _BuildOutcome:
+    image_id: str | None = None
+    error: str | None = None
+    timed_out: bool = False
+    step: str | None = None  # "Step 3/5 : RUN false" for the step that was running
+    step_output: list[str] = field(default_factory=list)
+
+    def failure_message(self) -> str:
+        message = (self.error or "the build failed").strip()
+        exit_code = _NONZERO_RE.match(message)
+        if self.step and exit_code:
+            # The engine repeats the whole command; the step line already shows it.
+            message = f"{self.step.strip()} failed with exit code {exit_code.group(1)}"
+        elif self.step:
+            message = f"{self.step.strip()} failed: {message}"
+        telling = _telling_line(self.step_output)
+        if telling and telling not in message:
+            message = f"{message} (last output: {telling})"
+        return message[:1000]
+
+
+def _follow_build(response: Any, log: _CappedLog, timeout_s: float) -> _BuildOutcome:
+    """Read the engine's JSON stream into `log` until it ends or the deadline passes."""
+    outcome = _BuildOutcome()
+    stream = docker.types.CancellableStream(iter(()), response)
+    cancelled = threading.Event()
+
+    def cancel() -> None:
+        cancelled.set()
+        # Shuts the socket: the engine sees the client leave and stops the build. A socket
+        # the stream already closed may raise anything; it no longer matters then.
+        with suppress(Exception):
+            stream.close()
+
+    timer = threading.Timer(max(timeout_s, 0.001), cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        for item in _messages(response):
+            _record(item, outcome, log)
+    except Exception:
+        if not cancelled.is_set():
+            raise
+    finally:
+        timer.cancel()
+    # A build that produced its image just as the timer fired did finish in time.
+    outcome.timed_out = cancelled.is_set() and outcome.image_id is None
+    return outcome
+
+
+def _messages(response: Any) -> Iterator[dict[str, Any]]:
+    chunks: Iterable[bytes] = response.iter_content(chunk_size=None)
+    for item in json_stream(chunks):
+        if isinstance(item, dict):
+            yield item
+
+
+def _record(item: dict[str, Any], outcome: _BuildOutcome, log: _CappedLog) -> None:
+    if "stream" in item:
+        text = str(item["stream"])
+        log.write(text)
+        for line in _ANSI_RE.sub("", text).splitlines():
+            if line.startswith("Step "):
+                outcome.step = line
+                outcome.step_output = []
+            elif line.strip() and not line.startswith((" ---> ", "Removing intermediate")):
+                outcome.step_output.append(line.strip())
+                del outcome.step_output[:-50]
+    elif "status" in item and not item.get("progressDetail"):
+        log.write(f"{item['status']} {item.get('id', '')}".rstrip() + "\n")
+    if "error" in item or "errorDetail" in item:
+        detail = item.get("errorDetail") or {}
+        outcome.error = str(detail.get("message") or item.get("error") or "the build failed")
+        log.write(f"ERROR: {outcome.error}\n")
+    aux = item.get("aux")
+    if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
+        outcome.image_id = aux["ID"]
+
+
+def _telling_line(lines: list[str]) -> str | None:
+    """The line of a failed step's output most likely to say why: the last error-ish one."""
+    keywords = ("error", "exception", "not found", "denied", "fatal", "failed", "no such")
+    for line in reversed(lines):
+        if any(k in line.lower() for k in keywords):
+            return line[:300]
+    return lines[-1][:300] if lines else None
+
+
+def _api_message(response: Any) -> str:
+    try:
+        return str(response.json().get("message", response.text))
+    except ValueError:
+        return str(response.text)[:500]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference context
+
+
+def assemble_inference_context(
+    repo_dir: Path, inference_dir: str | Path, artifacts_dir: Path, dest: Path
+) -> Path:
+    """Copy the repository's `inference_dir` to `dest` and the trained artifacts (the training
+    container's /output) into `dest/artifact/`, as STOIC's final phase did (contracts.md).
+
+    Returns `dest`, a build context whose Dockerfile is the codebase's inference Dockerfile.
+    Symlinks are kept as links (never followed: a trained /output could point anywhere on
+    the worker); links in the artifacts must stay inside them, and anything but regular
+    files, directories and such links is refused.
+    """
+    repo = Path(repo_dir).resolve()
+    rel = Path(inference_dir)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ArtifactError(f"inference directory '{inference_dir}' must be a relative path")
+    source = (repo / rel).resolve()
+    if not source.is_relative_to(repo) or not source.is_dir():
+        raise ArtifactError(f"the repository has no '{rel.as_posix()}/' directory")
+    if not (source / "Dockerfile").is_file():
+        raise ArtifactError(f"there is no Dockerfile in '{rel.as_posix()}/'")
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise ValueError(f"inference context destination {dest} is not empty")
+
+    shutil.copytree(source, dest, symlinks=True, dirs_exist_ok=True)
+    artifact_dest = dest / ARTIFACT_DIRNAME
+    if artifact_dest.is_symlink() or (artifact_dest.exists() and not artifact_dest.is_dir()):
+        raise ArtifactError(
+            f"'{rel.as_posix()}/{ARTIFACT_DIRNAME}' in the repository must be a directory "
+            "(the trained artifacts are copied into it)"
+        )
+    artifact_dest.mkdir(exist_ok=True)
+    _copy_artifacts(Path(artifacts_dir), artifact_dest)
+    return dest
+
+
+def _copy_artifacts(src_dir: Path, dst_dir: Path, rel: str = "") -> None:
+    """Copy without following links; what is copied replaces what the repository had there.
+
+    A link shipped by the repository (say `artifact/model.pt -> ../../x`) is removed before a
+    file lands on its path: writing through it would write outside the context.
+    """
+    for src in sorted(src_dir.iterdir()):
+        rel_path = f"{rel}{src.name}"
+        dst = dst_dir / src.name
+        st = src.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            link = os.readlink(src)
+            if _link_escapes(rel_path, link):
+                raise ArtifactError(
+                    f"trained artifact '{rel_path}' is a symlink to '{link}', outside the artifacts"
+                )
+            _clear(dst, want_dir=False, rel_path=rel_path)
+            os.symlink(link, dst)
+        elif stat.S_ISDIR(st.st_mode):
+            _clear(dst, want_dir=True, rel_path=rel_path)
+            dst.mkdir(exist_ok=True)
+            _copy_artifacts(src, dst, f"{rel_path}/")
+        elif stat.S_ISREG(st.st_mode):
+            _clear(dst, want_dir=False, rel_path=rel_path)
+            shutil.copy2(src, dst, follow_symlinks=False)
+        else:
+            raise ArtifactError(
+                f"trained artifact '{rel_path}' is not a regular file, directory or symlink"
+            )
+
+
+def _clear(dst: Path, *, want_dir: bool, rel_path: str) -> None:
+    if dst.is_symlink():
+        dst.unlink()
+    elif dst.is_dir() and not want_dir:
+        raise ArtifactError(
+            f"trained artifact '{rel_path}' is a file but the repository has a directory there"
+        )
+    elif dst.exists() and not dst.is_dir() and want_dir:
+        raise ArtifactError(
+            f"trained artifact '{rel_path}' is a directory but the repository has a file there"
+        )
+    elif dst.exists() and not want_dir:
+        dst.unlink()
