@@ -138,6 +138,18 @@ def worker(
     os.execv(sys.executable, argv)
 
 
+@app.command(
+    "run-local",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def run_local(ctx: typer.Context) -> None:
+    """Run an image or codebase on your own cases exactly as the platform would
+    (see `heldout run-local --help`)."""
+    # The runner lives in the worker package, which the server side never imports.
+    os.execv(sys.executable, [sys.executable, "-m", "worker.local", *ctx.args])
+
+
 @token_app.command("create")
 def token_create(
     user: str = typer.Option(..., "--user", help="username (created if missing)"),
@@ -292,6 +304,8 @@ def _follow(
             for t in sub["transitions"][seen:]:
                 note = f" ({t['note']})" if t["note"] else ""
                 out.print(f"{t['at'][:19]}  {t['to_status']}{note}")
+                if t is sub["transitions"][-1]:
+                    _print_queue(sub)
             seen = len(sub["transitions"])
         if sub["status"] in FINAL:
             break
@@ -331,7 +345,19 @@ def status(
     for job in sub["jobs"]:
         states = ", ".join(f"{k} {v}" for k, v in sorted(job["by_status"].items()))
         out.print(f"  {job['kind']:9} {states}")
+    _print_queue(sub)
     _print_outcome(sub)
+
+
+def _print_queue(sub: dict[str, Any]) -> None:
+    q = sub.get("queue")
+    if not q:
+        return
+    eta = q["estimated_start_at"][:19] if q["estimated_start_at"] else "unknown yet"
+    out.print(
+        f"  queue {q['queue']}: position {q['position']} ({q['jobs_ahead']} jobs ahead), "
+        f"estimated start {eta}"
+    )
 
 
 @app.command()

@@ -21,6 +21,8 @@ import os
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
 from server.jobs.models import Job
 from server.jobs.states import FINAL as JOB_FINAL
-from server.jobs.states import JobKind, JobStatus
+from server.jobs.states import PLATFORM_FAILURES, JobKind, JobStatus
 from server.leaderboards import service as leaderboards
 from server.storage import ArtifactStore
 from server.submissions import service as submissions
@@ -303,8 +305,8 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
     kind = JobKind(job.kind)
     failed = JobStatus(job.status) is JobStatus.failed
 
-    if failed and kind is not JobKind.infer:
-        if platform_caused:
+    if failed and kind not in (JobKind.infer, JobKind.canary):
+        if platform_caused or job.failure_code in PLATFORM_FAILURES:
             submission.charged = False
         submissions.fail(
             session, submission, job.failure_code or "failed", job.failure_message or ""
@@ -317,8 +319,11 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
         submissions.transition(session, submission, SubmissionStatus.building)
     elif kind is JobKind.validate:
         submission.image_id = job.result.get("image_id")
-        submissions.transition(session, submission, SubmissionStatus.queued)
-        start_inference(session, submission)
+        if not start_canary(session, submission):
+            submissions.transition(session, submission, SubmissionStatus.queued)
+            start_inference(session, submission)
+    elif kind is JobKind.canary:
+        _after_canary(session, submission)
     elif kind is JobKind.build:
         submissions.transition(session, submission, SubmissionStatus.training)
         phase = session.get(Phase, submission.phase_id)
@@ -327,7 +332,8 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
         jobs.create(session, submission, JobKind.train, queue="gpu" if limits.gpus else "cpu")
     elif kind is JobKind.train:
         submission.image_id = job.result["inference_image_id"]
-        start_inference(session, submission)
+        if not start_canary(session, submission):
+            start_inference(session, submission)
     elif kind is JobKind.infer:
         _after_inference(session, submission)
     elif kind is JobKind.evaluate:
@@ -344,6 +350,41 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
             job.result["metrics"],
         )
         submissions.transition(session, submission, SubmissionStatus.succeeded)
+
+
+def start_canary(session: Session, submission: Submission) -> bool:
+    """Run the algorithm on the phase's public canary cases first, with the full limits; a
+    failure there is reported at once and not charged. False when the phase has none."""
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    if phase.canary_dataset_id is None:
+        return False
+    for case in datasets_repo.list_cases(session, phase.canary_dataset_id)[:2]:
+        jobs.create(session, submission, JobKind.canary, case_id=case.id)
+    return True
+
+
+def _after_canary(session: Session, submission: Submission) -> None:
+    canaries = jobs_repo.for_submission(session, submission.id, JobKind.canary.value)
+    if any(JobStatus(j.status) not in JOB_FINAL for j in canaries):
+        return
+    failed = [j for j in canaries if j.status != JobStatus.succeeded.value]
+    if failed:
+        submission.charged = False
+        reasons = "; ".join(
+            f"public case {name}: {msg}" for name, msg in case_failures(session, failed)
+        )
+        submissions.fail(
+            session,
+            submission,
+            f"canary:{failed[0].failure_code or 'failed'}",
+            "The algorithm failed on the phase's public check case(s) before the test set "
+            f"ran; this does not count against your team's limits. {reasons}",
+        )
+        return
+    if SubmissionStatus(submission.status) is SubmissionStatus.validating:
+        submissions.transition(session, submission, SubmissionStatus.queued)
+    start_inference(session, submission)
 
 
 def start_inference(session: Session, submission: Submission) -> None:
@@ -372,7 +413,7 @@ def _after_inference(session: Session, submission: Submission) -> None:
             listed += f"; and {more} more"
         # Charged only if some case failed for the algorithm's own reasons.
         if all(
-            j.failure_code == "platform_error"
+            j.failure_code in PLATFORM_FAILURES
             for j in infer_jobs
             if j.status == JobStatus.failed.value
         ):
@@ -463,11 +504,13 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
     )
 
 
-def _run(executor: Any, spec: Any, dest: Path) -> Any:
+@contextmanager
+def classified_execution() -> Iterator[None]:
+    """A container that could not run at all: the platform's fault (retry) or the image's."""
     from worker.executor import ExecutionError
 
     try:
-        return executor.run(spec, dest)
+        yield
     except ExecutionError as exc:
         if exc.failure.platform_caused:
             raise InfrastructureError(exc.failure.message) from exc
@@ -516,81 +559,66 @@ def _store_outputs(
 
 
 def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
-    from worker.executor import RunSpec
-    from worker.outputs import (
-        stage_batch_inputs,
-        stage_case_inputs,
-        validate_batch_outputs,
-        validate_outputs,
-    )
+    from worker.runner import run_batch, run_case
 
     assert ctx.image_id is not None
     executor = _executor(settings)
     executor.cleanup_stale({"heldout.job": str(ctx.job_id)})
     work = _job_dir(settings, ctx)
+    common: dict[str, Any] = dict(
+        image=ctx.image_id,
+        job_id=str(ctx.job_id),
+        attempt=ctx.attempt,
+        limits=ctx.phase.limits,
+        inputs=ctx.phase.inputs,
+        outputs=ctx.phase.outputs,
+        work=work,
+    )
     try:
-        if ctx.phase.batch_mode:
-            staged = stage_batch_inputs(
-                work / "input",
-                ctx.phase.inputs,
-                {c.public_name: _case_files(store, c, ctx.phase.inputs, work) for c in ctx.cases},
-            )
-            limits = ctx.phase.limits.model_copy(
-                update={"wall_time_s": ctx.phase.limits.wall_time_s * max(1, len(ctx.cases))}
-            )
-            spec = RunSpec(
-                image=ctx.image_id,
-                job_id=str(ctx.job_id),
-                attempt=ctx.attempt,
-                inputs=work / "input",
-                limits=limits,
-            )
-            result = _run(executor, spec, work / "output")
-            per_case = validate_batch_outputs(work / "output", list(staged), ctx.phase.outputs)
-            cases: dict[str, Any] = {}
-            run_failure = result.failure
-            for case in ctx.cases:
-                checked = per_case[case.public_name]
-                failure = run_failure or checked.failure
-                entry: dict[str, Any] = {"case_id": case.id}
-                if failure is not None:
-                    entry["failure"] = {"code": failure.reason, "message": failure.message}
-                else:
-                    entry["outputs"] = _store_outputs(store, checked.values, ctx.phase.outputs)
-                cases[case.public_name] = entry
-            out = {"cases": cases, "duration_s": result.duration_s, "mode": "batch"}
-            if any("failure" in e for e in cases.values()):
-                raise StepFailed(
-                    "cases_failed",
-                    "The algorithm failed on one or more cases.",
-                    {**out, "log": _logs(result)},
+        with classified_execution():
+            if ctx.phase.batch_mode:
+                done = run_batch(
+                    executor,
+                    cases={
+                        c.public_name: _case_files(store, c, ctx.phase.inputs, work)
+                        for c in ctx.cases
+                    },
+                    **common,
                 )
-            return Outcome(out, _logs(result))
-
-        (case,) = ctx.cases
-        stage_case_inputs(
-            work / "input",
-            ctx.phase.inputs,
-            _case_files(store, case, ctx.phase.inputs, work),
-            case.public_name,
-        )
-        spec = RunSpec(
-            image=ctx.image_id,
-            job_id=str(ctx.job_id),
-            attempt=ctx.attempt,
-            inputs=work / "input",
-            limits=ctx.phase.limits,
-        )
-        result = _run(executor, spec, work / "output")
-        failure = result.failure
-        if failure is None:
-            checked = validate_outputs(work / "output", ctx.phase.outputs)
-            failure = checked.failure
-        timing = {"duration_s": result.duration_s, "mode": "case"}
-        if failure is not None:
-            raise StepFailed(failure.reason, failure.message, {**timing, "log": _logs(result)})
-        outputs = _store_outputs(store, checked.values, ctx.phase.outputs)
-        return Outcome({**timing, "outputs": outputs}, _logs(result))
+            else:
+                (case,) = ctx.cases
+                done = run_case(
+                    executor,
+                    case=case.public_name,
+                    files=_case_files(store, case, ctx.phase.inputs, work),
+                    **common,
+                )
+        timing = {
+            "duration_s": done.run.duration_s,
+            "mode": "batch" if ctx.phase.batch_mode else "case",
+        }
+        log = _logs(done.run)
+        if not ctx.phase.batch_mode:
+            (only,) = done.cases.values()
+            if only.failure is not None:
+                raise StepFailed(only.failure.reason, only.failure.message, {**timing, "log": log})
+            outputs = _store_outputs(store, only.values, ctx.phase.outputs)
+            return Outcome({**timing, "outputs": outputs}, log)
+        ids = {c.public_name: c.id for c in ctx.cases}
+        cases: dict[str, Any] = {}
+        for name, res in done.cases.items():
+            entry: dict[str, Any] = {"case_id": ids[name]}
+            if res.failure is not None:
+                entry["failure"] = {"code": res.failure.reason, "message": res.failure.message}
+            else:
+                entry["outputs"] = _store_outputs(store, res.values, ctx.phase.outputs)
+            cases[name] = entry
+        out = {**timing, "cases": cases}
+        if done.failed:
+            raise StepFailed(
+                "cases_failed", "The algorithm failed on one or more cases.", {**out, "log": log}
+            )
+        return Outcome(out, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -669,7 +697,8 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             read_only_mounts={gt: "/opt/ml/input/data/ground_truth"},
         )
         executor = _executor(settings)
-        result = _run(executor, spec, work / "output")
+        with classified_execution():
+            result = executor.run(spec, work / "output")
         metrics_path = work / "output" / "metrics.json"
         metrics: dict[str, Any] = {}
         if metrics_path.is_file():
@@ -727,6 +756,7 @@ def _steps() -> dict[JobKind, Any]:
         JobKind.validate: step_validate_any,
         JobKind.build: step_build,
         JobKind.train: step_train,
+        JobKind.canary: step_infer,
         JobKind.infer: step_infer,
         JobKind.evaluate: step_evaluate,
     }

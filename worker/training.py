@@ -19,7 +19,7 @@ from worker.pipeline import (
     _executor,
     _job_dir,
     _logs,
-    _run,
+    classified_execution,
 )
 
 
@@ -125,23 +125,18 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _stage_training(store: ArtifactStore, ctx: JobContext, dest: Path) -> None:
-    """/input/data/mha/<PatientID><ext> and /input/metadata/reference.csv (contracts.md)."""
-    slug = ctx.phase.inputs[0].slug
-    data = dest / "data" / "mha"
-    data.mkdir(parents=True)
-    for case in ctx.cases:
-        entry = case.files[slug]
-        store.copy_to(entry["digest"], data / f"{case.name}{entry['ext']}")
-    assert ctx.labels_digest is not None
-    store.copy_to(ctx.labels_digest, dest / "metadata" / "reference.csv")
-    for path in [dest, *dest.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+def _stored(store: ArtifactStore, entry: dict[str, object], work: Path) -> Path:
+    """A stored file under a name with its extension (the store names by digest only)."""
+    link = work / "sources" / f"{str(entry['digest'])[7:]}{entry['ext']}"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        shutil.copyfile(store.path(str(entry["digest"])), link)
+    return link
 
 
 def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
     from worker.builder import ArtifactError, assemble_inference_context
-    from worker.executor import RunSpec
+    from worker.runner import run_training
 
     limits = ctx.phase.training_limits or ctx.phase.limits
     gpus: list[str] = []
@@ -156,19 +151,20 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
     executor.cleanup_stale({"heldout.job": str(ctx.job_id)})
     work = _job_dir(settings, ctx)
     try:
-        _stage_training(store, ctx, work / "input")
-        spec = RunSpec(
-            image=ctx.earlier["build"]["training_image_id"],
-            job_id=str(ctx.job_id),
-            attempt=ctx.attempt,
-            inputs=work / "input",
-            limits=limits,
-            gpu_device_ids=gpus,
-            writable_rootfs=True,
-            scratch=True,
-            cap_add=("SYS_NICE",),
-        )
-        result = _run(executor, spec, work / "output")
+        slug = ctx.phase.inputs[0].slug
+        assert ctx.labels_digest is not None
+        with classified_execution():
+            result = run_training(
+                executor,
+                image=ctx.earlier["build"]["training_image_id"],
+                job_id=str(ctx.job_id),
+                attempt=ctx.attempt,
+                limits=limits,
+                data={c.name: _stored(store, c.files[slug], work) for c in ctx.cases},
+                labels=store.path(ctx.labels_digest),
+                work=work,
+                gpu_device_ids=gpus,
+            )
         log = _logs(result)
         if result.failure is not None:
             raise StepFailed(

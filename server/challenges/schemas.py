@@ -234,6 +234,18 @@ class ChallengeSpec(StrictModel):
                     raise ValueError(
                         f"phase {p.slug!r} names dataset {ref!r}, which the bundle does not declare"
                     )
+        public = {d.slug for d in self.datasets if d.public}
+        for p in self.phases:
+            # Canary runs and feedback rounds hand logs back: their data must be public.
+            if p.canary_dataset and p.canary_dataset not in public:
+                raise ValueError(
+                    f"phase {p.slug!r}: canary dataset {p.canary_dataset!r} must be public"
+                )
+            if p.feedback_round and p.training_dataset not in public:
+                raise ValueError(
+                    f"phase {p.slug!r}: a feedback round trains on a public dataset; "
+                    f"{p.training_dataset!r} is not marked public"
+                )
         slugs = [p.slug for p in self.phases]
         if len(set(slugs)) != len(slugs):
             raise ValueError("phase slugs must be unique")

@@ -26,8 +26,8 @@ PENDING, RELEASED, REFUSED = "pending", "released", "refused"
 def held_for(kind: JobKind, phase: Phase) -> bool:
     """Whether a job's logs are withheld from participants until review."""
     spec = phase.spec
-    if kind in (JobKind.validate, JobKind.build):
-        return False  # clone and build logs hold no private data
+    if kind in (JobKind.validate, JobKind.build, JobKind.canary):
+        return False  # clone and build logs, and runs on public cases, hold no private data
     if kind is JobKind.train:
         return not spec.feedback_round
     if kind is JobKind.evaluate:

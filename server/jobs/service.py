@@ -23,6 +23,7 @@ QUEUE_FOR = {
     JobKind.validate: "build",
     JobKind.build: "build",
     JobKind.train: "gpu",
+    JobKind.canary: "cpu",
     JobKind.infer: "cpu",
     JobKind.evaluate: "evaluation",
 }

@@ -18,6 +18,7 @@ class JobKind(StrEnum):
     validate = "validate"
     build = "build"
     train = "train"
+    canary = "canary"  # the algorithm on a public case or two, before the test set
     infer = "infer"
     evaluate = "evaluate"
 
@@ -32,3 +33,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     J.cancelled: frozenset(),
 }
 FINAL = frozenset({J.succeeded, J.failed, J.cancelled})
+
+# Failure codes that mean the platform, not the algorithm, failed: never charged.
+PLATFORM_FAILURES = frozenset({"platform_error", "internal_error"})

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from server.challenges import service as challenges
 from server.challenges.models import Challenge, Phase
 from server.deps import CurrentUser, SessionDep, SettingsDep
+from server.jobs import queue
 from server.jobs import service as jobs
 from server.submissions import repository, rules, service
 from server.submissions.models import Submission
@@ -26,7 +27,7 @@ def view(session: Session, submission: Submission, *, detail: bool = False) -> S
     data: dict[str, Any] = {
         c: getattr(submission, c)
         for c in SubmissionRead.model_fields
-        if hasattr(submission, c) and c not in ("transitions", "jobs", "result")
+        if hasattr(submission, c) and c not in ("transitions", "jobs", "result", "queue")
     }
     data.update(challenge=challenge.slug, phase=phase.slug, team=team.name)
     if detail:
@@ -34,6 +35,7 @@ def view(session: Session, submission: Submission, *, detail: bool = False) -> S
             TransitionRead.model_validate(t) for t in repository.transitions(session, submission.id)
         ]
         data["jobs"] = [JobSummary(**j) for j in jobs.summary(session, submission.id)]
+        data["queue"] = queue.position(session, submission.id)
     return SubmissionRead(**data)
 
 

@@ -62,4 +62,6 @@ class SubmissionRead(BaseModel):
     finished_at: datetime | None
     transitions: list[TransitionRead] = []
     jobs: list[JobSummary] = []
+    # Where its next pending job stands: position, jobs ahead, estimated start.
+    queue: dict[str, Any] | None = None
     result: dict[str, Any] | None = None

@@ -185,8 +185,8 @@ def cancel(session: Session, user: User, submission_id: int) -> Submission:
             f"submission {submission_id} is {status} and can no longer be cancelled",
             field="status",
         )
-    # Cancelled before any work on private data started: it does not count.
-    if status in (SubmissionStatus.received, SubmissionStatus.validating, SubmissionStatus.queued):
+    # Cancelled before its canary passed (no work on private data yet): it does not count.
+    if status in (SubmissionStatus.received, SubmissionStatus.validating):
         submission.charged = False
     transition(session, submission, SubmissionStatus.cancelled, note=f"by {user.username}")
     jobs.cancel_open(session, submission)

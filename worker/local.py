@@ -1,0 +1,273 @@
+"""`heldout run-local`: run an image (T2) or a codebase (T3) on your own sample cases with
+exactly the platform's runner, container flags, limits and output checks, and get the same
+classified result the platform would give.
+
+    heldout run-local --bundle challenge.yaml --phase qualification --image algo.tar.gz \\
+        --cases ./my-cases
+    heldout run-local --bundle challenge.yaml --phase final --codebase ./repo \\
+        --training-data ./train --cases ./my-cases
+
+Cases use the dataset layout (`images/<interface>/<case><ext>`, labels.csv optional; a
+training set needs labels.csv as its reference.csv).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from server.challenges.bundle import load_bundle
+from server.challenges.schemas import PhaseSpec
+from server.config import get_settings
+from server.errors import HeldoutError
+
+app = typer.Typer(add_completion=False)
+
+
+def _phase(bundle: Path | None, challenge: str | None, phase: str) -> PhaseSpec:
+    if bundle is not None:
+        spec = load_bundle(bundle)
+        for p in spec.phases:
+            if p.slug == phase:
+                return p
+        raise typer.BadParameter(f"the bundle has no phase {phase!r}", param_hint="--phase")
+    if challenge is None:
+        raise typer.BadParameter("give --bundle FILE or --challenge SLUG", param_hint="--bundle")
+    from server.client import Client
+
+    data = Client(get_settings()).get(f"/challenges/{challenge}/phases/{phase}")
+    return PhaseSpec.model_validate(
+        {
+            "slug": data["slug"],
+            "title": data["title"],
+            "kind": data["kind"],
+            "inputs": data["inputs"],
+            "outputs": data["outputs"],
+            "limits": data["limits"],
+            "metrics": data["metrics"],
+            "training_dataset": "local" if data["kind"] == "codebase" else None,
+        }
+    )
+
+
+def _cases(root: Path, spec: PhaseSpec) -> dict[str, dict[str, Path]]:
+    cases: dict[str, dict[str, Path]] = {}
+    for interface in spec.inputs:
+        folder = root / "images" / interface.slug
+        if not folder.is_dir():
+            raise typer.BadParameter(
+                f"{folder} is missing (input {interface.slug!r})", param_hint="--cases"
+            )
+        for f in sorted(folder.iterdir()):
+            cases.setdefault(f.name.split(".")[0], {})[interface.slug] = f
+    incomplete = [c for c, files in cases.items() if len(files) != len(spec.inputs)]
+    if incomplete or not cases:
+        raise typer.BadParameter(
+            f"cases without every input: {incomplete or 'no cases'}", param_hint="--cases"
+        )
+    return cases
+
+
+def _image(client: Any, image: str) -> str:
+    from worker.intake import IntakeError, IntakeLimits, check_image, load_image
+
+    path = Path(image)
+    try:
+        if path.is_file():
+            return str(
+                load_image(client, path, tag=f"heldout/local-{uuid.uuid4().hex[:8]}").image_id
+            )
+        attrs = client.images.get(image).attrs
+        check_image(client, attrs, IntakeLimits())
+        return str(attrs["Id"])
+    except IntakeError as exc:
+        _report({"status": "refused", "reason": exc.reason}, False)
+        raise typer.Exit(1) from exc
+
+
+def _train(
+    client: Any,
+    executor: Any,
+    spec: PhaseSpec,
+    codebase: Path,
+    data: Path,
+    work: Path,
+    out: dict[str, Any],
+) -> str | None:
+    from worker.builder import BuildError, assemble_inference_context, build_image
+    from worker.runner import run_training
+
+    settings = get_settings()
+    try:
+        built = build_image(
+            client,
+            codebase / spec.training_dir,
+            codebase / spec.training_dir,
+            f"heldout/local-training-{uuid.uuid4().hex[:8]}",
+            timeout_s=settings.build_timeout_s,
+            max_image_bytes=settings.max_image_bytes,
+            network=settings.build_network,
+        )
+    except BuildError as exc:
+        out.update(
+            status="failed",
+            stage="build",
+            reason="build_failed",
+            message=exc.message,
+            log=exc.log[-4000:],
+        )
+        return None
+    slug = spec.inputs[0].slug
+    files = {f.name.split(".")[0]: f for f in sorted((data / "images" / slug).iterdir())}
+    result = run_training(
+        executor,
+        image=built.image_id,
+        job_id="local",
+        attempt=1,
+        limits=spec.training_limits or spec.limits,
+        data=files,
+        labels=data / "labels.csv",
+        work=work / "train",
+    )
+    out["training"] = {
+        "duration_s": result.duration_s,
+        "stdout": result.stdout_tail[-4000:],
+        "stderr": result.stderr_tail[-4000:],
+    }
+    if result.failure is not None:
+        out.update(
+            status="failed",
+            stage="training",
+            reason=result.failure.reason,
+            message=result.failure.message,
+        )
+        return None
+    context = assemble_inference_context(
+        codebase, spec.inference_dir, work / "train" / "output", work / "inference"
+    )
+    try:
+        built = build_image(
+            client,
+            context,
+            context,
+            f"heldout/local-inference-{uuid.uuid4().hex[:8]}",
+            timeout_s=settings.build_timeout_s,
+            max_image_bytes=settings.max_image_bytes,
+            network=settings.build_network,
+        )
+    except BuildError as exc:
+        out.update(
+            status="failed",
+            stage="inference build",
+            reason="build_failed",
+            message=exc.message,
+            log=exc.log[-4000:],
+        )
+        return None
+    return built.image_id
+
+
+def _report(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    if out.get("status") == "refused":
+        typer.echo(f"refused: {out['reason']}")
+        return
+    if "stage" in out:
+        typer.echo(f"failed at {out['stage']}: {out['reason']}: {out['message']}")
+    for case, res in out.get("cases", {}).items():
+        if res["failure"]:
+            typer.echo(f"case {case}: {res['failure']['reason']}: {res['failure']['message']}")
+        else:
+            values = ", ".join(f"{k}={v}" for k, v in res["outputs"].items())
+            typer.echo(f"case {case}: ok ({values}) in {res['duration_s']:.1f} s")
+    typer.echo(f"result: {out['status']}")
+
+
+@app.command()
+def run_local(
+    phase: str = typer.Option(..., help="phase slug"),
+    cases: Path = typer.Option(..., exists=True, file_okay=False, help="your sample cases"),
+    bundle: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="challenge bundle holding the phase"
+    ),
+    challenge: str | None = typer.Option(None, help="or: read the phase from the server"),
+    image: str | None = typer.Option(None, help="image tag, or a `docker save` archive"),
+    codebase: Path | None = typer.Option(
+        None, exists=True, file_okay=False, help="a codebase checkout (T3)"
+    ),
+    training_data: Path | None = typer.Option(
+        None, exists=True, file_okay=False, help="training cases with labels.csv (T3)"
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run like the platform does, on your own cases."""
+    import docker
+
+    from worker.executor.docker import DockerExecutor
+    from worker.runner import run_case
+
+    try:
+        spec = _phase(bundle, challenge, phase)
+    except HeldoutError as exc:
+        raise typer.BadParameter(exc.detail, param_hint="--bundle") from exc
+    if (image is None) == (codebase is None):
+        raise typer.BadParameter("give --image or --codebase", param_hint="--image")
+    if codebase is not None and training_data is None:
+        raise typer.BadParameter("--codebase needs --training-data", param_hint="--training-data")
+    samples = _cases(cases, spec)
+    client = docker.from_env()
+    work = Path(tempfile.mkdtemp(prefix="heldout-local-"))
+    executor = DockerExecutor(client, work / "executor")
+    out: dict[str, Any] = {"phase": spec.slug, "cases": {}}
+    try:
+        if codebase is not None:
+            assert training_data is not None
+            image_id = _train(client, executor, spec, codebase, training_data, work, out)
+            if image_id is None:
+                _report(out, as_json)
+                raise typer.Exit(1)
+        else:
+            assert image is not None
+            image_id = _image(client, image)
+        for i, (case, files) in enumerate(samples.items()):
+            done = run_case(
+                executor,
+                image=image_id,
+                job_id="local",
+                attempt=1,
+                limits=spec.limits,
+                inputs=spec.inputs,
+                outputs=spec.outputs,
+                case=case,
+                files=files,
+                work=work / f"case-{i}",
+            )
+            res = done.cases[case]
+            out["cases"][case] = {
+                "failure": {"reason": res.failure.reason, "message": res.failure.message}
+                if res.failure
+                else None,
+                "outputs": {k: str(v) for k, v in res.values.items()},
+                "duration_s": done.run.duration_s,
+                "stderr": done.run.stderr_tail[-2000:],
+            }
+        failed = any(c["failure"] for c in out["cases"].values())
+        out["status"] = "failed" if failed else "succeeded"
+        _report(out, as_json)
+        if failed:
+            raise typer.Exit(1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(app())
