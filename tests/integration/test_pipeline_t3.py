@@ -310,7 +310,7 @@ def test_bad_refs_and_urls_are_refused(live: Any) -> None:
 
 
 def test_webhook_signature_and_tag_push(live: Any) -> None:
-    settings, api, factory, daemon, admin, _ = live
+    _, api, factory, _, _, _ = live
     url, alice = _setup(live, codebase())
     link = api.post(
         "/api/v1/challenges/stoic/phases/final/repository-link",
