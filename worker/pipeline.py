@@ -706,9 +706,19 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
                 metrics = json.loads(metrics_path.read_text())
             except ValueError:
                 metrics = {}
-        if "error" in metrics:
-            error = metrics["error"]
-            raise StepFailed("invalid_predictions", str(error.get("message", error)))
+        error = metrics.get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message", error))
+            if error.get("kind") == "invalid_predictions":
+                raise StepFailed("invalid_predictions", message)
+            if error.get("kind") == "configuration":
+                # The organizers' metric config or ground truth is wrong, not the team.
+                raise StepFailed(
+                    "evaluation_config_error",
+                    "The phase's evaluation is misconfigured and the organizers have been "
+                    f"told; this does not count against your team's limits. ({message})",
+                )
+            raise InfrastructureError(f"evaluator error: {message}")
         if result.failure is not None or "aggregates" not in metrics:
             # The evaluator is ours: its failure is the platform's, not the team's.
             why = result.failure.reason if result.failure else "no metrics"

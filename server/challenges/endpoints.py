@@ -31,6 +31,7 @@ class ApplyResult(BaseModel):
     created: list[str]
     updated: list[str]
     unchanged: list[str]
+    rescored: list[int]
 
 
 def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
@@ -78,6 +79,7 @@ def apply_bundle(
         created=report.created,
         updated=report.updated,
         unchanged=report.unchanged,
+        rescored=report.rescored,
     )
 
 

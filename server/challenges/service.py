@@ -32,6 +32,8 @@ class ApplyReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    # Submissions queued for re-scoring because metrics or ground truth changed.
+    rescored: list[int] = field(default_factory=list)
 
     def record(self, what: str, outcome: str) -> None:
         getattr(self, outcome).append(what)
@@ -94,6 +96,7 @@ def apply_spec(
             report.record(f"organizer {username}", "created")
 
     dataset_ids: dict[str, int] = {}
+    rescore: list[Phase] = []
     for ds in spec.datasets:
         source = sources.get(ds.slug)
         if source is None:
@@ -145,6 +148,8 @@ def apply_spec(
             )
         phase = repository.get_phase(session, challenge.id, phase_spec.slug)
         name = f"phase {phase_spec.slug}"
+        if phase is not None and f"dataset {phase_spec.test_dataset}" in report.updated:
+            rescore.append(phase)  # new ground truth
         if phase is None:
             session.add(
                 Phase(
@@ -168,12 +173,18 @@ def apply_spec(
             continue
         if phase.spec_json.get("metrics") != spec_json["metrics"]:
             phase.metrics_version += 1
+            rescore.append(phase)
         phase.spec_json = spec_json
         for key, value in ids.items():
             setattr(phase, key, value)
         phase.updated_at = utcnow()
         report.record(name, "updated")
     session.flush()
+    if rescore:
+        from server.leaderboards import service as leaderboards
+
+        for phase in dict.fromkeys(rescore):
+            report.rescored += leaderboards.reevaluate(session, phase)
     return report
 
 

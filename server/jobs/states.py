@@ -34,5 +34,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 FINAL = frozenset({J.succeeded, J.failed, J.cancelled})
 
-# Failure codes that mean the platform, not the algorithm, failed: never charged.
-PLATFORM_FAILURES = frozenset({"platform_error", "internal_error"})
+# Failure codes that mean the platform or the organizers, not the algorithm, failed:
+# never charged.
+PLATFORM_FAILURES = frozenset({"platform_error", "internal_error", "evaluation_config_error"})

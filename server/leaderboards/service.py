@@ -1,17 +1,37 @@
-"""Leaderboards: rank the current results of a phase on its primary metric."""
+"""Leaderboards: the current results of a phase, ranked on its primary metric with DeLong
+ties, each value with its CI; a top-k ensemble row; a statistics view (all-pairs DeLong
+p-values, ROC points with CI bands); and re-evaluation when metrics or ground truth change.
+
+A result is current when it was computed under the phase's present metric config
+(metrics_version) and test ground truth (dataset digest); anything else is stale and is
+neither shown nor ranked."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from evaluation.leaderboard import Entry, ensemble_top_k, rank_entries, rank_with_delong
+from evaluation.stats import bootstrap_ci
 from server.challenges.models import Phase
+from server.challenges.schemas import MetricKind, MetricSpec
 from server.datasets.models import Dataset
+from server.jobs import repository as jobs_repo
+from server.jobs import service as jobs
+from server.jobs.states import FINAL as JOB_FINAL
+from server.jobs.states import JobKind, JobStatus
 from server.leaderboards import repository
 from server.leaderboards.models import Result
+from server.submissions import repository as submissions_repo
+from server.submissions import service as submissions
 from server.submissions.models import Submission
+from server.submissions.states import SubmissionStatus
 from server.teams.models import Team
+
+ENSEMBLE_K = 3
+ALPHA = 0.05
 
 
 def ground_truth_digest(session: Session, phase: Phase) -> str | None:
@@ -44,7 +64,7 @@ def record(
         metrics_version=phase.metrics_version,
         ground_truth_digest=ground_truth,
         primary_metric=primary,
-        primary_value=value,
+        primary_value=_finite(value),
         metrics=metrics,
     )
     session.add(result)
@@ -52,58 +72,204 @@ def record(
     return result
 
 
-def leaderboard(session: Session, phase: Phase) -> dict[str, Any]:
-    spec = phase.spec.metrics
-    primary = next(m for m in spec.metrics if m.name == spec.primary)
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _primary(phase: Phase) -> MetricSpec:
+    cfg = phase.spec.metrics
+    return next(m for m in cfg.metrics if m.name == cfg.primary)
+
+
+def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission, Team]]:
+    """Each team's best current result, oldest first among equals."""
     gt = ground_truth_digest(session, phase)
-    rows: list[dict[str, Any]] = []
-    if gt is not None:
-        for result in repository.current_results(session, phase.id, phase.metrics_version, gt):
-            submission = session.get(Submission, result.submission_id)
-            if submission is None or submission.status != "succeeded":
-                continue
-            team = session.get(Team, submission.team_id)
-            rows.append(_row(result, submission, team))
-    # One entry per team: its best current submission.
-    best: dict[str, dict[str, Any]] = {}
-    sign = 1 if primary.higher_is_better else -1
-    for row in rows:
-        cur = best.get(row["team"])
-        if row["value"] is None:
+    if gt is None:
+        return []
+    sign = 1 if _primary(phase).higher_is_better else -1
+    best: dict[int, tuple[Result, Submission, Team]] = {}
+    for result in repository.current_results(session, phase.id, phase.metrics_version, gt):
+        sub = session.get(Submission, result.submission_id)
+        if sub is None or sub.status != SubmissionStatus.succeeded.value:
             continue
-        if cur is None or sign * row["value"] > sign * cur["value"]:
-            best[row["team"]] = row
-    ranked = sorted(best.values(), key=lambda r: -sign * r["value"])
-    for i, row in enumerate(ranked, start=1):
-        row["rank"] = i
+        team = session.get(Team, sub.team_id)
+        assert team is not None
+        cur = best.get(team.id)
+        if result.primary_value is None:
+            if cur is None:
+                best[team.id] = (result, sub, team)
+            continue
+        if (
+            cur is None
+            or cur[0].primary_value is None
+            or (sign * result.primary_value > sign * cur[0].primary_value)
+        ):
+            best[team.id] = (result, sub, team)
+    return sorted(best.values(), key=lambda t: t[0].id)
+
+
+def _section(result: Result, metric: str) -> dict[str, Any] | None:
+    section = result.metrics.get("predictions", {}).get(metric)
+    return section if isinstance(section, dict) else None
+
+
+def _ranked(
+    session: Session, phase: Phase
+) -> tuple[list[Any], dict[str, tuple[Result, Submission, Team]]]:
+    rows = _team_best(session, phase)
+    primary = _primary(phase)
+    by_key = {str(r.submission_id): (r, s, t) for r, s, t in rows}
+    entries = [Entry(str(r.submission_id), r.primary_value) for r, _, _ in rows]
+    sections = [_section(r, primary.name) for r, _, _ in rows]
+    if primary.kind in (MetricKind.auc,) and rows and all(s is not None for s in sections):
+        ranked = rank_with_delong(
+            entries,
+            sections,
+            higher_is_better=bool(primary.higher_is_better),  # type: ignore[arg-type]
+            alpha=ALPHA,
+        )
+    else:
+        ranked = rank_entries(entries, higher_is_better=bool(primary.higher_is_better))
+    return ranked, by_key
+
+
+def leaderboard(session: Session, phase: Phase) -> dict[str, Any]:
+    cfg = phase.spec.metrics
+    primary = _primary(phase)
+    ranked, by_key = _ranked(session, phase)
+    entries = []
+    for r in ranked:
+        result, sub, team = by_key[r.key]
+        entries.append(
+            _row(result, sub, team)
+            | {
+                "rank": r.rank,
+                "position": r.position,
+                "tied_with_leader": r.leader != r.key and r.rank is not None,
+                "p_vs_rank_leader": r.p_value,
+            }
+        )
     return {
         "phase": phase.slug,
-        "primary_metric": spec.primary,
+        "primary_metric": cfg.primary,
         "higher_is_better": primary.higher_is_better,
+        "ranking": "ties share a rank when the DeLong test against the rank's leader is not "
+        f"significant (p >= {ALPHA})"
+        if primary.kind is MetricKind.auc
+        else "ties share a rank only on equal values",
         "metrics": [
-            {"name": m.name, "kind": m.kind.value, "primary": m.name == spec.primary}
-            for m in spec.metrics
+            {"name": m.name, "kind": m.kind.value, "primary": m.name == cfg.primary}
+            for m in cfg.metrics
         ],
         "metrics_version": phase.metrics_version,
-        "entries": ranked,
+        "entries": entries,
+        "ensemble": _ensemble(phase, ranked, by_key),
     }
 
 
-def _row(result: Result, submission: Submission, team: Team | None) -> dict[str, Any]:
+def _ensemble(phase: Phase, ranked: list[Any], by_key: dict[str, Any]) -> dict[str, Any] | None:
+    """The top-k submissions' predictions averaged case by case (STOIC Table 4.1)."""
+    primary = _primary(phase)
+    sections = {k: _section(v[0], primary.name) for k, v in by_key.items()}
+    usable = [r for r in ranked if r.rank is not None and sections.get(r.key)]
+    if len(usable) < 2:
+        return None
+    ens = ensemble_top_k(
+        usable, {k: v for k, v in sections.items() if v}, ENSEMBLE_K, kind=primary.kind.value
+    )
+    cfg = phase.spec.metrics
+    ci = bootstrap_ci(
+        primary.kind.value,
+        ens.section["y_true"],
+        ens.section["y_score"],
+        n_resamples=cfg.bootstrap_resamples,
+        seed=cfg.bootstrap_seed,
+        level=cfg.ci_level,
+    )
+    return {
+        "members": [int(m) for m in ens.members],
+        "teams": [by_key[m][2].name for m in ens.members],
+        "value": _finite(ens.value),
+        "ci": [_finite(ci.lower), _finite(ci.upper)],
+    }
+
+
+def statistics(session: Session, phase: Phase) -> dict[str, Any]:
+    """All-pairs DeLong p-values on the primary metric and ROC points with CI bands.
+    Only aggregates leave the server: no per-case labels or predictions."""
+    from evaluation.leaderboard import delong_p_values
+
+    primary = _primary(phase)
+    ranked, by_key = _ranked(session, phase)
+    keys = [r.key for r in ranked if r.rank is not None]
+    out: dict[str, Any] = {
+        "metric": primary.name,
+        "submissions": [int(k) for k in keys],
+        "teams": [by_key[k][2].name for k in keys],
+        "p_values": None,
+        "roc": {},
+    }
+    sections = [_section(by_key[k][0], primary.name) for k in keys]
+    if primary.kind is MetricKind.auc and len(keys) > 1 and all(sections):
+        out["p_values"] = [[_finite(v) for v in row] for row in delong_p_values(sections).tolist()]  # type: ignore[arg-type]
+    for k in keys:
+        roc = by_key[k][0].metrics.get("roc", {}).get(primary.name)
+        if roc:
+            out["roc"][k] = roc
+    return out
+
+
+def _row(result: Result, submission: Submission, team: Team) -> dict[str, Any]:
     aggregates = result.metrics.get("aggregates", {})
+    primary = aggregates.get(result.primary_metric, {})
     return {
         "submission_id": submission.id,
-        "team": team.name if team else "?",
+        "team": team.name,
         "value": result.primary_value,
-        "ci": [
-            aggregates.get(result.primary_metric, {}).get("ci_lower"),
-            aggregates.get(result.primary_metric, {}).get("ci_upper"),
-        ],
+        "ci": [_finite(primary.get("ci_lower")), _finite(primary.get("ci_upper"))],
         "metrics": {
-            name: {k: v for k, v in agg.items() if k in ("value", "ci_lower", "ci_upper")}
+            name: {
+                k: (_finite(v) if k != "n" else v)
+                for k, v in agg.items()
+                if k in ("value", "ci_lower", "ci_upper", "n")
+            }
             for name, agg in aggregates.items()
             if isinstance(agg, dict)
         },
+        "bootstrap": {"resamples": primary.get("n_resamples"), "seed": primary.get("seed")},
         "evaluator_version": result.evaluator_version,
         "created_at": result.created_at.isoformat(),
     }
+
+
+def reevaluate(session: Session, phase: Phase) -> list[int]:
+    """Re-score every submission whose algorithm outputs are complete but whose current
+    result (present metric config and ground truth) is missing: one evaluate job each,
+    no algorithm re-run. Idempotent: a submission already being evaluated is skipped."""
+    gt = ground_truth_digest(session, phase)
+    if gt is None:
+        return []
+    have = {
+        r.submission_id
+        for r in repository.current_results(session, phase.id, phase.metrics_version, gt)
+    }
+    queued: list[int] = []
+    for sub in submissions_repo.list_for_phase(session, phase.id):
+        status = SubmissionStatus(sub.status)
+        if sub.id in have or status not in (SubmissionStatus.succeeded, SubmissionStatus.failed):
+            continue
+        infer = jobs_repo.for_submission(session, sub.id, JobKind.infer.value)
+        if not infer or any(j.status != JobStatus.succeeded.value for j in infer):
+            continue  # it never produced a full set of outputs
+        evaluations = jobs_repo.for_submission(session, sub.id, JobKind.evaluate.value)
+        if any(JobStatus(j.status) not in JOB_FINAL for j in evaluations):
+            continue
+        submissions.transition(
+            session,
+            sub,
+            SubmissionStatus.evaluating,
+            note="re-evaluation: metrics or ground truth changed",
+        )
+        jobs.create(session, sub, JobKind.evaluate)
+        queued.append(sub.id)
+    return queued

@@ -137,8 +137,10 @@ def test_platform_failure_after_lost_worker_is_not_charged(live: Any) -> None:
     assert "does not count against your team's limits" in final["failure_message"]
     with session_scope(settings) as session:
         codes = {j.failure_code for j in jobs_repo.for_submission(session, sid, "infer")}
+        ours = {str(j.id) for j in jobs_repo.for_submission(session, sid)}
     assert "platform_error" in codes
-    assert client.containers.list(all=True, filters={"label": "heldout.managed=1"}) == []
+    managed = client.containers.list(all=True, filters={"label": "heldout.managed=1"})
+    assert [c.name for c in managed if c.labels.get("heldout.job") in ours] == []
     assert _submit(api, alice, archive).status_code == 201
 
 

@@ -1,0 +1,5 @@
+"""`python -m evaluation`: the evaluation container's entry point."""
+
+from evaluation.evaluate import main
+
+raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Leaderboard arithmetic the server calls: ranking with statistical ties, top-k ensembles.
+
+Pure functions over plain data. The inputs are the `aggregates` values and `predictions`
+sections of the evaluation container's metrics.json: a predictions section is
+`{"cases": [...], "y_true": [...], "y_score": [...]}` (plus `"classes"` for multi-class
+macro AUROC), holding exactly the cases the metric was computed on.
+
+Ranking rule (competition ranking with DeLong ties):
+  Entries are sorted best first on the primary metric (equal values keep their input order,
+  so pass entries oldest first). Walking down the list, the first entry opens a group with
+  rank 1. Each next entry joins the current group, taking its rank, when the two-sided
+  DeLong p-value between it and the group's leader (the best entry of the group) is
+  >= alpha; otherwise it opens a new group whose rank is its 1-based position (1, 1, 3).
+  So every entry sharing a rank is not significantly different from the best entry holding
+  that rank, and ties never chain: C can never share A's rank while differing from A
+  significantly, however close it is to B in between. Without p-values (metrics other than
+  AUC), only equal values tie. Entries without a value (null, NaN) come last, unranked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from evaluation.metrics import get_metric, round_grades
+from evaluation.stats import delong_matrix
+
+FloatArray = npt.NDArray[np.float64]
+Section = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str  # the submission's id
+    value: float | None  # its primary metric value; None or NaN when it has none
+
+
+@dataclass(frozen=True)
+class RankedEntry:
+    key: str
+    value: float | None
+    position: int  # 1-based place in the sorted order, unique
+    rank: int | None  # shared rank (see the module docstring); None when unranked
+    leader: str | None  # key of the best entry of its rank group (itself for a leader)
+    p_value: float | None  # DeLong p against the leader; None for leaders or without tests
+
+
+def _has_value(e: Entry) -> bool:
+    return e.value is not None and math.isfinite(e.value)
+
+
+def rank_entries(
+    entries: Sequence[Entry],
+    *,
+    higher_is_better: bool = True,
+    p_values: FloatArray | None = None,
+    alpha: float = 0.05,
+) -> list[RankedEntry]:
+    """Rank entries, best first, by the rule in the module docstring.
+
+    `p_values` is a k x k matrix aligned with `entries` (e.g. `delong_p_values`); entries
+    without a value may have any p-values there, they are not consulted.
+    """
+    k = len(entries)
+    if p_values is not None and np.shape(p_values) != (k, k):
+        raise ValueError(f"p_values must be {k} x {k}, aligned with entries")
+    sign = -1.0 if higher_is_better else 1.0
+    scored = sorted(
+        (i for i in range(k) if _has_value(entries[i])),
+        key=lambda i: sign * float(entries[i].value),  # type: ignore[arg-type]
+    )
+    out: list[RankedEntry] = []
+    leader = -1
+    rank = 0
+    for position, i in enumerate(scored, start=1):
+        e = entries[i]
+        if leader >= 0:
+            lead = entries[leader]
+            if p_values is not None:
+                p = float(p_values[leader, i])
+                joins = p >= alpha
+            else:
+                p = None
+                joins = e.value == lead.value
+            if joins:
+                out.append(RankedEntry(e.key, e.value, position, rank, lead.key, p))
+                continue
+        leader, rank = i, position
+        out.append(RankedEntry(e.key, e.value, position, rank, e.key, None))
+    for i in range(k):
+        if not _has_value(entries[i]):
+            e = entries[i]
+            out.append(RankedEntry(e.key, None, len(out) + 1, None, None, None))
+    return out
+
+
+def align_sections(sections: Sequence[Section]) -> tuple[list[str], list[Any], list[list[Any]]]:
+    """Put several submissions' predictions sections on one case order.
+
+    Returns (cases, y_true, y_scores) with y_scores[i] aligned to `cases`. Refuses sections
+    over different cases or disagreeing labels: comparing them would be meaningless.
+    """
+    if not sections:
+        raise ValueError("no predictions to align")
+    first = sections[0]
+    cases = [str(c) for c in first["cases"]]
+    where = {c: j for j, c in enumerate(cases)}
+    if len(where) != len(cases):
+        raise ValueError("duplicate cases in a predictions section")
+    y_true = list(first["y_true"])
+    scores: list[list[Any]] = []
+    for n, sec in enumerate(sections):
+        sec_cases = [str(c) for c in sec["cases"]]
+        if sorted(sec_cases) != sorted(cases):
+            raise ValueError(f"predictions section {n} covers different cases")
+        perm = [where[c] for c in sec_cases]
+        aligned: list[Any] = [None] * len(cases)
+        for j, value, label in zip(perm, sec["y_score"], sec["y_true"], strict=True):
+            if label != y_true[j]:
+                raise ValueError(f"predictions section {n} disagrees on the label of {cases[j]}")
+            aligned[j] = value
+        scores.append(aligned)
+    return cases, y_true, scores
+
+
+def delong_p_values(sections: Sequence[Section]) -> FloatArray:
+    """k x k DeLong p-values between submissions' predictions sections of one AUC metric."""
+    _, y_true, scores = align_sections(sections)
+    return delong_matrix(np.asarray(y_true), np.asarray(scores, dtype=np.float64))
+
+
+def rank_with_delong(
+    entries: Sequence[Entry],
+    sections: Sequence[Section],
+    *,
+    higher_is_better: bool = True,
+    alpha: float = 0.05,
+) -> list[RankedEntry]:
+    """`rank_entries` with DeLong p-values from the entries' predictions sections (aligned)."""
+    if len(sections) != len(entries):
+        raise ValueError("one predictions section per entry")
+    scored = [i for i, e in enumerate(entries) if _has_value(e)]
+    p = np.ones((len(entries), len(entries)))
+    if len(scored) > 1:
+        sub = delong_p_values([sections[i] for i in scored])
+        p[np.ix_(scored, scored)] = sub
+    return rank_entries(entries, higher_is_better=higher_is_better, p_values=p, alpha=alpha)
+
+
+def section_arrays(kind: str, section: Section) -> tuple[Any, Any]:
+    """The (y_true, y_pred) arrays a metric of `kind` takes, from a predictions section."""
+    y_true = np.asarray(section["y_true"])
+    if kind == "macro_auroc" and y_true.ndim == 1:
+        classes = [str(c) for c in section["classes"]]
+        y_true = np.array([classes.index(str(v)) for v in section["y_true"]])
+    y_pred = np.asarray(section["y_score"])
+    if kind == "accuracy":
+        return y_true.astype(str), y_pred.astype(str)
+    if kind in ("cohen_kappa", "quadratic_kappa"):
+        # Sections keep the predictions as submitted; grades are what is scored.
+        return y_true, round_grades(y_pred)
+    return y_true, y_pred.astype(np.float64)
+
+
+def score_section(kind: str, section: Section) -> float:
+    """The metric of `kind` on a predictions section."""
+    return get_metric(kind).point(*section_arrays(kind, section))
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    members: list[str]  # keys of the entries averaged, best first
+    section: dict[str, Any]  # the ensemble's predictions section
+    value: float | None  # the metric on it (when `kind` was given)
+
+
+def ensemble_top_k(
+    ranked: Sequence[RankedEntry],
+    sections: Mapping[str, Section],
+    k: int,
+    *,
+    kind: str | None = None,
+) -> Ensemble:
+    """Combine the k best-placed entries' predictions case by case.
+
+    Scores, probabilities and grades are averaged (element-wise for per-class vectors;
+    ordinal metrics round the mean to the nearest grade when scoring); labels (accuracy)
+    take the majority vote, ties going to the best-placed member's label.
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    members = [r.key for r in sorted(ranked, key=lambda r: r.position) if r.rank is not None][:k]
+    if not members:
+        raise ValueError("no ranked entry to ensemble")
+    cases, y_true, scores = align_sections([sections[m] for m in members])
+    if kind == "accuracy":
+        combined: list[Any] = []
+        for j in range(len(cases)):
+            votes = Counter(str(s[j]) for s in scores)
+            top = max(votes.values())
+            combined.append(next(s[j] for s in scores if votes[str(s[j])] == top))
+    else:
+        combined = np.mean(np.asarray(scores, dtype=np.float64), axis=0).tolist()
+    section: dict[str, Any] = {"cases": cases, "y_true": y_true, "y_score": combined}
+    if "classes" in sections[members[0]]:
+        section["classes"] = list(sections[members[0]]["classes"])
+    value = score_section(kind, section) if kind is not None else None
+    return Ensemble(members=members, section=section, value=value)

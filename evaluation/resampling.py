@@ -1,0 +1,116 @@
+"""Bootstrap resamples stored as per-case counts.
+
+A bootstrap resample of N cases is N draws with replacement. Every metric heldout computes is
+a function of the resampled multiset, so a resample is fully described by how often each case
+was drawn. Storing an (R, N) count matrix instead of R sorted copies of the data is what lets
+the metrics evaluate all R resamples with a few passes over small integer arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.integer]
+
+# Rows drawn at a time: keeps the int64 index block small (64 x N) whatever R is.
+_DRAW_ROWS = 64
+# Column selections remembered per matrix (each costs R x len(selection) bytes).
+_TAKE_CACHE_SIZE = 8
+
+
+class CaseCounts:
+    """How often each of N cases is drawn in each of R resamples: an (R, N) count matrix.
+
+    `take(idx)` returns the counts of a selection of cases as a contiguous (R, len(idx))
+    array and remembers the last few selections, because the same selection (say, the
+    positive cases) is needed again for every submission scored on the same ground truth.
+    """
+
+    def __init__(self, matrix: npt.NDArray[np.unsignedinteger]) -> None:
+        if matrix.ndim != 2:
+            raise ValueError("counts must be an (R, N) matrix")
+        self._matrix = matrix
+        self._matrix.flags.writeable = False
+        self._cache: OrderedDict[bytes, npt.NDArray[np.unsignedinteger]] = OrderedDict()
+        self._restricted: OrderedDict[bytes, CaseCounts] = OrderedDict()
+
+    @property
+    def n_resamples(self) -> int:
+        return int(self._matrix.shape[0])
+
+    @property
+    def n_cases(self) -> int:
+        return int(self._matrix.shape[1])
+
+    @property
+    def matrix(self) -> npt.NDArray[np.unsignedinteger]:
+        return self._matrix
+
+    def take(self, idx: IntArray) -> npt.NDArray[np.unsignedinteger]:
+        index = np.asarray(idx, dtype=np.intp)
+        key = _digest(index)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        cols = np.ascontiguousarray(self._matrix[:, index])
+        cols.flags.writeable = False
+        _remember(self._cache, key, cols)
+        return cols
+
+    def restrict(self, idx: IntArray) -> CaseCounts:
+        """Counts of a subset of the cases (draws that fell on other cases are ignored)."""
+        index = np.asarray(idx, dtype=np.intp)
+        key = _digest(index)
+        hit = self._restricted.get(key)
+        if hit is None:
+            hit = CaseCounts(self.take(index))
+            _remember(self._restricted, key, hit)
+        return hit
+
+
+def _digest(idx: npt.NDArray[np.intp]) -> bytes:
+    return hashlib.blake2b(idx.tobytes(), digest_size=16).digest()
+
+
+def _remember(cache: OrderedDict[bytes, Any], key: bytes, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > _TAKE_CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+def draw_counts(n_cases: int, n_resamples: int, seed: int) -> CaseCounts:
+    """Draw R bootstrap resamples of N cases from `np.random.default_rng(seed)`.
+
+    The indices are exactly those of `rng.integers(0, N, size=(R, N))`: they are drawn in
+    blocks of rows, which consumes the generator's stream in the same order, so memory stays
+    at R x N bytes for the counts instead of 8 R x N for the index matrix.
+    """
+    if n_cases < 1 or n_resamples < 1:
+        raise ValueError("need at least one case and one resample")
+    rng = np.random.default_rng(seed)
+    # One byte per count: more than 255 draws of one case in a resample needs N < 256 or
+    # astronomically bad luck, and then the matrix is widened on the spot.
+    counts: npt.NDArray[np.unsignedinteger] = np.empty((n_resamples, n_cases), dtype=np.uint8)
+    for r0 in range(0, n_resamples, _DRAW_ROWS):
+        block = rng.integers(0, n_cases, size=(min(_DRAW_ROWS, n_resamples - r0), n_cases))
+        for i, row in enumerate(block):
+            c = np.bincount(row, minlength=n_cases)
+            if c.max() > np.iinfo(counts.dtype).max:
+                counts = counts.astype(np.uint32)
+            counts[r0 + i] = c
+    return CaseCounts(counts)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_counts(n_cases: int, n_resamples: int, seed: int) -> CaseCounts:
+    """`draw_counts`, remembered: every metric and submission scored on the same N cases with
+    the same seed sees the same resamples (paired bootstrap) and pays for the draw once."""
+    return draw_counts(n_cases, n_resamples, seed)
