@@ -360,7 +360,7 @@ def start_canary(session: Session, submission: Submission) -> bool:
     if phase.canary_dataset_id is None:
         return False
     for case in datasets_repo.list_cases(session, phase.canary_dataset_id)[:2]:
-        jobs.create(session, submission, JobKind.canary, case_id=case.id)
+        jobs.create(session, submission, JobKind.canary, case_id=case.id, queue=_run_queue(phase))
     return True
 
 
@@ -392,10 +392,15 @@ def start_inference(session: Session, submission: Submission) -> None:
     assert phase is not None and phase.test_dataset_id is not None
     submissions.transition(session, submission, SubmissionStatus.inferring)
     if phase.spec.batch_mode:
-        jobs.create(session, submission, JobKind.infer)
+        jobs.create(session, submission, JobKind.infer, queue=_run_queue(phase))
         return
     for case in datasets_repo.list_cases(session, phase.test_dataset_id):
-        jobs.create(session, submission, JobKind.infer, case_id=case.id)
+        jobs.create(session, submission, JobKind.infer, case_id=case.id, queue=_run_queue(phase))
+
+
+def _run_queue(phase: Phase) -> str:
+    """Runs that ask for GPUs go to the GPU nodes' queue."""
+    return "gpu" if phase.spec.limits.gpus else "cpu"
 
 
 def _after_inference(session: Session, submission: Submission) -> None:
@@ -505,6 +510,18 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
 
 
 @contextmanager
+def gpus_for(settings: Settings, count: int) -> Iterator[list[str]]:
+    """Pinned GPU ids for this job; a node short of GPUs is the platform's problem."""
+    from worker import gpus
+
+    try:
+        with gpus.claim(settings.gpu_device_ids, count) as devices:
+            yield devices
+    except RuntimeError as exc:
+        raise InfrastructureError(str(exc)) from exc
+
+
+@contextmanager
 def classified_execution() -> Iterator[None]:
     """A container that could not run at all: the platform's fault (retry) or the image's."""
     from worker.executor import ExecutionError
@@ -575,7 +592,8 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         work=work,
     )
     try:
-        with classified_execution():
+        with gpus_for(settings, ctx.phase.limits.gpus) as devices, classified_execution():
+            common["gpu_device_ids"] = devices
             if ctx.phase.batch_mode:
                 done = run_batch(
                     executor,

@@ -11,7 +11,6 @@ from pathlib import Path
 from server.config import Settings
 from server.storage import ArtifactStore
 from worker.pipeline import (
-    InfrastructureError,
     JobContext,
     Outcome,
     StepFailed,
@@ -20,6 +19,7 @@ from worker.pipeline import (
     _job_dir,
     _logs,
     classified_execution,
+    gpus_for,
 )
 
 
@@ -139,21 +139,13 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
     from worker.runner import run_training
 
     limits = ctx.phase.training_limits or ctx.phase.limits
-    gpus: list[str] = []
-    if limits.gpus:
-        if len(settings.gpu_device_ids) < limits.gpus:
-            raise InfrastructureError(
-                f"this worker has {len(settings.gpu_device_ids)} GPU(s), the phase needs "
-                f"{limits.gpus}"
-            )
-        gpus = settings.gpu_device_ids[: limits.gpus]
     executor = _executor(settings)
     executor.cleanup_stale({"heldout.job": str(ctx.job_id)})
     work = _job_dir(settings, ctx)
     try:
         slug = ctx.phase.inputs[0].slug
         assert ctx.labels_digest is not None
-        with classified_execution():
+        with gpus_for(settings, limits.gpus) as gpus, classified_execution():
             result = run_training(
                 executor,
                 image=ctx.earlier["build"]["training_image_id"],

@@ -1,0 +1,167 @@
+"""A host directory with a hard size cap, for container mounts that must outlive the run.
+
+tmpfs caps /tmp, but /output has to survive the container for collection, and the host
+filesystem has no per-directory quota (overlay `storage_opt` needs xfs with pquota). So
+the directory is a fixed-size, sparse ext4 image loop-mounted in place: a filler gets
+ENOSPC instead of filling the host. Mounting needs root (or CAP_SYS_ADMIN); where it is
+not permitted, SizedDir falls back to a plain directory, logs that loudly, and the
+executor checks the size after the run instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# A write that does not fit fails whole (ext4 reserves delayed allocations up front), so
+# ENOSPC leaves up to one write's size free: within this share of the cap (at least
+# _FULL_MIN_BYTES) the directory counts as full.
+_FULL_SHARE = 0.05
+_FULL_MIN_BYTES = 2 * MiB
+
+
+# One usage type whatever the size (so image_bytes holds), no journal (nothing to recover:
+# the directory lives for one run), no reserved blocks (the cap is the participant's), no
+# discard (the file is sparse anyway).
+_MKFS = ("mkfs.ext4", "-q", "-F", "-T", "default", "-m", "0", "-O", "^has_journal",
+         "-E", "nodiscard")  # fmt: skip
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
+class SizedDir:
+    """`with SizedDir(path, 256) as d:` gives a directory at `path` that holds at most
+    about 256 MiB; unmounted and deleted on exit. The image file sits next to it."""
+
+    def __init__(self, path: Path, size_mb: int, *, allow_fallback: bool = True) -> None:
+        self.path = path
+        self.size_mb = size_mb
+        self.image = path.with_name(path.name + ".img")
+        self.allow_fallback = allow_fallback
+        self.mounted = False
+
+    def __enter__(self) -> SizedDir:
+        self.create()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    @property
+    def limit_bytes(self) -> int:
+        return self.size_mb * MiB
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=False)
+        try:
+            with open(self.image, "wb") as f:
+                f.truncate(image_bytes(self.size_mb))
+            _run(*_MKFS, str(self.image))
+            _run("mount", "-o", "loop,nosuid,nodev,noatime", str(self.image), str(self.path))
+            self.mounted = True
+            (self.path / "lost+found").rmdir()
+        except (OSError, subprocess.SubprocessError) as e:
+            if self.mounted:
+                self._unmount()
+            self.image.unlink(missing_ok=True)
+            if not self.allow_fallback:
+                raise
+            stderr = getattr(e, "stderr", None)
+            detail = stderr.decode(errors="replace").strip() if isinstance(stderr, bytes) else e
+            log.warning(
+                "SizedDir %s: no loop-mounted image (%s); falling back to a plain directory "
+                "that is NOT size-capped while the container runs (checked afterwards only)",
+                self.path,
+                detail,
+            )
+
+    def chown(self, uid: int, gid: int) -> None:
+        """Hand the directory to the container's user (root on the host may do this)."""
+        try:
+            os.chown(self.path, uid, gid)
+            os.chmod(self.path, 0o755)
+        except PermissionError:
+            # Not root: the fallback directory is world-writable instead.
+            os.chmod(self.path, 0o777)
+
+    def is_full(self) -> bool:
+        """Out of space or inodes (mounted), or over the cap (fallback)."""
+        if not self.mounted:
+            return tree_bytes(self.path) > self.limit_bytes
+        st = os.statvfs(self.path)
+        slack = max(_FULL_MIN_BYTES, int(self.limit_bytes * _FULL_SHARE))
+        return st.f_bavail * st.f_frsize < slack or st.f_favail == 0
+
+    def remove(self) -> None:
+        # ismount: a redelivered task's provision may already have unmounted it.
+        if self.mounted and os.path.ismount(self.path):
+            self._unmount()
+        self.mounted = False
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.image.unlink(missing_ok=True)
+
+    def _unmount(self) -> None:
+        try:
+            _run("umount", str(self.path))
+        except subprocess.CalledProcessError:
+            # Still busy (a process holds it): detach now, the kernel frees it when idle.
+            log.warning("SizedDir %s busy; lazy unmount", self.path)
+            _run("umount", "-l", str(self.path))
+        self.mounted = False
+
+
+def image_bytes(size_mb: int) -> int:
+    """Image size whose free space is about size_mb (within 1%): ext4 metadata, mostly
+    inode tables, takes ~3.7% of the image up to a few GiB and ~2.2% above (measured with
+    the mkfs options SizedDir uses)."""
+    ratio = 0.963 if size_mb < 4096 else 0.978
+    return int(size_mb * MiB / ratio) // 4096 * 4096 + 4096
+
+
+def tree_bytes(root: Path) -> int:
+    """Allocated bytes under root, without following symlinks."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def mounts_under(root: Path) -> list[Path]:
+    """Mount points at or below root, deepest first (the order to unmount them in)."""
+    root_s = str(root.resolve())
+    found: list[Path] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            # Field 5 is the mount point, with spaces etc. octal-escaped.
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == root_s or point.startswith(root_s + "/"):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_all_under(root: Path) -> list[Path]:
+    """Unmount whatever a crashed worker left mounted below root (stale cleanup)."""
+    points = mounts_under(root)
+    for point in points:
+        try:
+            _run("umount", str(point))
+        except subprocess.CalledProcessError:
+            _run("umount", "-l", str(point))
+    return points

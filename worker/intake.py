@@ -1,0 +1,441 @@
+"""Intake of an uploaded `docker save` archive (.tar, .tar.gz; legacy or OCI layout).
+
+    info = inspect_archive(path)                 # streaming checks, no engine involved
+    image = load_image(client, path, tag=...)    # inspect_archive, docker load, image checks
+
+Archives may be several GB: both passes stream the file and never hold a layer in
+memory. The archive's own tags are stripped before `docker load` (a participant's archive
+tagged `heldout/evaluation:latest` must not replace the platform's image); the caller
+passes the tag the platform wants instead. Every refusal raises `IntakeError` with a
+sentence the participant can act on.
+
+Checked here: the outer archive and the image config it carries (before loading, so a
+root image is refused without unpacking GBs). Layer tarballs are unpacked by the engine
+itself, which confines them to the layer directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import posixpath
+import shutil
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import docker
+import docker.errors
+import requests
+
+from worker.executor.docker import read_container_file, refused_user_reason, resolve_user
+
+log = logging.getLogger(__name__)
+
+MiB, GiB = 1024**2, 1024**3
+_CHUNK = MiB
+_METADATA = ("manifest.json", "index.json")
+# Small members kept in pass 1 because one of them is the image config (named only by
+# manifest.json, which docker save writes last).
+_SMALL_FILE = 1 * MiB
+_SMALL_TOTAL = 16 * MiB
+_SAFE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
+# Annotations through which an OCI index names (tags) its images.
+_OCI_NAME_KEYS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    max_archive_bytes: int = 20 * GiB  # the file as uploaded (compressed or not)
+    max_uncompressed_bytes: int = 40 * GiB  # sum of member sizes: gzip bombs stop here
+    max_image_bytes: int = 10 * 1000**3  # the loaded image, as grand-challenge caps it
+    max_members: int = 100_000
+    max_metadata_bytes: int = 4 * MiB  # manifest.json / index.json
+
+
+class IntakeError(Exception):
+    """The archive or image is refused; `reason` is shown to the participant as is.
+
+    `platform_caused` marks refusals that are not the participant's fault (the engine
+    failed, the worker's disk is full): retry those instead of rejecting the upload.
+    """
+
+    def __init__(self, reason: str, *, platform_caused: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.platform_caused = platform_caused
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    sha256: str  # of the file as uploaded
+    archive_bytes: int
+    uncompressed_bytes: int
+    members: int
+    layout: str  # "docker" (manifest.json, also written by Docker 25+) or "oci" (index.json)
+    image_id: str | None  # "sha256:<config digest>" where the archive names it
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    image_id: str
+    tags: list[str]
+    size_bytes: int
+    user: str
+    entrypoint: list[str] | None
+    cmd: list[str] | None
+    archive_sha256: str
+
+
+# ---------------------------------------------------------------------------------------
+# Hashing while streaming
+
+
+class HashingReader:
+    """A read-only file wrapper that hashes (sha256) every byte read through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hash.update(data)
+        self.bytes_read += len(data)
+        return data
+
+    def drain(self) -> str:
+        """Read (and hash) whatever the consumer left unread; return the hex digest."""
+        while self.read(_CHUNK):
+            pass
+        return self.hash.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return HashingReader(f).drain()
+
+
+# ---------------------------------------------------------------------------------------
+# Pass 1: the archive itself
+
+
+def inspect_archive(path: Path, limits: IntakeLimits = IntakeLimits()) -> ArchiveInfo:
+    """Stream through the archive and check it, and the image config it carries, before
+    the engine sees it; raises IntakeError on the first problem."""
+    size = path.stat().st_size
+    if size > limits.max_archive_bytes:
+        raise IntakeError(
+            f"The archive is {size / GiB:.1f} GiB; the limit is "
+            f"{limits.max_archive_bytes / GiB:.1f} GiB."
+        )
+    metadata: dict[str, bytes] = {}
+    small: dict[str, bytes] = {}  # candidates for the image config, read before it is named
+    small_bytes = 0
+    with open(path, "rb") as raw:
+        reader = HashingReader(raw)
+        members, total = 0, 0
+        seen: set[str] = set()
+        for member, tar in _members(reader):
+            name = check_member(member)
+            if name in seen:
+                raise IntakeError(f"The archive lists {name!r} twice; re-create it (docker save).")
+            seen.add(name)
+            members += 1
+            total += member.size
+            if members > limits.max_members:
+                raise IntakeError(f"The archive has more than {limits.max_members} entries.")
+            if total > limits.max_uncompressed_bytes:
+                raise IntakeError(
+                    "The archive unpacks to more than "
+                    f"{limits.max_uncompressed_bytes / GiB:.1f} GiB."
+                )
+            if name in _METADATA:
+                metadata[name] = _read_small(tar, member, limits.max_metadata_bytes)
+            elif _maybe_config(name, member) and small_bytes < _SMALL_TOTAL:
+                small[name] = _read_small(tar, member, _SMALL_FILE)
+                small_bytes += member.size
+        digest = reader.drain()
+    layout, config_ref = _one_image(metadata)
+    image_id, config = _image_config(layout, config_ref, small)
+    if config is not None:
+        # Refuse from the archive alone what the loaded image would be refused for.
+        check_config(config.get("os"), config.get("architecture"), config.get("config") or {})
+    return ArchiveInfo(digest, size, total, members, layout, image_id)
+
+
+def _maybe_config(name: str, member: tarfile.TarInfo) -> bool:
+    # Legacy: "<hex>.json" at the top; OCI and Docker 25+: "blobs/sha256/<hex>".
+    top_json = "/" not in name and name.endswith(".json")
+    return member.isreg() and member.size <= _SMALL_FILE and (top_json or name.startswith("blobs/"))
+
+
+def _image_config(
+    layout: str, ref: str, small: dict[str, bytes]
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The image id and its config document, where the archive carries them."""
+    try:
+        if layout == "oci":
+            # index.json -> image manifest -> config; a nested (multi-platform) index is
+            # left to the post-load checks.
+            manifest = json.loads(small.get(_blob(ref), b"{}"))
+            ref = manifest.get("config", {}).get("digest", "")
+            if not ref:
+                return None, None
+            raw = small.get(_blob(ref))
+            image_id = ref
+        else:
+            raw = small.get(posixpath.normpath(ref))
+            image_id = "sha256:" + posixpath.basename(ref).removesuffix(".json")
+        config = json.loads(raw) if raw is not None else None
+    except (ValueError, AttributeError) as e:
+        raise IntakeError("The archive's image configuration is malformed.") from e
+    return image_id, config if isinstance(config, dict) else None
+
+
+def _blob(digest: str) -> str:
+    return "blobs/" + digest.replace(":", "/", 1)
+
+
+def check_member(member: tarfile.TarInfo) -> str:
+    """The member's normalized name, or IntakeError when it is unsafe."""
+    name = _inside(member.name, member.name, parent_ok=False)
+    if member.type not in _SAFE_TYPES:
+        what = {
+            tarfile.CHRTYPE: "a character device",
+            tarfile.BLKTYPE: "a block device",
+            tarfile.FIFOTYPE: "a FIFO",
+        }.get(member.type, "an unsupported entry type")
+        raise IntakeError(f"The archive entry {member.name!r} is {what}.")
+    if member.issym():
+        # Relative links into a sibling directory are normal (docker save deduplicates
+        # layers with `../<id>/layer.tar`); resolved, they must stay inside the archive.
+        _inside(member.linkname, member.name, parent_ok=True)
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+        if resolved == ".." or resolved.startswith("../"):
+            raise IntakeError(f"The archive entry {member.name!r} points outside the archive.")
+    elif member.islnk():
+        _inside(member.linkname, member.name, parent_ok=False)
+    return name
+
+
+def _inside(path: str, shown: str, *, parent_ok: bool) -> str:
+    """Normalized `path`, refused when absolute, malformed or climbing out.
+
+    `..` is allowed only as leading components, and only where parent_ok (link targets,
+    checked again once resolved): lexical normalization of `a/../b` is wrong when `a` is
+    itself a symlink, so no `..` may follow a name.
+    """
+    if path.startswith("/") or "\\" in path or "\0" in path or not path:
+        raise IntakeError(f"The archive entry {shown!r} uses an absolute or malformed path.")
+    parts = path.split("/")
+    leading = len(parts) - len(list(itertools.dropwhile(lambda p: p == "..", parts)))
+    if ".." in parts[leading:] or (leading and not parent_ok):
+        raise IntakeError(f"The archive entry {shown!r} points outside the archive.")
+    return posixpath.normpath(path)
+
+
+def _members(fileobj: Any) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for member in tar:
+                yield member, tar
+    except (tarfile.TarError, EOFError, OSError) as e:
+        # OSError here is gzip/bz2/lzma refusing a corrupt stream.
+        raise IntakeError(
+            "The file is not a readable tar archive; upload the output of `docker save` "
+            "(optionally gzip-compressed)."
+        ) from e
+
+
+def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, cap: int) -> bytes:
+    if not member.isreg() or member.size > cap:
+        raise IntakeError(f"The archive's {member.name} is not a small regular file.")
+    f = tar.extractfile(member)
+    return f.read() if f is not None else b""
+
+
+def _one_image(metadata: dict[str, bytes]) -> tuple[str, str]:
+    """Check the archive holds exactly one image; return (layout, config or manifest ref)."""
+    try:
+        if "manifest.json" in metadata:
+            manifest = json.loads(metadata["manifest.json"])
+            configs = {str(entry["Config"]) for entry in manifest}
+            layout = "docker"
+        elif "index.json" in metadata:
+            index = json.loads(metadata["index.json"])
+            configs = {str(entry["digest"]) for entry in index["manifests"]}
+            layout = "oci"
+        else:
+            raise IntakeError(
+                "The archive is not a Docker image: it has neither manifest.json nor "
+                "index.json. Upload the output of `docker save <image>`."
+            )
+    except (ValueError, TypeError, KeyError) as e:
+        raise IntakeError("The archive's image manifest is malformed.") from e
+    if len(configs) != 1:
+        raise IntakeError(
+            f"The archive holds {len(configs)} images; upload exactly one "
+            "(`docker save <one image>`)."
+        )
+    (ref,) = configs
+    return layout, ref
+
+
+# ---------------------------------------------------------------------------------------
+# Pass 2: docker load, without the archive's own tags
+
+
+def _untagged_stream(path: Path) -> Iterator[bytes]:
+    """The archive re-emitted as an uncompressed tar with its tag metadata stripped."""
+    with open(path, "rb") as raw:
+        for member, tar in _members(raw):
+            name = check_member(member)
+            if name == "repositories":
+                continue  # legacy tags; unused when manifest.json is present
+            if name in _METADATA:
+                data = _strip_tags(name, _read_small(tar, member, 64 * MiB))
+                member = tarfile.TarInfo(member.name)
+                member.size = len(data)
+                yield member.tobuf(tarfile.PAX_FORMAT)
+                yield data + _padding(len(data))
+                continue
+            yield member.tobuf(tarfile.PAX_FORMAT)
+            if member.isreg():
+                f = tar.extractfile(member)
+                assert f is not None
+                while chunk := f.read(_CHUNK):
+                    yield chunk
+                yield _padding(member.size)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+def _strip_tags(name: str, data: bytes) -> bytes:
+    doc = json.loads(data)  # parsed once already by inspect_archive
+    entries = doc if name == "manifest.json" else doc.get("manifests", [])
+    for entry in entries:
+        if name == "manifest.json":
+            entry["RepoTags"] = None
+        elif isinstance(entry.get("annotations"), dict):
+            for key in _OCI_NAME_KEYS:
+                entry["annotations"].pop(key, None)
+    return json.dumps(doc).encode()
+
+
+def load_image(
+    client: docker.DockerClient,
+    path: Path,
+    *,
+    tag: str | None = None,
+    limits: IntakeLimits = IntakeLimits(),
+) -> LoadedImage:
+    """Check, load and vet an uploaded image archive; tag it `tag` ("repo:tag") if given.
+
+    A refused image is removed again, unless the engine already had it before.
+    """
+    info = inspect_archive(path, limits)
+    _check_free_disk(client, info.uncompressed_bytes)
+    # Without a known id assume it existed: never delete an image this call did not add.
+    existed = info.image_id is None or _exists(client, info.image_id)
+    try:
+        loaded = client.images.load(_untagged_stream(path))
+    except docker.errors.ImageLoadError as e:
+        raise IntakeError(f"Docker could not load the archive: {str(e)[:300]}") from e
+    except (docker.errors.APIError, requests.RequestException) as e:
+        log.error("docker load failed: %s", e)
+        raise IntakeError("The platform could not load the image.", platform_caused=True) from e
+    if len(loaded) != 1:
+        raise IntakeError(f"Docker loaded {len(loaded)} images from the archive; expected one.")
+    image = loaded[0]
+    if info.image_id is not None and image.id != info.image_id:
+        raise IntakeError("The loaded image does not match the archive's manifest.")
+    try:
+        check_image(client, image.attrs, limits)
+    except IntakeError:
+        if not existed:
+            client.images.remove(image.id, force=True)
+        raise
+    tags: list[str] = []
+    if tag:
+        repo, _, version = tag.rpartition(":")
+        image.tag(repo or tag, version if repo else "latest")
+        tags.append(tag if repo else f"{tag}:latest")
+    config = image.attrs.get("Config") or {}
+    return LoadedImage(
+        image_id=image.id,
+        tags=tags,
+        size_bytes=int(image.attrs.get("Size") or 0),
+        user=config.get("User") or "",
+        entrypoint=config.get("Entrypoint"),
+        cmd=config.get("Cmd"),
+        archive_sha256=info.sha256,
+    )
+
+
+def check_image(client: docker.DockerClient, attrs: dict[str, Any], limits: IntakeLimits) -> None:
+    """The loaded image's own checks: its config again, size, and the uid of its USER."""
+    config = attrs.get("Config") or {}
+    check_config(attrs.get("Os"), attrs.get("Architecture"), config)
+    user = config.get("User") or ""
+    size = int(attrs.get("Size") or 0)
+    if size > limits.max_image_bytes:
+        raise IntakeError(
+            f"The image is {size / 1e9:.1f} GB; the limit is {limits.max_image_bytes / 1e9:.1f} GB."
+        )
+    # A USER name may still map to uid 0 in the image's own /etc/passwd.
+    container = client.containers.create(
+        attrs["Id"], network_disabled=True, labels={"heldout.intake": "1"}
+    )
+    try:
+        passwd = read_container_file(container, "/etc/passwd")
+        group = read_container_file(container, "/etc/group") if ":" in user else None
+    finally:
+        container.remove(force=True)
+    ids = resolve_user(user, passwd, group)
+    if ids is None:
+        raise IntakeError(f"The image's USER {user!r} is not defined in its /etc/passwd.")
+    if ids[0] == 0:
+        raise IntakeError(f"The image's USER {user!r} has uid 0 (root); use a non-root user.")
+
+
+def check_config(os_name: str | None, arch: str | None, config: dict[str, Any]) -> None:
+    """Platform, command and USER string, from the image config (archive or engine)."""
+    platform = f"{os_name}/{arch}"
+    if platform != "linux/amd64":
+        raise IntakeError(
+            f"The image is built for {platform}; heldout runs linux/amd64 images "
+            "(docker build --platform linux/amd64)."
+        )
+    if not config.get("Entrypoint") and not config.get("Cmd"):
+        raise IntakeError("The image has neither an ENTRYPOINT nor a CMD; add one.")
+    if reason := refused_user_reason(config.get("User")):
+        raise IntakeError(reason)
+
+
+def _exists(client: docker.DockerClient, image_id: str) -> bool:
+    try:
+        client.images.get(image_id)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _check_free_disk(client: docker.DockerClient, needed: int) -> None:
+    root = Path(client.info().get("DockerRootDir") or "/var/lib/docker")
+    if not root.exists():
+        return  # a remote engine: its disk is not ours to measure
+    free = shutil.disk_usage(root).free
+    if free < 2 * needed:  # the layers land once in the engine's temp dir, once unpacked
+        raise IntakeError(
+            "The worker lacks the disk space to load this image; it will be retried.",
+            platform_caused=True,
+        )
