@@ -150,6 +150,15 @@ def run_local(ctx: typer.Context) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "worker.local", *ctx.args])
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def demo(ctx: typer.Context) -> None:
+    """Run a STOIC-style challenge end to end on synthetic CTs (see `heldout demo --help`)."""
+    os.execv(sys.executable, [sys.executable, "-m", "baseline_algorithm.demo", *ctx.args])
+
+
 @token_app.command("create")
 def token_create(
     user: str = typer.Option(..., "--user", help="username (created if missing)"),
