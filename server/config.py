@@ -5,14 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HELDOUT_", env_file=".env", extra="ignore")
 
-    env: str = Field("development", description="development | test | production")
     data_dir: Path = Field(Path(".heldout"), description="SQLite file, artifacts, embedded Redis")
     database_url: str | None = Field(None, description="default: SQLite file in data_dir")
     # Unset means: the CLI starts an embedded redis-server on a socket in data_dir.
@@ -26,9 +25,7 @@ class Settings(BaseSettings):
     # Server.
     host: str = "127.0.0.1"
     port: int = 8000
-    secret_key: str = "change-me"
     max_upload_bytes: int = 20 * 1024**3
-    upload_chunk_bytes: int = 8 * 1024**2
 
     # Intake of T2 image archives.
     max_image_archive_bytes: int = 20 * 1024**3
@@ -51,14 +48,10 @@ class Settings(BaseSettings):
     gpu_device_ids: list[str] = Field(default_factory=list)
     heartbeat_s: int = 10
     deadline_margin_s: int = 300
+    # A pending job older than this whose queue is empty lost its message; it is re-sent.
+    requeue_lost_after_s: int = 60
     evaluation_image: str = "heldout/evaluation:latest"
     max_attempts: int = 3
-
-    @model_validator(mode="after")
-    def _refuse_default_secret(self) -> Settings:
-        if self.env == "production" and self.secret_key == "change-me":
-            raise ValueError("HELDOUT_SECRET_KEY must be set in production")
-        return self
 
     @property
     def sqlalchemy_url(self) -> str:

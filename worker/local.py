@@ -92,6 +92,32 @@ def _image(client: Any, image: str) -> str:
         raise typer.Exit(1) from exc
 
 
+def _build(client: Any, context: Path, what: str, out: dict[str, Any]) -> str | None:
+    """Build as the platform does (same caps and build network); None on failure."""
+    from worker.builder import BuildError, build_image
+
+    settings = get_settings()
+    try:
+        return build_image(
+            client,
+            context,
+            context,
+            f"heldout/local-{what}-{uuid.uuid4().hex[:8]}",
+            timeout_s=settings.build_timeout_s,
+            max_image_bytes=settings.max_image_bytes,
+            network=settings.build_network,
+        ).image_id
+    except BuildError as exc:
+        out.update(
+            status="failed",
+            stage=f"{what} build",
+            reason="build_failed",
+            message=exc.message,
+            log=exc.log[-4000:],
+        )
+        return None
+
+
 def _train(
     client: Any,
     executor: Any,
@@ -101,34 +127,17 @@ def _train(
     work: Path,
     out: dict[str, Any],
 ) -> str | None:
-    from worker.builder import BuildError, assemble_inference_context, build_image
+    from worker.builder import assemble_inference_context
     from worker.runner import run_training
 
-    settings = get_settings()
-    try:
-        built = build_image(
-            client,
-            codebase / spec.training_dir,
-            codebase / spec.training_dir,
-            f"heldout/local-training-{uuid.uuid4().hex[:8]}",
-            timeout_s=settings.build_timeout_s,
-            max_image_bytes=settings.max_image_bytes,
-            network=settings.build_network,
-        )
-    except BuildError as exc:
-        out.update(
-            status="failed",
-            stage="build",
-            reason="build_failed",
-            message=exc.message,
-            log=exc.log[-4000:],
-        )
+    training_image = _build(client, codebase / spec.training_dir, "training", out)
+    if training_image is None:
         return None
     slug = spec.inputs[0].slug
     files = {f.name.split(".")[0]: f for f in sorted((data / "images" / slug).iterdir())}
     result = run_training(
         executor,
-        image=built.image_id,
+        image=training_image,
         job_id="local",
         attempt=1,
         limits=spec.training_limits or spec.limits,
@@ -152,26 +161,7 @@ def _train(
     context = assemble_inference_context(
         codebase, spec.inference_dir, work / "train" / "output", work / "inference"
     )
-    try:
-        built = build_image(
-            client,
-            context,
-            context,
-            f"heldout/local-inference-{uuid.uuid4().hex[:8]}",
-            timeout_s=settings.build_timeout_s,
-            max_image_bytes=settings.max_image_bytes,
-            network=settings.build_network,
-        )
-    except BuildError as exc:
-        out.update(
-            status="failed",
-            stage="inference build",
-            reason="build_failed",
-            message=exc.message,
-            log=exc.log[-4000:],
-        )
-        return None
-    return built.image_id
+    return _build(client, context, "inference", out)
 
 
 def _report(out: dict[str, Any], as_json: bool) -> None:

@@ -1,4 +1,4 @@
-"""The reaper: no job stays running without a live owner.
+"""The reaper: no job stays running without a live owner, nor pending without a message.
 
 A running job whose heartbeat stopped (its worker vanished) or that is past its deadline
 (its limit plus a margin) is handed back: its containers are removed and it is retried as an
@@ -67,6 +67,40 @@ def reap(settings: Settings) -> list[int]:
     return reaped
 
 
+def resend_lost(settings: Settings) -> list[int]:
+    """Pending jobs whose queue is empty lost their message (Redis restarted or flushed):
+    send them again. A duplicate is harmless, the claim re-checks the job's state."""
+    from server.jobs import service as jobs
+    from worker.celery_app import app
+
+    now = utcnow()
+    with session_scope(settings) as session:
+        stale = list(
+            session.scalars(
+                select(Job).where(
+                    Job.status == JobStatus.pending.value,
+                    Job.created_at < now - timedelta(seconds=settings.requeue_lost_after_s),
+                )
+            )
+        )
+        if not stale:
+            return []
+        lost: list[int] = []
+        with app.connection_for_read() as conn:
+            channel = conn.default_channel
+            empty = {
+                q: channel.queue_declare(q, passive=True).message_count == 0
+                for q in {j.queue for j in stale}
+            }
+        for job in stale:
+            if empty[job.queue]:
+                jobs.requeue(session, job)
+                lost.append(job.id)
+    if lost:
+        log.warning("re-sent %d pending job(s) whose messages were lost: %s", len(lost), lost)
+    return lost
+
+
 def _remove_containers(settings: Settings, job_id: int) -> None:
     from worker.executor.base import LABEL_JOB
     from worker.pipeline import _executor
@@ -81,6 +115,7 @@ def _loop(settings: Settings) -> None:
     while not _stop.wait(settings.heartbeat_s):
         try:
             reap(settings)
+            resend_lost(settings)
         except Exception:  # the next pass tries again
             log.exception("reaper pass failed")
 

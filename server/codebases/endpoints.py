@@ -3,10 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.codebases import service
-from server.deps import CurrentUser, SessionDep, SettingsDep
+from server.deps import CurrentUser, SessionDep, SettingsDep, StoreDep
 
 router = APIRouter(tags=["codebases"])
 
@@ -58,3 +59,16 @@ async def push_webhook(
         return {"submitted": False, "detail": "ignored: only tag pushes submit"}
     response.status_code = 201
     return {"submitted": True, "submission_id": sub.id, "commit_sha": sub.commit_sha}
+
+
+@router.get("/submissions/{submission_id}/artifacts", response_class=FileResponse)
+def download_artifacts(
+    submission_id: int, user: CurrentUser, session: SessionDep, store: StoreDep
+) -> FileResponse:
+    """The trained /output of a codebase submission, as a tar (feedback rounds)."""
+    digest = service.trained_artifacts(session, user, submission_id)
+    return FileResponse(
+        store.path(digest),
+        media_type="application/x-tar",
+        filename=f"submission-{submission_id}-artifacts.tar",
+    )

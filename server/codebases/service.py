@@ -117,6 +117,30 @@ def receive_push(
     )
 
 
+def trained_artifacts(session: Session, user: User, submission_id: int) -> str:
+    """The digest of a codebase's trained /output (a tar). Participants get it only from a
+    feedback round, which trains on public data; organizers always."""
+    from server.accounts import service as accounts
+    from server.errors import NotPermitted
+    from server.jobs import repository as jobs_repo
+
+    sub = submissions.get_visible(session, user, submission_id)
+    phase = session.get(Phase, sub.phase_id)
+    assert phase is not None
+    if not phase.spec.feedback_round and not accounts.is_organizer(
+        session, user, phase.challenge_id
+    ):
+        raise NotPermitted(
+            "trained artifacts are downloadable only in a feedback round: this phase "
+            "trained on sequestered data"
+        )
+    for job in jobs_repo.for_submission(session, sub.id, "train"):
+        digest = job.result.get("artifacts_digest")
+        if job.status == "succeeded" and digest:
+            return str(digest)
+    raise NotFound(f"submission {submission_id} has no trained artifacts", field="submission")
+
+
 def _payload_urls(payload: Any) -> list[str]:
     repo = payload.get("repository") if isinstance(payload, dict) else None
     if not isinstance(repo, dict):

@@ -70,7 +70,7 @@ def position(session: Session, submission_id: int) -> dict[str, Any] | None:
     estimate = None
     mean_s = None
     if recent:
-        mean_s = sum((f - s).total_seconds() for s, f in recent) / len(recent)
+        mean_s = sum((f - s).total_seconds() for s, f in recent if s and f) / len(recent)
         running = int(
             session.scalar(
                 select(func.count()).where(

@@ -121,12 +121,10 @@ def _ranked(
     by_key = {str(r.submission_id): (r, s, t) for r, s, t in rows}
     entries = [Entry(str(r.submission_id), r.primary_value) for r, _, _ in rows]
     sections = [_section(r, primary.name) for r, _, _ in rows]
-    if primary.kind in (MetricKind.auc,) and rows and all(s is not None for s in sections):
+    present = [s for s in sections if s is not None]
+    if primary.kind is MetricKind.auc and rows and len(present) == len(sections):
         ranked = rank_with_delong(
-            entries,
-            sections,
-            higher_is_better=bool(primary.higher_is_better),  # type: ignore[arg-type]
-            alpha=ALPHA,
+            entries, present, higher_is_better=bool(primary.higher_is_better), alpha=ALPHA
         )
     else:
         ranked = rank_entries(entries, higher_is_better=bool(primary.higher_is_better))
@@ -210,8 +208,10 @@ def statistics(session: Session, phase: Phase) -> dict[str, Any]:
         "roc": {},
     }
     sections = [_section(by_key[k][0], primary.name) for k in keys]
-    if primary.kind is MetricKind.auc and len(keys) > 1 and all(sections):
-        out["p_values"] = [[_finite(v) for v in row] for row in delong_p_values(sections).tolist()]  # type: ignore[arg-type]
+    present = [s for s in sections if s is not None]
+    if primary.kind is MetricKind.auc and len(keys) > 1 and len(present) == len(sections):
+        p_values = delong_p_values(present).tolist()
+        out["p_values"] = [[_finite(v) for v in row] for row in p_values]
     for k in keys:
         roc = by_key[k][0].metrics.get("roc", {}).get(primary.name)
         if roc:

@@ -358,3 +358,37 @@ def test_webhook_signature_and_tag_push(live: Any) -> None:
     assert ok.json()["commit_sha"] == repo_sha
     subs = api.get("/api/v1/challenges/stoic/phases/final/submissions", headers=auth(alice))
     assert [s["ref"] for s in subs.json()] == ["refs/tags/v1"]
+
+
+def test_feedback_round_returns_logs_and_artifacts(live: Any) -> None:
+    import io
+    import tarfile
+
+    settings, api, *_ = live
+    url, alice = _setup(live, codebase(), feedback_round=True)
+    with celery_worker(settings):
+        final = _final(api, alice, _submit(api, alice, url)["id"])
+    assert final["status"] == "succeeded", final
+    train = _jobs(api, alice, final["id"])["train"]
+    assert train["logs_held"] is False and train["log_review"] is None
+    log = api.get(f"/api/v1/jobs/{train['id']}/logs", headers=auth(alice))
+    assert log.status_code == 200 and "first patient P000" in log.json()["log"]
+    r = api.get(f"/api/v1/submissions/{final['id']}/artifacts", headers=auth(alice))
+    assert r.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        model = json.load(tar.extractfile("model.json"))  # type: ignore[arg-type]
+    assert model["threshold"] == 46  # the youngest COVID-positive training case
+
+
+def test_sequestered_training_artifacts_stay_with_the_organizers(live: Any) -> None:
+    settings, api, _, _, admin, _ = live
+    url, alice = _setup(live, codebase())
+    with celery_worker(settings):
+        final = _final(api, alice, _submit(api, alice, url)["id"])
+    assert final["status"] == "succeeded"
+    r = api.get(f"/api/v1/submissions/{final['id']}/artifacts", headers=auth(alice))
+    assert r.status_code == 403 and "feedback round" in r.json()["detail"]
+    assert (
+        api.get(f"/api/v1/submissions/{final['id']}/artifacts", headers=auth(admin)).status_code
+        == 200
+    )
