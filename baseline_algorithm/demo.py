@@ -173,7 +173,7 @@ class Platform:
 def make_datasets(root: Path, args: argparse.Namespace) -> None:
     from baseline_algorithm import synthetic
 
-    plan = {
+    plan: dict[str, tuple[int, int, synthetic.Split]] = {
         "public-train": (args.public_train, 12, "train"),
         "private-train": (args.private_train, 11, "train"),
         "test": (args.test, 21, "test"),
@@ -181,9 +181,13 @@ def make_datasets(root: Path, args: argparse.Namespace) -> None:
     }
     for name, (n, seed, split) in plan.items():
         dest = root / "datasets" / name
-        if (dest / "labels.csv").exists():
-            continue
+        params = json.dumps({"cases": n, "size": args.size, "seed": seed, "split": split})
+        stamp = dest.parent / f"{name}.params.json"
+        if stamp.exists() and stamp.read_text() == params and (dest / "labels.csv").exists():
+            continue  # the same data as last run
+        shutil.rmtree(dest, ignore_errors=True)
         synthetic.generate_dataset(dest, n, size=args.size, seed=seed, split=split)
+        stamp.write_text(params)
     sizes = ", ".join(f"{k}: {v[0]}" for k, v in plan.items())
     print(f"synthetic chest CTs ({args.size}² in-plane, anisotropic spacing): {sizes}")
 
@@ -312,8 +316,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--dir", type=Path, default=Path(".heldout-demo"))
     ap.add_argument("--public-train", type=int, default=120)
     ap.add_argument("--private-train", type=int, default=200)
-    ap.add_argument("--test", type=int, default=40)
-    ap.add_argument("--size", type=int, default=48, help="in-plane voxels of the synthetic CTs")
+    ap.add_argument("--test", type=int, default=60)
+    ap.add_argument("--size", type=int, default=64, help="in-plane voxels of the synthetic CTs")
     ap.add_argument("--cube", type=int, default=32, help="network input cube (STOIC: 240)")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--concurrency", type=int, default=2)

@@ -12,6 +12,9 @@ command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v git >/dev/null || missing+=(git)
 command -v git-lfs >/dev/null || missing+=(git-lfs)
+# R's pROC: the reference the DeLong tests are cross-checked against.
+command -v Rscript >/dev/null || missing+=(r-cran-proc)
+command -v chromium >/dev/null || missing+=(chromium)  # browser tests (Playwright drives it)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   apt-get update -qq >&2

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from server.accounts.endpoints import router as accounts_router
 from server.challenges.endpoints import router as challenges_router
@@ -20,6 +22,7 @@ from server.teams.endpoints import router as teams_router
 from server.uploads.endpoints import router as uploads_router
 
 PROBLEM = "application/problem+json"
+WEB = Path(__file__).resolve().parent / "web"
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -78,4 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         codebases_router,
     ):
         app.include_router(router, prefix="/api/v1")
+    # The participant page: static files that use the API above, nothing server-rendered.
+    app.mount("/", StaticFiles(directory=WEB, html=True), name="web")
     return app
