@@ -109,14 +109,8 @@ def run_job(settings: Settings, job_id: int) -> None:
         if job is None:
             log.warning("job %s does not exist; message dropped", job_id)
             return
-        phase_spec = _phase_of(session, job).spec
-        job = jobs.claim(
-            session,
-            job_id,
-            me,
-            _wall_time(phase_spec, JobKind(job.kind)),
-            settings.deadline_margin_s,
-        )
+        budget = _time_budget(settings, session, job)
+        job = jobs.claim(session, job_id, me, budget, settings.deadline_margin_s)
         if job is None:
             log.info("job %s is not pending; nothing to do", job_id)
             return
@@ -182,12 +176,28 @@ def _phase_of(session: Session, job: Job) -> Phase:
     return phase
 
 
-def _wall_time(spec: PhaseSpec, kind: JobKind) -> int:
-    if kind is JobKind.train and spec.training_limits:
-        return spec.training_limits.wall_time_s
-    if kind is JobKind.infer and spec.batch_mode:
-        return spec.limits.wall_time_s * 50
-    return spec.limits.wall_time_s + 600 if kind is JobKind.validate else spec.limits.wall_time_s
+EVALUATION_WALL_S = 1800
+INTAKE_WALL_S = 900  # inspecting and loading a multi-GB image archive
+
+
+def _time_budget(settings: Settings, session: Session, job: Job) -> int:
+    """The longest a step may legitimately take; its deadline adds the margin to this, and
+    the reaper hands back a job still running after that."""
+    phase = _phase_of(session, job)
+    spec, kind = phase.spec, JobKind(job.kind)
+    if kind is JobKind.validate:
+        return max(INTAKE_WALL_S, settings.git_timeout_s)
+    if kind is JobKind.build:
+        return settings.build_timeout_s
+    if kind is JobKind.train:
+        # Training, then the inference image's build.
+        return (spec.training_limits or spec.limits).wall_time_s + settings.build_timeout_s
+    if kind is JobKind.evaluate:
+        return EVALUATION_WALL_S + settings.build_timeout_s  # may build the evaluator first
+    if job.case_id is None and phase.test_dataset_id is not None:  # batch: all cases at once
+        cases = len(datasets_repo.list_cases(session, phase.test_dataset_id))
+        return spec.limits.wall_time_s * max(1, cases)
+    return spec.limits.wall_time_s
 
 
 def _context(session: Session, job: Job) -> JobContext:
@@ -709,7 +719,7 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
                 update={
                     "gpus": 0,
                     "memory_mb": max(2048, ctx.phase.limits.memory_mb),
-                    "wall_time_s": 1800,
+                    "wall_time_s": EVALUATION_WALL_S,
                 }
             ),
             read_only_mounts={gt: "/opt/ml/input/data/ground_truth"},

@@ -24,10 +24,9 @@ def view(session: Session, submission: Submission, *, detail: bool = False) -> S
     challenge = session.get(Challenge, phase.challenge_id)
     team = session.get(Team, submission.team_id)
     assert challenge is not None and team is not None
+    computed = {"challenge", "phase", "team", "transitions", "jobs", "queue"}
     data: dict[str, Any] = {
-        c: getattr(submission, c)
-        for c in SubmissionRead.model_fields
-        if hasattr(submission, c) and c not in ("transitions", "jobs", "result", "queue")
+        c: getattr(submission, c) for c in SubmissionRead.model_fields if c not in computed
     }
     data.update(challenge=challenge.slug, phase=phase.slug, team=team.name)
     if detail:

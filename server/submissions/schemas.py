@@ -64,4 +64,3 @@ class SubmissionRead(BaseModel):
     jobs: list[JobSummary] = []
     # Where its next pending job stands: position, jobs ahead, estimated start.
     queue: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
