@@ -2,18 +2,19 @@
 
 Standard library only, so the control plane and workers can call it without torch.
 
-Images (all start from heldout's own base images; nothing is pulled):
-- ``training``: T3 training image, entrypoint ``python -m baseline_algorithm.train``.
-- ``inference``: T3 inference image; ``artifact/`` (the training output) is baked into
-  ``/opt/algorithm/artifact/``; may be empty when the package ships default weights.
+One image holds the environment; the others add code on top of it (nothing is pulled):
+- ``runtime``: torch, SimpleITK and numpy in /opt/venv and the non-root user ``algorithm``,
+  installed from wheels in the context (``pip --no-index``). Organizers provide it on their
+  worker nodes, the way real codebases start ``FROM`` a registry's pytorch image.
+- ``training``: ``FROM`` the runtime, entrypoint ``python -m baseline_algorithm.train``.
+- ``inference``: ``FROM`` the runtime; ``artifact/`` (the training output) is baked into
+  ``/opt/algorithm/artifact/``.
 - ``algorithm``: a T2 algorithm image: the inference image with given weights baked in.
 
-Python dependencies are installed from wheels placed in the context (``pip --no-index``),
-downloaded once on the host by ``download_wheels``::
-
     wheels = download_wheels(Path("var/wheels"))
-    assemble_context("algorithm", Path("build/ctx"), wheels, artifact_dir=Path("out"))
-    build_image(Path("build/ctx"), "heldout/baseline-algorithm:latest")
+    ensure_runtime(wheels, Path("var/ctx-runtime"))
+    assemble_context("algorithm", Path("var/ctx"), artifact_dir=Path("out"))
+    build_image(Path("var/ctx"), "stoic-baseline/algorithm:latest")
 """
 
 from __future__ import annotations
@@ -56,24 +57,13 @@ WHEEL_PLATFORM_ARGS = (
 )
 _WHEELS_STAMP = ".complete"
 # Host-side or template-only parts of the package that images do not need.
-_SOURCE_IGNORE = (
-    "__pycache__",
-    "*.pyc",
-    "build.py",
-    "training",
-    "inference",
-    "runtime",
-    "README.md",
-)
+_SOURCE_IGNORE = ("__pycache__", "*.pyc", "build.py", "demo.py", "runtime", "README.md")
+RUNTIME_IMAGE = "heldout/baseline-runtime:latest"
+RUNTIME_DOCKERFILE = PACKAGE_DIR / "runtime" / "Dockerfile"
 
 
 class BuildError(RuntimeError):
     """A context cannot be assembled or an image cannot be built; the message says why."""
-
-
-def _dockerfile(kind: ImageKind) -> Path:
-    folder = {"training": "training", "runtime": "runtime"}.get(kind, "inference")
-    return PACKAGE_DIR / folder / "Dockerfile"
 
 
 def download_wheels(
@@ -137,31 +127,41 @@ def _copy_artifact(artifact_dir: Path | None, dest: Path, required: bool) -> Non
     shutil.copytree(artifact_dir, dest, dirs_exist_ok=True)
 
 
-def _write_image_files(kind: ImageKind, dest: Path) -> None:
-    shutil.copy2(_dockerfile(kind), dest / "Dockerfile")
-    (dest / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
-    if kind != "runtime":
-        _copy_source(dest)
-    (dest / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
-
-
 def _copy_source(dest: Path) -> None:
     shutil.copytree(
         PACKAGE_DIR, dest / PACKAGE_NAME, ignore=shutil.ignore_patterns(*_SOURCE_IGNORE)
     )
 
 
+_ON_RUNTIME = """\
+# {title} of the heldout baseline (STOIC2021 interfaces), on the runtime image.
+# Runs: {runs}
+FROM {runtime}
+COPY baseline_algorithm/ /opt/algorithm/baseline_algorithm/
+{extra}ENTRYPOINT ["python", "-m", "baseline_algorithm.{module}"]
+{cmd}"""
+_RUNS = {
+    "train": "/input/data/mha + /input/metadata/reference.csv -> /output (weights), /scratch.",
+    "inference": "/input/images/ct/<uuid>.mha -> /output/probability-covid-19.json and "
+    "/output/probability-severe-covid-19.json (batch: /input/<case>/ -> /output/<case>/).",
+}
+
+
 def assemble_context(
     kind: ImageKind,
     dest: Path,
-    wheel_dir: Path | None,
+    wheel_dir: Path | None = None,
     artifact_dir: Path | None = None,
+    *,
+    runtime_image: str = RUNTIME_IMAGE,
+    train_args: Sequence[str] = (),
 ) -> Path:
     """Write a complete build context for ``kind`` into ``dest`` (emptied first).
 
-    Layout: ``Dockerfile``, ``requirements.txt``, ``wheels/``, ``baseline_algorithm/`` and,
-    for inference and algorithm images, ``artifact/``. ``wheel_dir`` None leaves
-    ``wheels/`` empty (only useful for a codebase that a networked builder completes).
+    ``runtime``: ``Dockerfile``, ``requirements.txt`` and ``wheels/`` from ``wheel_dir``.
+    The others: a ``Dockerfile`` ``FROM runtime_image``, ``baseline_algorithm/`` and, for
+    inference and algorithm images, ``artifact/``. ``train_args`` become the training
+    image's CMD (e.g. a small cube for the demo).
     """
     if kind not in IMAGE_KINDS:
         raise BuildError(f"unknown image kind {kind!r}; expected one of {IMAGE_KINDS}")
@@ -169,17 +169,46 @@ def assemble_context(
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    _write_image_files(kind, dest)
-    if wheel_dir is not None:
+    (dest / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
+    if kind == "runtime":
+        if wheel_dir is None:
+            raise BuildError("the runtime image is installed from wheels: pass wheel_dir")
+        shutil.copy2(RUNTIME_DOCKERFILE, dest / "Dockerfile")
+        (dest / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
         _copy_wheels(wheel_dir, dest / "wheels")
-    else:
-        (dest / "wheels").mkdir()
-        (dest / "wheels" / ".gitkeep").write_text("")
-    if kind in ("inference", "algorithm"):
+        return dest
+    _copy_source(dest)
+    extra = ""
+    if kind != "training":
         _copy_artifact(artifact_dir, dest / "artifact", required=kind == "algorithm")
         if not any((dest / "artifact").iterdir()):
             (dest / "artifact" / ".gitkeep").write_text("")
+        extra = "COPY artifact/ /opt/algorithm/artifact/\n"
+    module = "train" if kind == "training" else "inference"
+    cmd = f"CMD {json.dumps(list(train_args))}\n" if module == "train" and train_args else ""
+    (dest / "Dockerfile").write_text(
+        _ON_RUNTIME.format(
+            title=f"The {kind} image",
+            runs=_RUNS[module],
+            runtime=runtime_image,
+            extra=extra,
+            module=module,
+            cmd=cmd,
+        )
+    )
     return dest
+
+
+def ensure_runtime(
+    wheel_dir: Path, context_dir: Path, tag: str = RUNTIME_IMAGE, docker: str = "docker"
+) -> str:
+    """The runtime image's id, built from the wheels unless the engine has it already."""
+    present = subprocess.run(
+        [docker, "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True
+    )
+    if present.returncode == 0:
+        return present.stdout.strip()
+    return build_image(assemble_context("runtime", context_dir, wheel_dir), tag, docker)
 
 
 _CODEBASE_README = """\
@@ -193,71 +222,22 @@ _CODEBASE_README = """\
   `/opt/algorithm/artifact/` and writes `/output/probability-covid-19.json` and
   `/output/probability-severe-covid-19.json`.
 
-Both install their Python packages from `wheels/` with `pip --no-index`, so they build
-without network access, from heldout's `heldout/python:bookworm` and `heldout/base:bookworm`.
+Both build `FROM heldout/baseline-runtime` (torch, SimpleITK, numpy), which the organizers
+provide on their worker nodes, so neither needs the network to build.
 """
 
 
-_ON_RUNTIME = """\
-# The heldout baseline, built on the organizers' runtime image (torch, SimpleITK, numpy).
-FROM {runtime}
-COPY baseline_algorithm/ /opt/algorithm/baseline_algorithm/
-{extra}ENTRYPOINT ["python", "-m", "baseline_algorithm.{module}"]
-{cmd}"""
-
-
-def assemble_on_runtime(
-    kind: ImageKind,
-    dest: Path,
-    runtime_image: str,
-    artifact_dir: Path | None = None,
-    train_args: Sequence[str] = (),
-) -> Path:
-    """A small build context ``FROM runtime_image``: the source (and weights), no wheels.
-    ``train_args`` become the training image's CMD (e.g. a small cube for the demo)."""
-    if kind not in ("training", "inference", "algorithm"):
-        raise BuildError(f"{kind!r} images cannot be built on the runtime")
-    dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    _copy_source(dest)
-    extra = ""
-    if kind != "training":
-        _copy_artifact(artifact_dir, dest / "artifact", required=kind == "algorithm")
-        if not any((dest / "artifact").iterdir()):
-            (dest / "artifact" / ".gitkeep").write_text("")
-        extra = "COPY artifact/ /opt/algorithm/artifact/\n"
-    cmd = f"CMD {json.dumps(list(train_args))}\n" if kind == "training" and train_args else ""
-    module = "train" if kind == "training" else "inference"
-    (dest / "Dockerfile").write_text(
-        _ON_RUNTIME.format(runtime=runtime_image, extra=extra, module=module, cmd=cmd)
-    )
-    (dest / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
-    return dest
-
-
 def write_codebase(
-    dest: Path,
-    wheel_dir: Path | None,
-    include_wheels: bool = True,
-    runtime_image: str | None = None,
-    train_args: Sequence[str] = (),
+    dest: Path, runtime_image: str = RUNTIME_IMAGE, train_args: Sequence[str] = ()
 ) -> Path:
-    """A git-repository-ready T3 codebase: ``training/`` and ``inference/`` (each a
-    self-contained build context with its own copy of the source), and a README. With
-    ``runtime_image`` both build ``FROM`` it and carry no wheels."""
+    """A git-repository-ready T3 codebase: ``training/`` and ``inference/`` (each a build
+    context with its own copy of the source, ``FROM`` the runtime image) and a README."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    if runtime_image is not None:
-        assemble_on_runtime("training", dest / "training", runtime_image, train_args=train_args)
-        assemble_on_runtime("inference", dest / "inference", runtime_image)
-        (dest / "README.md").write_text(_CODEBASE_README)
-        (dest / ".gitignore").write_text("__pycache__/\n*.pyc\n")
-        return dest
-    wheels = wheel_dir if include_wheels else None
-    assemble_context("training", dest / "training", wheels)
-    assemble_context("inference", dest / "inference", wheels)
+    assemble_context(
+        "training", dest / "training", runtime_image=runtime_image, train_args=train_args
+    )
+    assemble_context("inference", dest / "inference", runtime_image=runtime_image)
     (dest / "README.md").write_text(_CODEBASE_README)
     (dest / ".gitignore").write_text("__pycache__/\n*.pyc\n")
     return dest
@@ -292,12 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     context = sub.add_parser("context", help="assemble a build context")
     context.add_argument("kind", choices=IMAGE_KINDS)
     context.add_argument("dest", type=Path)
-    context.add_argument("--wheels", type=Path, required=True)
+    context.add_argument("--wheels", type=Path, help="runtime images: the wheel directory")
     context.add_argument("--artifact", type=Path)
     context.add_argument("--tag", help="also docker build it with this tag")
     codebase = sub.add_parser("codebase", help="write the T3 codebase repository")
     codebase.add_argument("dest", type=Path)
-    codebase.add_argument("--wheels", type=Path)
+    runtime = sub.add_parser("runtime", help="build the runtime image unless present")
+    runtime.add_argument("--wheels", type=Path, required=True)
+    runtime.add_argument("--context", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "wheels":
@@ -307,8 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
             if args.tag:
                 print(build_image(path, args.tag))
+        elif args.command == "runtime":
+            print(ensure_runtime(args.wheels, args.context))
         else:
-            print(write_codebase(args.dest, args.wheels, include_wheels=args.wheels is not None))
+            print(write_codebase(args.dest))
     except BuildError as exc:
         print(f"build failed: {exc}", file=sys.stderr)
         return 1

@@ -28,7 +28,6 @@ from typing import Any
 from baseline_algorithm import build
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNTIME_IMAGE = "heldout/baseline-runtime:latest"
 CHALLENGE = "stoic-demo"
 
 BUNDLE = """\
@@ -193,17 +192,13 @@ def make_datasets(root: Path, args: argparse.Namespace) -> None:
 
 
 def runtime_image(root: Path) -> None:
-    import docker
-
-    client = docker.from_env()
-    if client.images.list(name=RUNTIME_IMAGE):
-        print(f"{RUNTIME_IMAGE}: present")
-        return
-    wheels = build.download_wheels(root / "cache" / "wheels")
-    ctx = build.assemble_context("runtime", root / "cache" / "ctx-runtime", wheels)
     started = time.monotonic()
-    build.build_image(ctx, RUNTIME_IMAGE)
-    print(f"{RUNTIME_IMAGE}: built in {time.monotonic() - started:.0f} s (torch, SimpleITK)")
+    wheels = build.download_wheels(root / "cache" / "wheels")
+    build.ensure_runtime(wheels, root / "cache" / "ctx-runtime")
+    print(
+        f"{build.RUNTIME_IMAGE}: ready in {time.monotonic() - started:.0f} s "
+        "(torch, SimpleITK, numpy)"
+    )
 
 
 def train_args(args: argparse.Namespace) -> list[str]:
@@ -223,7 +218,7 @@ def codebase_repo(root: Path, args: argparse.Namespace) -> Path:
     repo = root / "repos" / "stoic-baseline"
     if repo.exists():
         shutil.rmtree(repo)
-    build.write_codebase(repo, None, runtime_image=RUNTIME_IMAGE, train_args=train_args(args))
+    build.write_codebase(repo, train_args=train_args(args))
     git = [
         "git",
         "-c",
@@ -265,8 +260,8 @@ def algorithm_archive(root: Path, args: argparse.Namespace) -> Path:
     if code != 0:
         raise SystemExit("local training of the baseline failed")
     print(f"trained on the public training set in {time.monotonic() - started:.0f} s")
-    ctx = build.assemble_on_runtime(
-        "algorithm", root / "cache" / "ctx-algorithm", RUNTIME_IMAGE, artifact
+    ctx = build.assemble_context(
+        "algorithm", root / "cache" / "ctx-algorithm", artifact_dir=artifact
     )
     tag = "stoic-baseline/algorithm:v1"
     build.build_image(ctx, tag)

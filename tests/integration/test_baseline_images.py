@@ -1,6 +1,7 @@
 """The baseline's images on the real engine: the T2 algorithm image under the sandbox
 flags, and the T3 chain (training image → artifact → inference image built from the
-codebase). Builds install torch from wheels in the context; nothing is pulled."""
+codebase). The runtime image installs torch from wheels in its context; the others build
+FROM it; nothing is pulled."""
 
 from __future__ import annotations
 
@@ -87,12 +88,13 @@ def engine() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def wheels(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def runtime(engine: None, tmp_path_factory: pytest.TempPathFactory) -> str:
     try:
-        return build.download_wheels(tmp_path_factory.mktemp("wheels"))
+        wheels = build.download_wheels(tmp_path_factory.mktemp("wheels"))
     except build.BuildError as exc:
         need(False, f"the images' wheels ({exc})")
         raise
+    return build.ensure_runtime(wheels, tmp_path_factory.mktemp("ctx-runtime"))
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +130,8 @@ def host_artifact(data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def algorithm_image(wheels: Path, host_artifact: Path, data: Path) -> str:
-    ctx = build.assemble_context("algorithm", data / "ctx-algorithm", wheels, host_artifact)
+def algorithm_image(runtime: str, host_artifact: Path, data: Path) -> str:
+    ctx = build.assemble_context("algorithm", data / "ctx-algorithm", artifact_dir=host_artifact)
     build.build_image(ctx, ALGORITHM_TAG)
     return ALGORITHM_TAG
 
@@ -222,9 +224,9 @@ def test_algorithm_image_without_input_fails_with_a_reason(
 
 
 def test_t3_chain_training_image_then_inference_from_the_codebase(
-    wheels: Path, data: Path, tmp_path: Path
+    runtime: str, data: Path, tmp_path: Path
 ) -> None:
-    repo = build.write_codebase(tmp_path / "codebase", wheels)
+    repo = build.write_codebase(tmp_path / "codebase")
     build.build_image(repo / "training", TRAINING_TAG)
     out = writable_dir(tmp_path / "train-output")
     scratch = writable_dir(tmp_path / "scratch")

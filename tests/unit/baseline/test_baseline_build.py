@@ -32,18 +32,14 @@ def test_artifact_file_names_match_the_artifact_module() -> None:
     assert build.ARTIFACT_FILES == (artifact_module.WEIGHTS_FILE, artifact_module.CONFIG_FILE)
 
 
-def test_training_context(wheels: Path, tmp_path: Path) -> None:
-    ctx = build.assemble_context("training", tmp_path / "ctx", wheels)
+def test_runtime_context_installs_the_wheels(wheels: Path, tmp_path: Path) -> None:
+    ctx = build.assemble_context("runtime", tmp_path / "ctx", wheels)
     assert sorted(p.name for p in ctx.iterdir()) == [
         ".dockerignore",
         "Dockerfile",
-        "baseline_algorithm",
         "requirements.txt",
         "wheels",
     ]
-    source = sorted(p.name for p in (ctx / "baseline_algorithm").iterdir())
-    assert {"train.py", "inference.py", "preprocess.py", "model.py", "artifact.py"} <= set(source)
-    assert "build.py" not in source and "__pycache__" not in source
     assert sorted(p.name for p in (ctx / "wheels").iterdir()) == sorted(
         p.name for p in wheels.iterdir()
     )
@@ -52,60 +48,71 @@ def test_training_context(wheels: Path, tmp_path: Path) -> None:
     assert "FROM heldout/base:bookworm" in lines
     assert any("--no-index" in line for line in lines)
     assert "USER algorithm" in lines
-    assert lines[-1] == 'ENTRYPOINT ["python", "-m", "baseline_algorithm.train"]'
     assert "torch==2.13.0" in (ctx / "requirements.txt").read_text().split()
 
 
-def test_algorithm_context_bakes_in_the_weights(
-    wheels: Path, artifact: Path, tmp_path: Path
-) -> None:
-    ctx = build.assemble_context("algorithm", tmp_path / "ctx", wheels, artifact_dir=artifact)
+def test_runtime_context_needs_a_torch_wheel(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(build.BuildError, match="torch"):
+        build.assemble_context("runtime", tmp_path / "ctx", tmp_path / "empty")
+    with pytest.raises(build.BuildError, match="wheel_dir"):
+        build.assemble_context("runtime", tmp_path / "ctx")
+
+
+def test_training_context(tmp_path: Path) -> None:
+    ctx = build.assemble_context("training", tmp_path / "ctx", train_args=["--cube", "32"])
+    assert sorted(p.name for p in ctx.iterdir()) == [
+        ".dockerignore",
+        "Dockerfile",
+        "baseline_algorithm",
+    ]
+    source = sorted(p.name for p in (ctx / "baseline_algorithm").iterdir())
+    assert {"train.py", "inference.py", "preprocess.py", "model.py", "artifact.py"} <= set(source)
+    assert "build.py" not in source and "demo.py" not in source
+    assert "__pycache__" not in source and "runtime" not in source
+    lines = [line for line in dockerfile_lines(ctx) if line and not line.startswith("#")]
+    assert lines[0] == f"FROM {build.RUNTIME_IMAGE}"
+    assert 'ENTRYPOINT ["python", "-m", "baseline_algorithm.train"]' in lines
+    assert lines[-1] == 'CMD ["--cube", "32"]'
+
+
+def test_algorithm_context_bakes_in_the_weights(artifact: Path, tmp_path: Path) -> None:
+    ctx = build.assemble_context("algorithm", tmp_path / "ctx", artifact_dir=artifact)
     assert (ctx / "artifact" / "model.pt").read_bytes() == (artifact / "model.pt").read_bytes()
-    lines = dockerfile_lines(ctx)
+    lines = [line for line in dockerfile_lines(ctx) if line]
     assert "COPY artifact/ /opt/algorithm/artifact/" in lines
     assert lines[-1] == 'ENTRYPOINT ["python", "-m", "baseline_algorithm.inference"]'
-    assert "USER algorithm" in lines
 
 
-def test_algorithm_context_refuses_missing_weights(wheels: Path, tmp_path: Path) -> None:
+def test_algorithm_context_refuses_missing_weights(tmp_path: Path) -> None:
     with pytest.raises(build.BuildError, match="artifact_dir"):
-        build.assemble_context("algorithm", tmp_path / "ctx", wheels)
+        build.assemble_context("algorithm", tmp_path / "ctx")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "model.pt").write_bytes(b"x")
     with pytest.raises(build.BuildError, match=r"config\.json"):
-        build.assemble_context("algorithm", tmp_path / "ctx", wheels, tmp_path / "half")
+        build.assemble_context("algorithm", tmp_path / "ctx", artifact_dir=tmp_path / "half")
 
 
-def test_inference_context_without_weights_keeps_an_artifact_dir(
-    wheels: Path, tmp_path: Path
-) -> None:
-    ctx = build.assemble_context("inference", tmp_path / "ctx", wheels)
+def test_inference_context_without_weights_keeps_an_artifact_dir(tmp_path: Path) -> None:
+    ctx = build.assemble_context("inference", tmp_path / "ctx")
     assert [p.name for p in (ctx / "artifact").iterdir()] == [".gitkeep"]
 
 
-def test_contexts_need_a_torch_wheel(tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(build.BuildError, match="torch"):
-        build.assemble_context("training", tmp_path / "ctx", tmp_path / "empty")
-
-
-def test_context_is_rebuilt_from_scratch(wheels: Path, tmp_path: Path) -> None:
-    ctx = build.assemble_context("training", tmp_path / "ctx", wheels)
+def test_context_is_rebuilt_from_scratch(tmp_path: Path) -> None:
+    ctx = build.assemble_context("training", tmp_path / "ctx")
     (ctx / "stale.txt").write_text("left over")
-    build.assemble_context("training", ctx, wheels)
+    build.assemble_context("training", ctx)
     assert not (ctx / "stale.txt").exists()
 
 
-def test_codebase_is_a_t3_repository(wheels: Path, tmp_path: Path) -> None:
-    repo = build.write_codebase(tmp_path / "repo", wheels)
+def test_codebase_is_a_t3_repository(tmp_path: Path) -> None:
+    repo = build.write_codebase(tmp_path / "repo", runtime_image="org/runtime:1")
     assert {"training", "inference", "README.md", ".gitignore"} <= {p.name for p in repo.iterdir()}
     for part in ("training", "inference"):
-        assert (repo / part / "Dockerfile").is_file()
+        assert "FROM org/runtime:1" in dockerfile_lines(repo / part)
         assert (repo / part / "baseline_algorithm" / "train.py").is_file()
-        assert (repo / part / "wheels" / TORCH_WHEEL).is_file()
+        assert not (repo / part / "wheels").exists()
     assert (repo / "inference" / "artifact").is_dir()
-    slim = build.write_codebase(tmp_path / "slim", wheels, include_wheels=False)
-    assert [p.name for p in (slim / "training" / "wheels").iterdir()] == [".gitkeep"]
 
 
 def test_download_wheels_runs_pip_once_per_request(tmp_path: Path) -> None:
