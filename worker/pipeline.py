@@ -15,6 +15,7 @@ Exceptions drive transitions:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from server.storage import ArtifactStore
 from server.submissions import service as submissions
 from server.submissions.models import Submission
 from server.submissions.states import SubmissionStatus
+from worker.executor.base import LABEL_JOB
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,17 @@ class Outcome:
 
 def worker_id(settings: Settings) -> str:
     return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def instance_prefix(settings: Settings) -> str:
+    """This installation's mark (from its database) in every job key on the engine."""
+    return hashlib.sha256(settings.sqlalchemy_url.encode()).hexdigest()[:8] + "-"
+
+
+def container_key(settings: Settings, job_id: int) -> str:
+    """A job's key on the engine: container names and labels carry it. It includes the
+    installation, so two heldouts sharing one engine never remove each other's containers."""
+    return f"{instance_prefix(settings)}{job_id}"
 
 
 # --- the driver ------------------------------------------------------------------------
@@ -590,11 +603,11 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
 
     assert ctx.image_id is not None
     executor = _executor(settings)
-    executor.cleanup_stale({"heldout.job": str(ctx.job_id)})
+    executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
     work = _job_dir(settings, ctx)
     common: dict[str, Any] = dict(
         image=ctx.image_id,
-        job_id=str(ctx.job_id),
+        job_id=container_key(settings, ctx.job_id),
         attempt=ctx.attempt,
         limits=ctx.phase.limits,
         inputs=ctx.phase.inputs,
@@ -712,7 +725,7 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
         image = ensure_evaluation_image(settings)
         spec = RunSpec(
             image=image,
-            job_id=str(ctx.job_id),
+            job_id=container_key(settings, ctx.job_id),
             attempt=ctx.attempt,
             inputs=work / "input",
             limits=ctx.phase.limits.model_copy(

@@ -1,4 +1,5 @@
-"""The reaper: no job stays running without a live owner, nor pending without a message.
+"""The reaper: no job stays running without a live owner, nor pending without a message, and
+no container keeps running for a cancelled job.
 
 A running job whose heartbeat stopped (its worker vanished) or that is past its deadline
 (its limit plus a margin) is handed back: its containers are removed and it is retried as an
@@ -101,12 +102,40 @@ def resend_lost(settings: Settings) -> list[int]:
     return lost
 
 
+def stop_cancelled(settings: Settings) -> list[int]:
+    """Containers still running for jobs that were cancelled (the participant cancelled the
+    submission) are removed, so cancelling frees the node at once."""
+    import docker
+
+    from worker.executor.base import LABEL_JOB, LABEL_MANAGED
+    from worker.pipeline import instance_prefix
+
+    prefix = instance_prefix(settings)
+    keys: dict[int, str] = {}
+    for c in docker.from_env().containers.list(filters={"label": f"{LABEL_MANAGED}=1"}):
+        key = c.labels.get(LABEL_JOB, "")
+        if key.startswith(prefix) and key[len(prefix) :].isdigit():
+            keys[int(key[len(prefix) :])] = key
+    if not keys:
+        return []
+    with session_scope(settings) as session:
+        cancelled = list(
+            session.scalars(
+                select(Job.id).where(Job.id.in_(keys), Job.status == JobStatus.cancelled.value)
+            )
+        )
+    for job_id in cancelled:
+        log.warning("stopping the containers of cancelled job %s", job_id)
+        _remove_containers(settings, job_id)
+    return cancelled
+
+
 def _remove_containers(settings: Settings, job_id: int) -> None:
     from worker.executor.base import LABEL_JOB
-    from worker.pipeline import _executor
+    from worker.pipeline import _executor, container_key
 
     try:
-        _executor(settings).cleanup_stale({LABEL_JOB: str(job_id)})
+        _executor(settings).cleanup_stale({LABEL_JOB: container_key(settings, job_id)})
     except Exception:  # the retried attempt removes its leftovers by name as well
         log.exception("could not remove containers of job %s", job_id)
 
@@ -116,6 +145,7 @@ def _loop(settings: Settings) -> None:
         try:
             reap(settings)
             resend_lost(settings)
+            stop_cancelled(settings)
         except Exception:  # the next pass tries again
             log.exception("reaper pass failed")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from server.config import Settings
 from server.storage import ArtifactStore
+from worker.executor.base import LABEL_JOB
 from worker.pipeline import (
     JobContext,
     Outcome,
@@ -19,6 +20,7 @@ from worker.pipeline import (
     _job_dir,
     _logs,
     classified_execution,
+    container_key,
     gpus_for,
 )
 
@@ -140,7 +142,7 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
 
     limits = ctx.phase.training_limits or ctx.phase.limits
     executor = _executor(settings)
-    executor.cleanup_stale({"heldout.job": str(ctx.job_id)})
+    executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
     work = _job_dir(settings, ctx)
     try:
         slug = ctx.phase.inputs[0].slug
@@ -149,7 +151,7 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
             result = run_training(
                 executor,
                 image=ctx.earlier["build"]["training_image_id"],
-                job_id=str(ctx.job_id),
+                job_id=container_key(settings, ctx.job_id),
                 attempt=ctx.attempt,
                 limits=limits,
                 data={c.name: _stored(store, c.files[slug], work) for c in ctx.cases},

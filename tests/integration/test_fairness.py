@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.support.factories import (
     user_token,
 )
 from tests.support.workers import ROOT, celery_worker, start_worker, stop_worker, wait_for
+from worker.pipeline import container_key
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 
@@ -137,7 +139,7 @@ def test_platform_failure_after_lost_worker_is_not_charged(live: Any) -> None:
     assert "does not count against your team's limits" in final["failure_message"]
     with session_scope(settings) as session:
         codes = {j.failure_code for j in jobs_repo.for_submission(session, sid, "infer")}
-        ours = {str(j.id) for j in jobs_repo.for_submission(session, sid)}
+        ours = {container_key(settings, j.id) for j in jobs_repo.for_submission(session, sid)}
     assert "platform_error" in codes
     managed = client.containers.list(all=True, filters={"label": "heldout.managed=1"})
     assert [c.name for c in managed if c.labels.get("heldout.job") in ours] == []
@@ -206,3 +208,37 @@ def test_run_local_classifies_like_the_platform(live: Any, kind: str) -> None:
     expected = "ok" if kind == "good" else "oom"
     assert set(platform) == {expected}
     assert local["status"] == ("succeeded" if kind == "good" else "failed")
+
+
+def test_cancelling_stops_the_running_container(live: Any) -> None:
+    settings, api, client, tmp = live
+    admin = user_token(settings, "admin", admin=True)
+    r = apply_bundle(api, admin, stoic_bundle(), {"test": _cases(tmp / "test", 1)})
+    assert r.status_code == 200
+    slow = images.WELL_BEHAVED.replace(
+        "import glob, json, os, sys", "import glob, json, os, sys, time\ntime.sleep(90)"
+    )
+    archive = images.save_image(
+        client, [images.build_image(client, "cancel-slow", slow)], tmp / "slow.tar"
+    )
+    alice = user_token(settings, "alice")
+    sid = _submit(api, alice, archive).json()["id"]
+    with celery_worker(settings):
+
+        def ours() -> list[str]:
+            with session_scope(settings) as session:
+                keys = {
+                    container_key(settings, j.id) for j in jobs_repo.for_submission(session, sid)
+                }
+            managed = client.containers.list(filters={"label": "heldout.managed=1"})
+            return [c.name for c in managed if c.labels.get("heldout.job") in keys]
+
+        wait_for(ours, 120, "the algorithm's container to run")
+        r = api.post(f"/api/v1/submissions/{sid}/cancel", headers=auth(alice))
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        started = time.monotonic()
+        wait_for(lambda: not ours(), 30, "the cancelled job's container to be removed")
+        assert time.monotonic() - started < 30  # not the 90 s the algorithm would take
+    sub = api.get(f"/api/v1/submissions/{sid}", headers=auth(alice)).json()
+    assert sub["status"] == "cancelled"
+    assert sub["jobs"][-1]["by_status"] == {"cancelled": 1}

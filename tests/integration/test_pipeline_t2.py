@@ -18,6 +18,7 @@ from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, user_token
 from tests.support.workers import celery_worker, start_worker, stop_worker, wait_for
+from worker.pipeline import container_key
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 
@@ -176,7 +177,7 @@ def test_worker_killed_mid_job_loses_nothing(live: Any, tmp_path: Path) -> None:
         (evaluate,) = jobs_repo.for_submission(session, sub["id"], "evaluate")
         cases = evaluate.result["metrics"]["case"]
         assert len(cases) == N_CASES
-        ours = {str(j.id) for j in jobs_repo.for_submission(session, sub["id"])}
+        ours = {container_key(settings, j.id) for j in jobs_repo.for_submission(session, sub["id"])}
     board = api.get(
         "/api/v1/challenges/stoic/phases/qualification/leaderboard", headers=auth(alice)
     ).json()
