@@ -13,6 +13,7 @@ training set needs labels.csv as its reference.csv).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -75,15 +76,13 @@ def _cases(root: Path, spec: PhaseSpec) -> dict[str, dict[str, Path]]:
     return cases
 
 
-def _image(client: Any, image: str) -> str:
+def _image(run_key: str, client: Any, image: str) -> str:
     from worker.intake import IntakeError, IntakeLimits, check_image, load_image
 
     path = Path(image)
     try:
         if path.is_file():
-            return str(
-                load_image(client, path, tag=f"heldout/local-{uuid.uuid4().hex[:8]}").image_id
-            )
+            return str(load_image(client, path, tag=f"heldout/{run_key}:image").image_id)
         attrs = client.images.get(image).attrs
         check_image(client, attrs, IntakeLimits())
         return str(attrs["Id"])
@@ -92,7 +91,7 @@ def _image(client: Any, image: str) -> str:
         raise typer.Exit(1) from exc
 
 
-def _build(client: Any, context: Path, what: str, out: dict[str, Any]) -> str | None:
+def _build(run_key: str, client: Any, context: Path, what: str, out: dict[str, Any]) -> str | None:
     """Build as the platform does (same caps and build network); None on failure."""
     from worker.builder import BuildError, build_image
 
@@ -102,7 +101,7 @@ def _build(client: Any, context: Path, what: str, out: dict[str, Any]) -> str | 
             client,
             context,
             context,
-            f"heldout/local-{what}-{uuid.uuid4().hex[:8]}",
+            f"heldout/{run_key}:{what}",
             timeout_s=settings.build_timeout_s,
             max_image_bytes=settings.max_image_bytes,
             network=settings.build_network,
@@ -119,6 +118,7 @@ def _build(client: Any, context: Path, what: str, out: dict[str, Any]) -> str | 
 
 
 def _train(
+    run_key: str,
     client: Any,
     executor: Any,
     spec: PhaseSpec,
@@ -130,7 +130,7 @@ def _train(
     from worker.builder import assemble_inference_context
     from worker.runner import run_training
 
-    training_image = _build(client, codebase / spec.training_dir, "training", out)
+    training_image = _build(run_key, client, codebase / spec.training_dir, "training", out)
     if training_image is None:
         return None
     slug = spec.inputs[0].slug
@@ -138,7 +138,7 @@ def _train(
     result = run_training(
         executor,
         image=training_image,
-        job_id="local",
+        job_id=run_key,
         attempt=1,
         limits=spec.training_limits or spec.limits,
         data=files,
@@ -161,7 +161,7 @@ def _train(
     context = assemble_inference_context(
         codebase, spec.inference_dir, work / "train" / "output", work / "inference"
     )
-    return _build(client, context, "inference", out)
+    return _build(run_key, client, context, "inference", out)
 
 
 def _report(out: dict[str, Any], as_json: bool) -> None:
@@ -218,21 +218,22 @@ def run_local(
     work = Path(tempfile.mkdtemp(prefix="heldout-local-"))
     executor = DockerExecutor(client, work / "executor")
     out: dict[str, Any] = {"phase": spec.slug, "cases": {}}
+    run_key = f"local-{uuid.uuid4().hex[:8]}"  # concurrent local runs never share a name
     try:
         if codebase is not None:
             assert training_data is not None
-            image_id = _train(client, executor, spec, codebase, training_data, work, out)
+            image_id = _train(run_key, client, executor, spec, codebase, training_data, work, out)
             if image_id is None:
                 _report(out, as_json)
                 raise typer.Exit(1)
         else:
             assert image is not None
-            image_id = _image(client, image)
+            image_id = _image(run_key, client, image)
         for i, (case, files) in enumerate(samples.items()):
             done = run_case(
                 executor,
                 image=image_id,
-                job_id="local",
+                job_id=run_key,
                 attempt=1,
                 limits=spec.limits,
                 inputs=spec.inputs,
@@ -257,6 +258,11 @@ def run_local(
             raise typer.Exit(1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        # Drop the tags this run made; images the participant tagged stay.
+        for made in client.images.list(name=f"heldout/{run_key}"):
+            for tag in made.tags:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(tag, force=True)
 
 
 if __name__ == "__main__":

@@ -392,3 +392,52 @@ def test_sequestered_training_artifacts_stay_with_the_organizers(live: Any) -> N
         api.get(f"/api/v1/submissions/{final['id']}/artifacts", headers=auth(admin)).status_code
         == 200
     )
+
+
+def test_run_local_trains_and_runs_a_codebase(tmp_path: Path) -> None:
+    """`heldout run-local --codebase`: the platform's build, training and inference steps
+    on the participant's own data, ending in the same per-case classification."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support.workers import ROOT
+
+    need(images.client_or_none() is not None, "a Docker engine")
+    repo = tmp_path / "repo"
+    for rel, text in codebase().items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    bundle = tmp_path / "bundle.yaml"
+    bundle.write_text(yaml.safe_dump(_bundle()))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "run-local",
+            "--bundle",
+            str(bundle),
+            "--phase",
+            "final",
+            "--codebase",
+            str(repo),
+            "--training-data",
+            str(_dataset(tmp_path / "train", 0)),
+            "--cases",
+            str(_dataset(tmp_path / "mine", 100)),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "succeeded" and len(out["cases"]) == N
+    assert "first patient P000" in out["training"]["stdout"]  # your own data: full logs
+    # Threshold 46 learnt in the container: of ages 30..70, the four from 46 are severe.
+    severe = sorted(c["outputs"]["probability-severe-covid-19"] for c in out["cases"].values())
+    assert severe == ["0.0"] * 2 + ["1.0"] * 4
