@@ -25,10 +25,17 @@ from tests.support.factories import (
     apply_bundle,
     auth,
     stoic_bundle,
-    upload_bytes,
+    submit_blob,
     user_token,
 )
-from tests.support.workers import ROOT, celery_worker, start_worker, stop_worker, wait_for
+from tests.support.workers import (
+    ROOT,
+    celery_worker,
+    start_worker,
+    stop_worker,
+    wait_final,
+    wait_for,
+)
 from worker.pipeline import container_key
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
@@ -62,23 +69,6 @@ def _bundle(**kw: Any) -> dict[str, Any]:
     return bundle
 
 
-def _submit(api: TestClient, token: str, archive: Path) -> Any:
-    key = upload_bytes(api, token, archive.read_bytes(), archive.name)
-    return api.post(
-        "/api/v1/challenges/stoic/phases/qualification/submissions",
-        json={"upload": key},
-        headers=auth(token),
-    )
-
-
-def _final(api: TestClient, token: str, sid: int) -> dict[str, Any]:
-    def done() -> Any:
-        s = api.get(f"/api/v1/submissions/{sid}", headers=auth(token)).json()
-        return s if s["status"] in ("succeeded", "failed", "cancelled") else None
-
-    return dict(wait_for(done, 240, f"submission {sid}"))
-
-
 def test_canary_failure_is_reported_and_not_charged(live: Any) -> None:
     settings, api, client, tmp = live
     admin = user_token(settings, "admin", admin=True)
@@ -93,9 +83,9 @@ def test_canary_failure_is_reported_and_not_charged(live: Any) -> None:
     archive = images.save_image(client, [broken], tmp / "broken.tar")
     alice = user_token(settings, "alice")
     with celery_worker(settings):
-        first = _submit(api, alice, archive)
+        first = submit_blob(api, alice, data=archive.read_bytes())
         assert first.status_code == 201
-        final = _final(api, alice, first.json()["id"])
+        final = wait_final(api, alice, first.json()["id"])
     assert final["status"] == "failed"
     assert final["failure_code"] == "canary:exit_code:3"
     assert "public check case" in final["failure_message"]
@@ -103,7 +93,7 @@ def test_canary_failure_is_reported_and_not_charged(live: Any) -> None:
     assert final["charged"] is False
     # The test set was never touched, and the team's one submission is still available.
     assert [j["kind"] for j in final["jobs"]] == ["validate", "canary"]
-    assert _submit(api, alice, archive).status_code == 201
+    assert submit_blob(api, alice, data=archive.read_bytes()).status_code == 201
 
 
 def test_platform_failure_after_lost_worker_is_not_charged(live: Any) -> None:
@@ -124,7 +114,7 @@ def test_platform_failure_after_lost_worker_is_not_charged(live: Any) -> None:
     alice = user_token(settings, "alice")
     first = start_worker(settings, concurrency=1, HELDOUT_MAX_ATTEMPTS="1")
     try:
-        sid = _submit(api, alice, archive).json()["id"]
+        sid = submit_blob(api, alice, data=archive.read_bytes()).json()["id"]
 
         def running() -> bool:
             s = api.get(f"/api/v1/submissions/{sid}", headers=auth(alice)).json()
@@ -134,7 +124,7 @@ def test_platform_failure_after_lost_worker_is_not_charged(live: Any) -> None:
     finally:
         stop_worker(first, signal.SIGKILL)
     with celery_worker(settings, HELDOUT_MAX_ATTEMPTS="1"):
-        final = _final(api, alice, sid)
+        final = wait_final(api, alice, sid)
     assert final["status"] == "failed" and final["charged"] is False
     assert "does not count against your team's limits" in final["failure_message"]
     with session_scope(settings) as session:
@@ -143,7 +133,7 @@ def test_platform_failure_after_lost_worker_is_not_charged(live: Any) -> None:
     assert "platform_error" in codes
     managed = client.containers.list(all=True, filters={"label": "heldout.managed=1"})
     assert [c.name for c in managed if c.labels.get("heldout.job") in ours] == []
-    assert _submit(api, alice, archive).status_code == 201
+    assert submit_blob(api, alice, data=archive.read_bytes()).status_code == 201
 
 
 def _run_local(bundle: Path, image: str, cases: Path) -> dict[str, Any]:
@@ -191,7 +181,7 @@ def test_run_local_classifies_like_the_platform(live: Any, kind: str) -> None:
     archive = images.save_image(client, [tag], tmp / f"{kind}.tar")
     alice = user_token(settings, "alice")
     with celery_worker(settings):
-        sid = _submit(api, alice, archive).json()["id"]
+        sid = submit_blob(api, alice, data=archive.read_bytes()).json()["id"]
 
         def inferred() -> bool:
             with session_scope(settings) as session:
@@ -222,7 +212,7 @@ def test_cancelling_stops_the_running_container(live: Any) -> None:
         client, [images.build_image(client, "cancel-slow", slow)], tmp / "slow.tar"
     )
     alice = user_token(settings, "alice")
-    sid = _submit(api, alice, archive).json()["id"]
+    sid = submit_blob(api, alice, data=archive.read_bytes()).json()["id"]
     with celery_worker(settings):
 
         def ours() -> list[str]:

@@ -16,8 +16,8 @@ from server.app import create_app
 from server.config import Settings
 from tests.conftest import REDIS_URL, need
 from tests.support import images
-from tests.support.factories import apply_bundle, auth, stoic_bundle, user_token
-from tests.support.workers import celery_worker, start_worker, stop_worker, wait_for
+from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
+from tests.support.workers import celery_worker, start_worker, stop_worker, wait_final, wait_for
 from worker.pipeline import container_key
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
@@ -51,24 +51,9 @@ def _dataset(root: Path) -> Path:
 
 
 def _submit(api: TestClient, token: str, archive: Path) -> dict[str, Any]:
-    from tests.support.factories import upload_bytes
-
-    key = upload_bytes(api, token, archive.read_bytes(), archive.name)
-    r = api.post(
-        "/api/v1/challenges/stoic/phases/qualification/submissions",
-        json={"upload": key},
-        headers=auth(token),
-    )
+    r = submit_blob(api, token, data=archive.read_bytes())
     assert r.status_code == 201, r.text
     return dict(r.json())
-
-
-def _wait_final(api: TestClient, token: str, sid: int, timeout: float = 240) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        sub = api.get(f"/api/v1/submissions/{sid}", headers=auth(token)).json()
-        return sub if sub["status"] in ("succeeded", "failed", "cancelled") else None
-
-    return dict(wait_for(done, timeout, f"submission {sid} to finish"))
 
 
 def _setup(live: Any, tmp_path: Path, script: str, name: str, **bundle_kw: Any) -> tuple[str, Path]:
@@ -87,7 +72,7 @@ def test_good_algorithm_is_scored_and_ranked(live: Any, tmp_path: Path) -> None:
     alice = user_token(settings, "alice")
     with celery_worker(settings):
         sub = _submit(api, alice, archive)
-        final = _wait_final(api, alice, sub["id"])
+        final = wait_final(api, alice, sub["id"])
     assert final["status"] == "succeeded", final
     states = [t["to_status"] for t in final["transitions"]]
     assert states == ["received", "validating", "queued", "inferring", "evaluating", "succeeded"]
@@ -113,7 +98,7 @@ def test_failing_cases_name_the_cases(live: Any, tmp_path: Path) -> None:
     _, archive = _setup(live, tmp_path, script, "pipeline-nan")
     alice = user_token(settings, "alice")
     with celery_worker(settings):
-        final = _wait_final(api, alice, _submit(api, alice, archive)["id"])
+        final = wait_final(api, alice, _submit(api, alice, archive)["id"])
     assert final["status"] == "failed"
     assert final["failure_code"] == "cases_failed"
     assert f"failed on {N_CASES} of {N_CASES} cases" in final["failure_message"]
@@ -132,7 +117,7 @@ def test_root_image_is_refused_at_validation(live: Any, tmp_path: Path) -> None:
     archive = images.save_image(client, [tag], tmp_path / "root.tar")
     alice = user_token(settings, "alice")
     with celery_worker(settings):
-        final = _wait_final(api, alice, _submit(api, alice, archive)["id"])
+        final = wait_final(api, alice, _submit(api, alice, archive)["id"])
     assert final["status"] == "failed" and final["failure_code"] == "invalid_image"
     assert "root" in final["failure_message"]
     assert [j["kind"] for j in final["jobs"]] == ["validate"]
@@ -159,7 +144,7 @@ def test_worker_killed_mid_job_loses_nothing(live: Any, tmp_path: Path) -> None:
     finally:
         stop_worker(first, signal.SIGKILL)
     with celery_worker(settings, log=settings.data_dir / "w2.log"):
-        final = _wait_final(api, alice, sub["id"])
+        final = wait_final(api, alice, sub["id"])
     assert final["status"] == "succeeded", final
     assert final["jobs"][1] == {
         "kind": "infer",

@@ -22,7 +22,7 @@ from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import STOIC_PHASE, apply_bundle, auth, user_token
 from tests.support.gitserver import GitDaemon, RepoFactory
-from tests.support.workers import celery_worker, wait_for
+from tests.support.workers import celery_worker, wait_final
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 
@@ -154,14 +154,6 @@ def _submit(api: TestClient, token: str, url: str, ref: str = "v1") -> dict[str,
     return dict(r.json())
 
 
-def _final(api: TestClient, token: str, sid: int) -> dict[str, Any]:
-    def done() -> Any:
-        s = api.get(f"/api/v1/submissions/{sid}", headers=auth(token)).json()
-        return s if s["status"] in ("succeeded", "failed", "cancelled") else None
-
-    return dict(wait_for(done, 300, f"submission {sid}"))
-
-
 def _jobs(api: TestClient, token: str, sid: int) -> dict[str, dict[str, Any]]:
     return {
         j["kind"]: j for j in api.get(f"/api/v1/submissions/{sid}/jobs", headers=auth(token)).json()
@@ -174,7 +166,7 @@ def test_codebase_trained_scored_and_logs_reviewed(live: Any) -> None:
     with celery_worker(settings):
         sub = _submit(api, alice, url)
         assert len(sub["commit_sha"]) == 40 and sub["ref"] == "v1"
-        final = _final(api, alice, sub["id"])
+        final = wait_final(api, alice, sub["id"], timeout=300)
     assert final["status"] == "succeeded", final
     assert [t["to_status"] for t in final["transitions"]] == [
         "received",
@@ -231,7 +223,7 @@ def test_training_over_its_time_limit(live: Any) -> None:
         live, codebase(sleep="time.sleep(60)"), training_limits={"wall_time_s": 3, "memory_mb": 512}
     )
     with celery_worker(settings):
-        final = _final(api, alice, _submit(api, alice, url)["id"])
+        final = wait_final(api, alice, _submit(api, alice, url)["id"], timeout=300)
     assert final["status"] == "failed" and final["failure_code"] == "timeout"
     assert "time limit of 3 s" in final["failure_message"]
     assert final["charged"] is True
@@ -241,7 +233,7 @@ def test_build_failure_shows_the_build_log(live: Any) -> None:
     settings, api, *_ = live
     url, alice = _setup(live, codebase(build="RUN echo compiling-solution && false"))
     with celery_worker(settings):
-        final = _final(api, alice, _submit(api, alice, url)["id"])
+        final = wait_final(api, alice, _submit(api, alice, url)["id"], timeout=300)
     assert final["status"] == "failed" and final["failure_code"] == "build_failed"
     assert "training image did not build" in final["failure_message"]
     build = _jobs(api, alice, final["id"])["build"]
@@ -274,7 +266,7 @@ def test_training_cannot_reach_the_network(live: Any) -> None:
     url, alice = _setup(live, codebase(network=probe))
     try:
         with celery_worker(settings):
-            final = _final(api, alice, _submit(api, alice, url)["id"])
+            final = wait_final(api, alice, _submit(api, alice, url)["id"], timeout=300)
     finally:
         server.shutdown()
     assert _Hits.hits == 0
@@ -367,7 +359,7 @@ def test_feedback_round_returns_logs_and_artifacts(live: Any) -> None:
     settings, api, *_ = live
     url, alice = _setup(live, codebase(), feedback_round=True)
     with celery_worker(settings):
-        final = _final(api, alice, _submit(api, alice, url)["id"])
+        final = wait_final(api, alice, _submit(api, alice, url)["id"], timeout=300)
     assert final["status"] == "succeeded", final
     train = _jobs(api, alice, final["id"])["train"]
     assert train["logs_held"] is False and train["log_review"] is None
@@ -384,7 +376,7 @@ def test_sequestered_training_artifacts_stay_with_the_organizers(live: Any) -> N
     settings, api, _, _, admin, _ = live
     url, alice = _setup(live, codebase())
     with celery_worker(settings):
-        final = _final(api, alice, _submit(api, alice, url)["id"])
+        final = wait_final(api, alice, _submit(api, alice, url)["id"], timeout=300)
     assert final["status"] == "succeeded"
     r = api.get(f"/api/v1/submissions/{final['id']}/artifacts", headers=auth(alice))
     assert r.status_code == 403 and "feedback round" in r.json()["detail"]

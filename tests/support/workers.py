@@ -94,3 +94,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+def wait_final(api: Any, token: str, submission_id: int, timeout: float = 240) -> dict[str, Any]:
+    """Poll a submission through the API until it ends; its final view."""
+
+    def done() -> dict[str, Any] | None:
+        sub = api.get(
+            f"/api/v1/submissions/{submission_id}", headers={"Authorization": f"Bearer {token}"}
+        ).json()
+        return sub if sub["status"] in FINAL_STATES else None
+
+    return dict(wait_for(done, timeout, f"submission {submission_id} to finish"))
