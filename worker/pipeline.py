@@ -49,6 +49,7 @@ from server.submissions import service as submissions
 from server.submissions.models import Submission
 from server.submissions.states import SubmissionStatus
 from worker.executor.base import LABEL_JOB
+from worker.runner import batch_limits
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def _time_budget(settings: Settings, session: Session, job: Job) -> int:
         return EVALUATION_WALL_S + settings.build_timeout_s  # may build the evaluator first
     if job.case_id is None and phase.test_dataset_id is not None:  # batch: all cases at once
         cases = len(datasets_repo.list_cases(session, phase.test_dataset_id))
-        return spec.limits.wall_time_s * max(1, cases)
+        return batch_limits(spec.limits, cases).wall_time_s
     return spec.limits.wall_time_s
 
 
@@ -229,9 +230,15 @@ def _context(session: Session, job: Job) -> JobContext:
         repository_url=submission.repository_url,
         commit_sha=submission.commit_sha,
     )
-    for earlier in jobs_repo.for_submission(session, submission.id):
-        if earlier.status == JobStatus.succeeded.value and earlier.kind != JobKind.infer.value:
-            ctx.earlier[earlier.kind] = dict(earlier.result)
+    # Build and training read what the clone and the build produced; case runs need
+    # nothing earlier, and loading every job of a large test set per case would be quadratic.
+    if ctx.kind in (JobKind.build, JobKind.train):
+        for earlier in jobs_repo.for_submission(session, submission.id):
+            if earlier.status == JobStatus.succeeded.value and earlier.kind in (
+                "validate",
+                "build",
+            ):
+                ctx.earlier[earlier.kind] = dict(earlier.result)
     if ctx.kind is JobKind.train and phase.training_dataset_id is not None:
         training = session.get(Dataset, phase.training_dataset_id)
         assert training is not None
@@ -429,9 +436,10 @@ def _run_queue(phase: Phase) -> str:
 def _after_inference(session: Session, submission: Submission) -> None:
     if SubmissionStatus(submission.status) is not SubmissionStatus.inferring:
         return
-    infer_jobs = jobs_repo.for_submission(session, submission.id, JobKind.infer.value)
-    if any(JobStatus(j.status) not in JOB_FINAL for j in infer_jobs):
+    # Each finishing case gets here: count first, load the whole set only for the last one.
+    if jobs_repo.count_open(session, submission.id, JobKind.infer.value):
         return
+    infer_jobs = jobs_repo.for_submission(session, submission.id, JobKind.infer.value)
     failures = case_failures(session, infer_jobs)
     if failures:
         total = sum(len(j.result.get("cases", {})) if j.case_id is None else 1 for j in infer_jobs)

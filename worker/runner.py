@@ -70,6 +70,11 @@ def run_case(
     return RunOutcome(result, {case: CaseResult(case, values, failure)})
 
 
+def batch_limits(limits: Limits, n_cases: int) -> Limits:
+    """A batch container's limits: the per-case wall time, once for every case."""
+    return limits.model_copy(update={"wall_time_s": limits.wall_time_s * max(1, n_cases)})
+
+
 def run_batch(
     executor: Executor[Any],
     *,
@@ -86,7 +91,7 @@ def run_batch(
     """One container for many cases (contracts.md batch mode): /input/<case>/... in,
     /output/<case>/... checked per case. The wall-time limit scales with the cases."""
     staged = stage_batch_inputs(work / "input", inputs, cases)
-    limits = limits.model_copy(update={"wall_time_s": limits.wall_time_s * max(1, len(cases))})
+    limits = batch_limits(limits, len(cases))
     spec = RunSpec(
         image=image,
         job_id=job_id,
