@@ -15,6 +15,7 @@ start() {
   command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v git >/dev/null || missing+=(git)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)  # the compose test
   command -v git-lfs >/dev/null || missing+=(git-lfs)
   # R's pROC: the reference the DeLong tests are cross-checked against.
   command -v Rscript >/dev/null || missing+=(r-cran-proc)

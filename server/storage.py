@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -110,3 +111,46 @@ class ArtifactStore:
 def get_store(settings: Settings | None = None) -> ArtifactStore:
     settings = settings or get_settings()
     return ArtifactStore(settings.artifacts_path)
+
+
+def extract_tar(archive: Path, dest: Path) -> None:
+    """Unpack a tar (plain or compressed) into dest: no absolute names, no '..', no links
+    leading out, no devices, no setuid bits, no foreign owners.
+
+    Raises tarfile.TarError naming the first entry that breaks a rule.
+    """
+    with tarfile.open(archive, "r:*") as tar:
+        _extract_checked(tar, dest)
+
+
+# tarfile's extraction filters arrived in Python 3.11.4; Debian bookworm's 3.11.2 (which the
+# composed server image runs) has none, and there the sanitizing below does their part.
+_HAS_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def _extract_checked(tar: tarfile.TarFile, dest: Path, *, filters: bool = _HAS_FILTERS) -> None:
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+    # One entry at a time, so that links unpacked earlier count when later names resolve.
+    for member in tar:
+        name = member.name
+        if name.startswith("/") or ".." in name.split("/") or not inside(os.path.join(root, name)):
+            raise tarfile.TarError(f"entry {name!r} lies outside the destination")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise tarfile.TarError(f"entry {name!r} is a device, FIFO or unknown type")
+        if member.issym():
+            target = os.path.join(root, os.path.dirname(name), member.linkname)
+            if member.linkname.startswith("/") or not inside(target):
+                raise tarfile.TarError(f"link {name!r} points outside the destination")
+        elif member.islnk() and not inside(os.path.join(root, member.linkname)):
+            raise tarfile.TarError(f"link {name!r} points outside the destination")
+        if filters:
+            tar.extract(member, root, filter="data")
+            continue
+        member.mode = (member.mode or 0o644) & 0o755 | (0o600 if member.isfile() else 0o700)
+        member.uid, member.gid = os.getuid(), os.getgid()
+        member.uname = member.gname = ""
+        tar.extract(member, root)

@@ -37,6 +37,7 @@ from server.config import Settings
 from server.datasets import repository as datasets_repo
 from server.datasets.models import Case, Dataset
 from server.db import session_scope
+from server.errors import NotFound
 from server.jobs import logs
 from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
@@ -270,8 +271,7 @@ def _record(
 ) -> None:
     store = ArtifactStore(settings.artifacts_path)
     with session_scope(settings) as session:
-        job = jobs_repo.lock(session, ctx.job_id)
-        assert job is not None
+        job = lock_for_record(session, ctx.job_id)
         if JobStatus(job.status) is not JobStatus.running or job.attempt != ctx.attempt:
             # Reaped and retried while we worked: the newer attempt owns the job.
             log.warning("job %s attempt %s superseded; result dropped", ctx.job_id, ctx.attempt)
@@ -299,8 +299,7 @@ def _record(
 
 def _record_infrastructure(settings: Settings, ctx: JobContext, reason: str) -> None:
     with session_scope(settings) as session:
-        job = jobs_repo.lock(session, ctx.job_id)
-        assert job is not None
+        job = lock_for_record(session, ctx.job_id)
         if JobStatus(job.status) is not JobStatus.running or job.attempt != ctx.attempt:
             return
         retry_or_fail(session, settings, job, reason)
@@ -322,9 +321,30 @@ def retry_or_fail(session: Session, settings: Settings, job: Job, reason: str) -
 
 
 def _lock_submission(session: Session, submission_id: int) -> Submission:
-    sub = session.scalar(select(Submission).where(Submission.id == submission_id).with_for_update())
+    # FOR NO KEY UPDATE: it still serializes the submission's writers, but does not wait on
+    # the FOR KEY SHARE locks that PostgreSQL's foreign-key checks take on it.
+    sub = session.scalar(
+        select(Submission).where(Submission.id == submission_id).with_for_update(key_share=True)
+    )
     assert sub is not None
     return sub
+
+
+def lock_for_record(session: Session, job_id: int) -> Job:
+    """Lock a job's submission, then the job: the one order every writer of both follows.
+
+    Locking the job first deadlocked on PostgreSQL when cases of one submission finished
+    together: each updated its job row twice (which makes PostgreSQL re-check the foreign
+    key and share-lock the submission) and then both wanted the submission exclusively.
+    Cancelling (submission, then its jobs) could close the same cycle.
+    """
+    submission_id = session.scalar(select(Job.submission_id).where(Job.id == job_id))
+    if submission_id is None:
+        raise NotFound(f"no job {job_id}")
+    _lock_submission(session, submission_id)
+    job = jobs_repo.lock(session, job_id)
+    assert job is not None
+    return job
 
 
 def _advance(session: Session, settings: Settings, job: Job, *, platform_caused: bool) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import or_, select
 
 from server.config import Settings
 from server.db import session_scope, utcnow
+from server.errors import NotFound
 from server.jobs.models import Job
 from server.jobs.states import JobStatus
 
@@ -31,7 +32,7 @@ def stale_after(settings: Settings) -> timedelta:
 
 def reap(settings: Settings) -> list[int]:
     """One pass; returns the ids of the jobs it handed back or failed."""
-    from worker.pipeline import retry_or_fail
+    from worker.pipeline import lock_for_record, retry_or_fail
 
     now = utcnow()
     with session_scope(settings) as session:
@@ -46,8 +47,11 @@ def reap(settings: Settings) -> list[int]:
     reaped: list[int] = []
     for job_id in ids:
         with session_scope(settings) as session:
-            job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-            if job is None or job.status != JobStatus.running.value:
+            try:
+                job = lock_for_record(session, job_id)
+            except NotFound:
+                continue
+            if job.status != JobStatus.running.value:
                 continue
             beat = job.heartbeat_at
             if (

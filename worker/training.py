@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 from server.config import Settings
-from server.storage import ArtifactStore
+from server.storage import ArtifactStore, extract_tar
 from worker.executor.base import LABEL_JOB
 from worker.pipeline import (
     JobContext,
@@ -41,8 +41,7 @@ def _tar_tree(store: ArtifactStore, root: Path, *, exclude: str | None = None) -
 
 def _untar(store: ArtifactStore, digest: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(store.path(digest)) as tar:
-        tar.extractall(dest, filter="data")
+    extract_tar(store.path(digest), dest)
     return dest
 
 

@@ -15,7 +15,7 @@ from server.datasets import repository
 from server.datasets.models import Case, Dataset
 from server.db import utcnow
 from server.errors import InvalidInput
-from server.storage import ArtifactStore
+from server.storage import ArtifactStore, extract_tar
 
 
 def ingest_directory(
@@ -92,9 +92,7 @@ def ingest_archive(
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         dest = Path(tmp)
         try:
-            with tarfile.open(store.path(archive_digest), "r:*") as tar:
-                # The 'data' filter refuses absolute paths, '..', links outside and devices.
-                tar.extractall(dest, filter="data")
+            extract_tar(store.path(archive_digest), dest)
         except (tarfile.TarError, OSError) as exc:
             raise InvalidInput(
                 f"dataset {slug!r}: the archive could not be unpacked: {exc}", field="archive"

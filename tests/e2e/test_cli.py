@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,20 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import need
 from tests.support.factories import STOIC_PHASE, stoic_cases, write_dataset
-from tests.support.workers import ROOT, wait_for
+from tests.support.workers import ROOT, free_port, wait_healthy
 
 HELDOUT = [sys.executable, "-m", "server.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -57,7 +49,7 @@ def run(env: dict[str, str], *args: str, token: str | None = None, ok: bool = Tr
 @pytest.fixture
 def server(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     need(shutil.which("redis-server") is not None, "redis-server")
-    port = _free_port()
+    port = free_port()
     env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{port}"}
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen(
@@ -68,14 +60,8 @@ def server(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
         start_new_session=True,
     )
 
-    def up() -> bool:
-        try:
-            return httpx.get(f"{env['HELDOUT_API_URL']}/api/v1/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(up, 60, "heldout server to answer")
+        wait_healthy(env["HELDOUT_API_URL"], 60, "heldout server to answer")
         yield env
     finally:
         proc.terminate()
@@ -154,6 +140,6 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_cli_without_server_says_so(env: dict[str, str]) -> None:
-    env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{_free_port()}"}
+    env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{free_port()}"}
     proc = run(env, "leaderboard", "stoic", "qualification", token="hld_x", ok=False)
     assert proc.returncode == 1 and "cannot reach the heldout server" in proc.stderr

@@ -4,7 +4,6 @@ and leaderboard, upload an image archive in chunks and watch the submission appe
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,15 +22,14 @@ from tests.support.factories import (
     user_token,
     write_dataset,
 )
+from tests.support.workers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
 def site(settings: Settings, sent_tasks: list[object], tmp_path: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -42,13 +42,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 
 
 def _cases(root: Path, n: int, prefix: str = "P") -> Path:
-    (root / "images" / "ct").mkdir(parents=True)
-    rows = ["PatientID,probCOVID,probSevere"]
-    for i in range(n):
-        images.write_mha(root / "images" / "ct" / f"{prefix}{i:03d}.mha", age=f"{40 + 9 * i:03d}Y")
-        rows.append(f"{prefix}{i:03d},{int(i >= 1)},{int(i >= 2)}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
+    return images.write_ct_dataset(
+        root, ((f"{prefix}{i:03d}", 40 + 9 * i, int(i >= 1), int(i >= 2)) for i in range(n))
+    )
 
 
 @pytest.fixture

@@ -32,16 +32,12 @@ PREDICTORS = {
 
 
 def _dataset(root: Path) -> Path:
-    (root / "images" / "ct").mkdir(parents=True)
-    rows = ["PatientID,probCOVID,probSevere"]
-    for i in range(N):
+    def case(i: int) -> tuple[str, int, int, int]:
         age = 20 + 2 * i
         covid = int(age + (i % 5) * 6 >= 50)
-        severe = int(covid and age >= 60)
-        images.write_mha(root / "images" / "ct" / f"P{i:03d}.mha", age=f"{age:03d}Y")
-        rows.append(f"P{i:03d},{covid},{severe}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
+        return f"P{i:03d}", age, covid, int(covid and age >= 60)
+
+    return images.write_ct_dataset(root, map(case, range(N)))
 
 
 def _script(covid: str, severe: str) -> str:

@@ -38,16 +38,9 @@ def live(settings: Settings) -> Any:
 
 def _dataset(root: Path) -> Path:
     """Cases whose COVID label follows age: the well-behaved image predicts age/100."""
-    (root / "images" / "ct").mkdir(parents=True)
-    rows = ["PatientID,probCOVID,probSevere"]
-    for i in range(N_CASES):
-        age = 30 + 8 * i
-        covid = int(i >= 2)
-        severe = int(i in (3, 5))
-        images.write_mha(root / "images" / "ct" / f"P{i:03d}.mha", age=f"{age:03d}Y")
-        rows.append(f"P{i:03d},{covid},{severe}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
+    return images.write_ct_dataset(
+        root, ((f"P{i:03d}", 30 + 8 * i, int(i >= 2), int(i in (3, 5))) for i in range(N_CASES))
+    )
 
 
 def _submit(api: TestClient, token: str, archive: Path) -> dict[str, Any]:

@@ -82,14 +82,9 @@ def codebase(*, sleep: str = "", network: str = "", build: str = "") -> dict[str
 
 
 def _dataset(root: Path, offset: int) -> Path:
-    (root / "images" / "ct").mkdir(parents=True)
-    rows = ["PatientID,probCOVID,probSevere"]
-    for i in range(N):
-        age = 30 + 8 * i
-        images.write_mha(root / "images" / "ct" / f"P{offset + i:03d}.mha", age=f"{age:03d}Y")
-        rows.append(f"P{offset + i:03d},{int(i >= 2)},{int(i >= 4)}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
+    return images.write_ct_dataset(
+        root, ((f"P{offset + i:03d}", 30 + 8 * i, int(i >= 2), int(i >= 4)) for i in range(N))
+    )
 
 
 def _bundle(training_limits: dict[str, Any] | None = None, **phase: Any) -> dict[str, Any]:

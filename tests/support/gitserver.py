@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.support.workers import free_port
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -48,12 +50,6 @@ class Executable:
 
 
 FileSpec = str | bytes | Link | Executable | None  # None deletes the path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0) -> None:

@@ -12,6 +12,7 @@ import io
 import subprocess
 import tarfile
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import docker
@@ -278,3 +279,14 @@ def write_mha(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(header.encode() + bytes(2 * voxels))
     return path
+
+
+def write_ct_dataset(root: Path, cases: Iterable[tuple[str, int, int, int]]) -> Path:
+    """A STOIC-style test set from (case id, age, probCOVID, probSevere) rows: one CT per
+    case carrying the age (which WELL_BEHAVED reads) and labels.csv."""
+    rows = ["PatientID,probCOVID,probSevere"]
+    for case, age, covid, severe in cases:
+        write_mha(root / "images" / "ct" / f"{case}.mha", age=f"{age:03d}Y")
+        rows.append(f"{case},{covid},{severe}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root

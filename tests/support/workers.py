@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from server.config import Settings
 
@@ -94,6 +97,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(base_url: str, timeout: float, what: str) -> None:
+    """Until a heldout server at base_url answers its health check."""
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base_url}/api/v1/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, timeout, what)
 
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
