@@ -60,6 +60,8 @@ SCRIPTS = {
     "write-input": im.WRITE_INPUT,
     "writes-home": im.WRITES_HOME,
     "chatty": "import sys\nsys.stdout.write('y' * 200_000)\nsys.stderr.write('oops')\n",
+    # A dependency the participant forgot to put in the image.
+    "missing-module": "import numpy_for_ct_segmentation\n",
 }
 
 
@@ -308,6 +310,15 @@ def test_network_attempt_fails(
     assert "Connection refused" in result.stderr_tail
     # The participant-facing message never carries log content.
     assert "Network" not in message(result)
+
+
+def test_missing_module_is_named_as_an_import_failure(
+    executor: DockerExecutor, tags: Tags, case_input: Path, tmp_path: Path
+) -> None:
+    result = run(executor, tags["missing-module"], case_input, tmp_path / "out")
+    assert reason(result) == "exit_code:1"
+    assert "an import failed" in message(result)
+    assert "numpy_for_ct" not in message(result)  # the hint, never the log line
 
 
 def test_writing_input_fails(

@@ -136,6 +136,37 @@ _EXIT_HINTS = {
     139: "a segmentation fault (SIGSEGV)",
 }
 
+# The last uncaught Python exception in stderr, mapped to a fixed hint. Only the hint ever
+# reaches the participant: the line itself may carry data from sequestered cases.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*$", re.MULTILINE)
+_IMPORT = re.compile(r"^(ModuleNotFoundError|ImportError)\b")
+_GPU_MEMORY = re.compile(r"CUDA out of memory|OutOfMemoryError", re.IGNORECASE)
+_NO_GPU = re.compile(
+    r"no CUDA GPUs are available|Found no NVIDIA driver|no CUDA-capable device"
+    r"|CUDA driver initialization failed|not compiled with CUDA enabled",
+    re.IGNORECASE,
+)
+
+
+def crash_hint(stderr_tail: str, gpus: int) -> str | None:
+    """What the algorithm's last uncaught exception says about the cause, in words that
+    hold no log content; None when there is none or it says nothing we recognize."""
+    lines = [m.group(0) for m in _EXCEPTION_LINE.finditer(stderr_tail)]
+    if not lines:
+        return None
+    last = lines[-1]
+    if _IMPORT.match(last):
+        return (
+            "an import failed: a package or module is missing from the image; "
+            "`heldout run-local` shows the error"
+        )
+    if _GPU_MEMORY.search(last):
+        return "it ran out of GPU memory"
+    if _NO_GPU.search(last):
+        given = f"this phase gives it {gpus} GPU(s)" if gpus else "this phase gives it no GPU"
+        return f"it looked for a GPU and found none; {given}"
+    return None
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -173,8 +204,8 @@ class Failure:
         )
 
     @classmethod
-    def exit_code(cls, code: int) -> Failure:
-        hint = _EXIT_HINTS.get(code)
+    def exit_code(cls, code: int, hint: str | None = None) -> Failure:
+        hint = hint or _EXIT_HINTS.get(code)
         return cls(
             FailureKind.exit_code,
             f"exit_code:{code}",
@@ -258,7 +289,7 @@ class RunResult:
         if self.exit_code == 137:
             return Failure.oom(self.limits.memory_mb)
         if self.exit_code != 0:
-            return Failure.exit_code(self.exit_code)
+            return Failure.exit_code(self.exit_code, crash_hint(self.stderr_tail, self.limits.gpus))
         return None
 
     def _disk_limit_mb(self, where: str) -> int:

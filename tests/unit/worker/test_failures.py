@@ -84,3 +84,35 @@ def test_only_engine_errors_are_platform_caused() -> None:
     assert Failure.engine_error().platform_caused
     err = ExecutionError(Failure.engine_error("The image is missing on the worker."))
     assert err.failure.platform_caused and "missing" in str(err)
+
+
+TRACEBACK = 'Traceback (most recent call last):\n  File "/opt/algorithm/process.py", line 3\n'
+
+
+@pytest.mark.parametrize(
+    ("stderr", "gpus", "says"),
+    [
+        (TRACEBACK + "ModuleNotFoundError: No module named 'P0042_x'\n", 0, "an import failed"),
+        (TRACEBACK + "ImportError: libGL.so.1: cannot open shared object file\n", 0, "an import"),
+        (TRACEBACK + "RuntimeError: No CUDA GPUs are available\n", 0, "gives it no GPU"),
+        (TRACEBACK + "RuntimeError: Found no NVIDIA driver on your system.\n", 2, "2 GPU(s)"),
+        (TRACEBACK + "AssertionError: Torch not compiled with CUDA enabled\n", 0, "found none"),
+        (TRACEBACK + "torch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB\n", 1, "GPU memory"),
+        # The last exception counts: a handled import warning earlier says nothing.
+        ("ImportError: optional accel missing\n" + TRACEBACK + "ValueError: bad\n", 0, None),
+        ("Segmentation fault\n", 0, None),
+        ("", 0, None),
+    ],
+)
+def test_crash_hints_name_the_cause_without_log_content(
+    stderr: str, gpus: int, says: str | None
+) -> None:
+    limits = LIMITS.model_copy(update={"gpus": gpus})
+    failure = result(exit_code=1, stderr_tail=stderr, limits=limits).failure
+    assert failure is not None and failure.reason == "exit_code:1"  # the contract's reason
+    if says is None:
+        assert failure.message == Failure.exit_code(1).message
+    else:
+        assert says in failure.message
+    for leak in ("P0042", "libGL", "Tried 2 GiB", "optional accel"):
+        assert leak not in failure.message
