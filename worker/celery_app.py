@@ -27,7 +27,9 @@ app.conf.update(
     accept_content=["json"],
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
+    # Celery puts its handler on the root logger, so heldout's own records (reaped jobs,
+    # dropped results, infrastructure errors) reach the worker's log with its format.
+    worker_hijack_root_logger=True,
     # A lost worker's message comes back after this; the reaper acts much sooner.
     broker_transport_options={"visibility_timeout": 3600},
 )

@@ -23,9 +23,10 @@ import ipaddress
 import os
 import re
 import signal
+import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,25 @@ class GitTimeout(Exception):
 # URL validation
 
 
+Resolver = Callable[[str], list[str]]
+
+
+def system_resolver(host: str) -> list[str]:
+    """The addresses `host` resolves to now; none when it does not resolve (ls-remote then
+    fails with git's own explanation)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return sorted({str(info[4][0]).split("%", 1)[0] for info in infos})
+
+
 def validate_repository_url(
-    url: str, allowed_local_roots: Sequence[Path], *, allow_loopback: bool = False
+    url: str,
+    allowed_local_roots: Sequence[Path],
+    *,
+    allow_loopback: bool = False,
+    resolve: Resolver = system_resolver,
 ) -> str:
     """Return the canonical form of a participant's repository URL or raise `CodebaseError`.
 
@@ -136,7 +154,7 @@ def validate_repository_url(
         raise CodebaseError(URL_FIELD, "has an invalid port") from None
     if not host:
         raise CodebaseError(URL_FIELD, "has no host")
-    loopback = _check_host(host, allow_loopback=allow_loopback)
+    loopback = _check_host(host, allow_loopback=allow_loopback, resolve=resolve)
     if scheme == "http" and not loopback:
         raise CodebaseError(URL_FIELD, "plain http:// is not allowed; use https://")
     if not parts.path.strip("/"):
@@ -144,8 +162,13 @@ def validate_repository_url(
     return url
 
 
-def _check_host(host: str, *, allow_loopback: bool) -> bool:
-    """Refuse hosts that point back at the server; return whether `host` is loopback."""
+def _check_host(host: str, *, allow_loopback: bool, resolve: Resolver) -> bool:
+    """Refuse hosts that point back at the server; return whether `host` is loopback.
+
+    A name is resolved too, so that one whose DNS points at 127.0.0.1 or the metadata
+    service is refused as the address itself would be. (A name that changes its answer
+    between this check and the clone is not caught here.)
+    """
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -155,14 +178,23 @@ def _check_host(host: str, *, allow_loopback: bool) -> bool:
         loopback = name == "localhost" or name.endswith(".localhost")
         if loopback and not allow_loopback:
             raise CodebaseError(URL_FIELD, f"host '{host}' is not allowed") from None
+        for resolved in resolve(name):
+            shown = f"host '{host}' resolves to {resolved}, which"
+            loopback |= _check_address(ipaddress.ip_address(resolved), shown, allow_loopback)
         return loopback
+    return _check_address(address, f"host '{host}'", allow_loopback)
+
+
+def _check_address(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, shown: str, allow_loopback: bool
+) -> bool:
     if address.is_loopback:
         if not allow_loopback:
-            raise CodebaseError(URL_FIELD, f"host '{host}' is not allowed")
+            raise CodebaseError(URL_FIELD, f"{shown} is not allowed")
         return True
     if address.is_link_local or address.is_unspecified or address.is_multicast:
         # Link-local holds cloud metadata services (169.254.169.254).
-        raise CodebaseError(URL_FIELD, f"host '{host}' is not allowed")
+        raise CodebaseError(URL_FIELD, f"{shown} is not allowed")
     return False
 
 

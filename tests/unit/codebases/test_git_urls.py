@@ -95,6 +95,41 @@ def test_loopback_only_when_allowed(url: str) -> None:
     assert validate_repository_url(url, [], allow_loopback=True) == url
 
 
+DNS = {
+    "git.example.org": ["203.0.113.7", "2001:db8::7"],
+    "rebound.example.org": ["203.0.113.8", "127.0.0.1"],
+    "metadata.example.org": ["169.254.169.254"],
+    "v6.example.org": ["fe80::1"],
+}
+
+
+def fake_dns(host: str) -> list[str]:
+    return DNS.get(host, [])
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("rebound.example.org", "resolves to 127.0.0.1"),
+        ("metadata.example.org", "resolves to 169.254.169.254"),
+        ("v6.example.org", "resolves to fe80::1"),
+    ],
+)
+def test_names_resolving_to_refused_addresses_are_refused(host: str, shown: str) -> None:
+    with pytest.raises(CodebaseError) as info:
+        validate_repository_url(f"https://{host}/team/repo.git", [], resolve=fake_dns)
+    assert shown in info.value.message and host in info.value.message
+
+
+def test_names_resolving_elsewhere_or_not_at_all_pass() -> None:
+    for host in ("git.example.org", "unknown.example.org"):
+        url = f"https://{host}/team/repo.git"
+        assert validate_repository_url(url, [], resolve=fake_dns) == url
+    # A name that resolves to loopback counts as loopback where tests allow it.
+    url = "http://rebound.example.org/team/repo.git"
+    assert validate_repository_url(url, [], allow_loopback=True, resolve=fake_dns) == url
+
+
 def test_plain_http_needs_loopback_even_when_allowed() -> None:
     with pytest.raises(CodebaseError, match="plain http"):
         validate_repository_url("http://example.org/repo.git", [], allow_loopback=True)
