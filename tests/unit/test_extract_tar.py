@@ -48,7 +48,7 @@ def _entry(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile
 def test_a_normal_archive_unpacks_with_safe_modes(extract: Extract, tmp_path: Path) -> None:
     archive = _tar(
         tmp_path / "ok.tar.gz",
-        _entry("data", tarfile.DIRTYPE, mode=0o755),
+        _entry("data", tarfile.DIRTYPE, mode=0o555),
         _entry("data/labels.csv", mode=0o644),
         _entry("data/run.sh", mode=0o4777, uid=0, gid=0),
         _entry("data/latest", tarfile.SYMTYPE, linkname="labels.csv"),
@@ -63,6 +63,8 @@ def test_a_normal_archive_unpacks_with_safe_modes(extract: Extract, tmp_path: Pa
     assert (dest / "data" / "copy.csv").read_bytes() == b"xxx"
     mode = stat.S_IMODE(os.stat(dest / "data" / "run.sh").st_mode)
     assert mode == 0o755  # executable kept; setuid and group/other write dropped
+    # A read-only directory in the archive stays writable by its owner: removable afterwards.
+    assert stat.S_IMODE(os.stat(dest / "data").st_mode) == 0o755
 
 
 HOSTILE = {
