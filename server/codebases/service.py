@@ -14,6 +14,7 @@ from server.accounts.models import User
 from server.challenges import service as challenges
 from server.challenges.models import Challenge, Phase
 from server.codebases import webhooks
+from server.codebases.addresses import AddressPolicy
 from server.codebases.models import RepositoryLink
 from server.config import Settings
 from server.errors import InvalidInput, NotFound, Unauthorized
@@ -38,7 +39,7 @@ def link(
         raise InvalidInput("only codebase phases take repository links", field="phase")
     try:
         clean = git.validate_repository_url(
-            url, settings.allowed_local_repo_roots, allow_loopback=settings.allow_loopback_repos
+            url, settings.allowed_local_repo_roots, policy=AddressPolicy.from_settings(settings)
         )
     except git.CodebaseError as exc:
         raise InvalidInput(exc.message, field=exc.field) from exc
