@@ -89,30 +89,10 @@ def receive_push(
     delivery with the same id or the same signed body is refused (409), so neither a replay
     nor a forge's redelivery charges the team twice. A delivery that failed (the tag was not
     on the server yet, a rule refused it) is not recorded and may be redelivered."""
-    row = session.get(RepositoryLink, link_id)
-    if row is None:
-        raise NotFound(f"no repository link {link_id}", field="link")
-    if not webhooks.verify_signature(row.secret.encode(), body, signature):
-        raise Unauthorized("the X-Hub-Signature-256 signature does not match", field="signature")
-    if event not in ("push", None):
+    verified = _verified_push(session, link_id, event, signature, body, headers or {})
+    if verified is None:
         return None
-    try:
-        delivery = webhooks.delivery_id(headers or {})
-    except webhooks.WebhookError as exc:
-        raise InvalidInput(str(exc), field="delivery") from exc
-    try:
-        payload: Any = json.loads(body)
-        push = webhooks.parse_push(payload)
-    except (ValueError, webhooks.WebhookError) as exc:
-        raise InvalidInput(f"not a push event payload: {exc}", field="body") from exc
-    if not _same_repo(push.repo_url, row.repository_url) and not any(
-        _same_repo(u, row.repository_url) for u in _payload_urls(payload)
-    ):
-        raise InvalidInput(
-            "the push is for another repository than the linked one", field="repository"
-        )
-    if not push.submits:
-        return None  # only tag pushes submit
+    row, push, delivery = verified
     digest = hashlib.sha256(body).hexdigest()
     _refuse_replay(session, row.id, delivery, digest)
     _refuse_stale(settings, push)
@@ -149,6 +129,43 @@ def receive_push(
             field="delivery",
         ) from None
     return submission
+
+
+def _verified_push(
+    session: Session,
+    link_id: int,
+    event: str | None,
+    signature: str | None,
+    body: bytes,
+    headers: Mapping[str, str],
+) -> tuple[RepositoryLink, webhooks.PushEvent, str | None] | None:
+    """The link, the tag push and its delivery id of a signed delivery; None when it is an
+    event that does not submit."""
+    row = session.get(RepositoryLink, link_id)
+    if row is None:
+        raise NotFound(f"no repository link {link_id}", field="link")
+    if not webhooks.verify_signature(row.secret.encode(), body, signature):
+        raise Unauthorized("the X-Hub-Signature-256 signature does not match", field="signature")
+    if event not in ("push", None):
+        return None
+    try:
+        delivery = webhooks.delivery_id(headers)
+    except webhooks.WebhookError as exc:
+        raise InvalidInput(str(exc), field="delivery") from exc
+    try:
+        payload: Any = json.loads(body)
+        push = webhooks.parse_push(payload)
+    except (ValueError, webhooks.WebhookError) as exc:
+        raise InvalidInput(f"not a push event payload: {exc}", field="body") from exc
+    if not _same_repo(push.repo_url, row.repository_url) and not any(
+        _same_repo(u, row.repository_url) for u in _payload_urls(payload)
+    ):
+        raise InvalidInput(
+            "the push is for another repository than the linked one", field="repository"
+        )
+    if not push.submits:
+        return None  # only tag pushes submit
+    return row, push, delivery
 
 
 def _delivery_name(delivery: str | None) -> str:
