@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     allowed_local_repo_roots: list[Path] = Field(default_factory=list)
     # Tests and single-machine set-ups serve repositories on 127.0.0.1.
     allow_loopback_repos: bool = False
+    # Repositories and Git LFS objects come only from globally routable addresses, plus these
+    # networks (CIDRs, e.g. ["10.20.0.0/16"] for an internal forge; JSON in the environment).
+    allowed_repo_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    # A push webhook whose payload says it is older than this is refused (GitHub lets a
+    # failed delivery be redelivered for 3 days).
+    webhook_max_age_s: int = 3 * 24 * 3600
     max_repo_bytes: int = 2 * 1024**3
     git_timeout_s: int = 120
     build_timeout_s: int = 3600

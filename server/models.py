@@ -2,7 +2,7 @@
 
 from server.accounts.models import ApiToken, User
 from server.challenges.models import Challenge, ChallengeOrganizer, Phase, PhaseInvitation
-from server.codebases.models import RepositoryLink
+from server.codebases.models import RepositoryLink, WebhookDelivery
 from server.datasets.models import Case, Dataset
 from server.db import Base
 from server.jobs.models import Job
@@ -30,4 +30,5 @@ __all__ = [
     "TeamMember",
     "Upload",
     "User",
+    "WebhookDelivery",
 ]

@@ -15,14 +15,19 @@ Clone rules (`clone`):
   huge compressible files is caught too) and the LFS objects.
 - Symlinks whose target leaves the tree are refused: checked on the tree's blobs before
   checkout and again on the files after it.
-- Git LFS: when a `.gitattributes` declares `filter=lfs` and pointer files are present,
-  `git lfs pull` fetches the objects if git-lfs is installed; otherwise the clone fails
-  saying so, rather than building an image around pointer files.
+- The host is checked again here against the worker's own `AddressPolicy` and git is pinned
+  to the address checked (`server.codebases.git.pin_remote`): the intake's check was made
+  on another machine, earlier.
+- Git LFS: when a `.gitattributes` declares `filter=lfs` and pointer files are present, the
+  objects are fetched by `worker.lfs` (not git-lfs, whose connections heldout cannot pin),
+  each verified against its pointer.
+- git's own error text quotes the remote: messages carry fixed words, the log the detail.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import re
@@ -45,19 +50,25 @@ import docker.utils
 import requests
 from docker.utils.json_stream import json_stream
 
+from server.codebases.addresses import AddressPolicy, Resolver, system_resolver
 from server.codebases.git import (
     SHA_RE,
+    STRICT,
+    CodebaseError,
     GitSandbox,
     GitTimeout,
     allows_file,
+    classify_git_error,
     git_sandbox,
     kill_process_group,
     last_error_line,
+    log_git_failure,
+    pin_remote,
     run_git,
 )
+from worker import lfs
 
-LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
-LFS_POINTER_MAX_BYTES = 1024  # git-lfs never writes larger pointers
+log = logging.getLogger(__name__)
 DEFAULT_MAX_LOG_CHARS = 2_000_000
 POLL_INTERVAL_S = 0.1
 READ_TIMEOUT_MARGIN_S = 60
@@ -100,7 +111,7 @@ class CloneResult:
     tree_bytes: int  # bytes checked out, LFS objects included
     fetched_bytes: int  # size of .git after the fetch
     shallow: bool  # False when the server refused the shallow fetch by sha
-    lfs_files: int  # files replaced by `git lfs pull`
+    lfs_files: int  # pointer files replaced by their Git LFS objects
     submodules: tuple[str, ...]  # gitlinks left empty (submodules are never fetched)
 
 
@@ -113,17 +124,31 @@ class _TreeEntry:
     path: str
 
 
-def clone(url: str, commit: str, dest: Path, *, max_bytes: int, timeout_s: float) -> CloneResult:
+def clone(
+    url: str,
+    commit: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    policy: AddressPolicy = STRICT,
+    resolve: Resolver = system_resolver,
+) -> CloneResult:
     """Check out `commit` of `url` (validated by `validate_repository_url`) into `dest`.
 
-    Raises `CloneError` for anything the repository is to blame for; `dest` is then left
-    as it was when the clone stopped, for the caller to remove.
+    `policy` is this worker's (`AddressPolicy.from_settings`). Raises `CloneError` for
+    anything the repository is to blame for; `dest` is then left as it was when the clone
+    stopped, for the caller to remove.
     """
     if not SHA_RE.match(commit):
         raise ValueError(f"clone() needs a full 40-hex commit sha, got {commit!r}")
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"clone destination {dest} is not empty")
+    try:
+        pinned = pin_remote(url, policy, resolve=resolve)
+    except CodebaseError as exc:
+        raise CloneError(f"cannot fetch {url}: {exc.message}") from None
     dest.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     cap_mb = _mb(max_bytes)
@@ -131,10 +156,10 @@ def clone(url: str, commit: str, dest: Path, *, max_bytes: int, timeout_s: float
     with git_sandbox(allow_file=allows_file(url)) as sandbox:
         # --template= : no sample hooks or other template files in our .git.
         _git(sandbox, ["init", "-q", "--template=", "--", str(dest)], deadline, timeout_s)
-        # A named remote because git-lfs derives its endpoint from origin's URL.
-        _git(sandbox, ["remote", "add", "--", "origin", url], deadline, timeout_s, cwd=dest)
+        _git(sandbox, ["remote", "add", "--", "origin", pinned.url], deadline, timeout_s,
+             cwd=dest)  # fmt: skip
 
-        fetch = ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules"]
+        fetch = [*pinned.config, "fetch", "--quiet", "--no-tags", "--no-recurse-submodules"]
         shallow = True
         rc, err = _capped(
             sandbox, [*fetch, "--depth=1", "--", "origin", commit], dest, dest / ".git",
@@ -153,7 +178,9 @@ def clone(url: str, commit: str, dest: Path, *, max_bytes: int, timeout_s: float
                 what="the repository",
             )  # fmt: skip
             if rc != 0:
-                raise CloneError(f"could not fetch {url}: {last_error_line(err)}")
+                failure = classify_git_error(err)
+                log_git_failure("fetch", url, failure, err)
+                raise CloneError(f"could not fetch {url}: {failure.value}")
         fetched_bytes = _tree_size(dest / ".git")
 
         exists = _git(
@@ -175,14 +202,12 @@ def clone(url: str, commit: str, dest: Path, *, max_bytes: int, timeout_s: float
         _git(sandbox, ["checkout", "-q", "--detach", commit], deadline, timeout_s, cwd=dest)
         _check_links_on_disk(dest, entries)
 
-        lfs_files = _pull_lfs(sandbox, url, dest, entries, deadline, timeout_s, max_bytes)
+        lfs_files = _pull_lfs(
+            url, dest, entries, deadline=deadline, tree_bytes=tree_bytes, max_bytes=max_bytes,
+            policy=policy, resolve=resolve,
+        )  # fmt: skip
         if lfs_files:
             tree_bytes = _tree_size(dest, skip=".git")
-            if tree_bytes > max_bytes:
-                raise CloneError(
-                    f"with its Git LFS files the repository holds {_mb(tree_bytes)} MB, "
-                    f"above the cap of {cap_mb} MB"
-                )
 
     return CloneResult(
         commit=commit,
@@ -211,7 +236,8 @@ def _git(
     except GitTimeout:
         raise CloneError(f"cloning took longer than {timeout_s:g} s") from None
     if check and proc.returncode != 0:
-        raise CloneError(f"git {args[0]} failed: {last_error_line(proc.stderr)}")
+        log.warning("git %s failed: %s", args[0], last_error_line(proc.stderr))
+        raise CloneError(f"git {args[0]} failed on this repository")
     return proc
 
 
@@ -329,84 +355,34 @@ def _check_links_on_disk(dest: Path, entries: list[_TreeEntry]) -> None:
 
 
 def _pull_lfs(
-    sandbox: GitSandbox,
     url: str,
     dest: Path,
     entries: list[_TreeEntry],
+    *,
     deadline: float,
-    timeout_s: float,
+    tree_bytes: int,
     max_bytes: int,
+    policy: AddressPolicy,
+    resolve: Resolver,
 ) -> int:
+    """Replace LFS pointer files with their objects; returns how many files were replaced."""
     attribute_files = [e.path for e in entries if posixpath.basename(e.path) == ".gitattributes"]
     if not any(b"filter=lfs" in (dest / p).read_bytes() for p in attribute_files):
         return 0
-    pointers = _lfs_pointers(dest, entries)
-    if not pointers:
-        return 0
-    if not git_lfs_available(sandbox):
-        raise CloneError(
-            f"the repository keeps {len(pointers)} file(s) in Git LFS (e.g. '{pointers[0]}') "
-            "but git-lfs is not installed on this worker; ask the organizers"
-        )
-    # The filter must be configured for `git lfs pull` to write files (our HOME is empty).
-    config = [
-        "filter.lfs.process=git-lfs filter-process --skip",
-        "filter.lfs.smudge=git-lfs smudge --skip -- %f",
-        "filter.lfs.clean=git-lfs clean -- %f",
-        "filter.lfs.required=true",
-    ]
-    endpoint = lfs_endpoint(url)
-    if endpoint:
-        # git config outranks the repository's .lfsconfig, which could otherwise send the
-        # worker (not a container) to any host, its own services included.
-        config += [f"lfs.url={endpoint}", f"remote.origin.lfsurl={endpoint}"]
-    args = [x for pair in config for x in ("-c", pair)]
-    rc, err = _capped(
-        sandbox, [*args, "lfs", "pull"], dest, dest / ".git" / "lfs",
-        deadline=deadline, timeout_s=timeout_s, max_bytes=max_bytes, what="the Git LFS content",
-    )  # fmt: skip
-    if rc != 0:
-        raise CloneError(f"git lfs pull failed: {last_error_line(err)}")
-    left = _lfs_pointers(dest, entries)
-    if left:
-        raise CloneError(
-            f"git lfs pull left {len(left)} pointer file(s) (e.g. '{left[0]}'): their "
-            "objects are missing on the LFS server"
-        )
-    return len(pointers)
-
-
-def lfs_endpoint(url: str) -> str | None:
-    """The LFS API git-lfs would derive from a clone URL; None for file:// (read directly)."""
-    if url.startswith("file://"):
-        return None
-    if url.startswith("git://"):
-        # git-lfs maps git:// to https:// on the same host.
-        url = "https://" + url[len("git://") :]
-    base = url.rstrip("/")
-    return (base if base.endswith(".git") else base + ".git") + "/info/lfs"
-
-
-def _lfs_pointers(dest: Path, entries: list[_TreeEntry]) -> list[str]:
-    found = []
-    for e in entries:
-        if e.kind != "blob" or e.mode == "120000" or e.size > LFS_POINTER_MAX_BYTES:
-            continue
-        try:
-            with open(dest / e.path, "rb") as f:
-                head = f.read(len(LFS_POINTER_PREFIX))
-        except FileNotFoundError:
-            continue
-        if head == LFS_POINTER_PREFIX:
-            found.append(e.path)
-    return found
-
-
-def git_lfs_available(sandbox: GitSandbox) -> bool:
+    candidates = [
+        e.path for e in entries
+        if e.kind == "blob" and e.mode != "120000" and e.size <= lfs.MAX_POINTER_BYTES
+    ]  # fmt: skip
     try:
-        return run_git(sandbox, ["lfs", "version"], timeout_s=30).returncode == 0
-    except (GitTimeout, OSError):
-        return False
+        pointers = lfs.read_pointers(dest, candidates)
+        if pointers:
+            lfs.fetch(url, dest, pointers, policy=policy, resolve=resolve, deadline=deadline,
+                      tree_bytes=tree_bytes, max_bytes=max_bytes)  # fmt: skip
+    except lfs.LfsError as exc:
+        if exc.detail:
+            log.warning("Git LFS for %s: %s", url, exc.detail)
+        raise CloneError(exc.message) from None
+    return len(pointers)
 
 
 def _tree_size(root: Path, *, skip: str | None = None) -> int:

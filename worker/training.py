@@ -46,6 +46,7 @@ def _untar(store: ArtifactStore, digest: str, dest: Path) -> Path:
 
 
 def step_clone(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from server.codebases.addresses import AddressPolicy
     from worker.builder import CloneError, clone
 
     assert ctx.repository_url and ctx.commit_sha
@@ -58,6 +59,7 @@ def step_clone(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                 work / "repo",
                 max_bytes=settings.max_repo_bytes,
                 timeout_s=settings.git_timeout_s,
+                policy=AddressPolicy.from_settings(settings),
             )
         except CloneError as exc:
             raise StepFailed("clone_failed", exc.message) from exc

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,13 +47,16 @@ async def push_webhook(
 ) -> dict[str, Any]:
     """GitHub-style push webhook (HMAC-SHA256 in X-Hub-Signature-256); a tag push submits."""
     body = await request.body()
-    sub = service.receive_push(
+    # receive_push lists the repository's refs (up to git_timeout_s): not on the event loop.
+    sub = await run_in_threadpool(
+        service.receive_push,
         session,
         settings,
         link_id,
         request.headers.get("x-github-event"),
         request.headers.get("x-hub-signature-256"),
         body,
+        request.headers,
     )
     if sub is None:
         response.status_code = 202

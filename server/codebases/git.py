@@ -5,6 +5,12 @@ and never wait on it for long: every git call goes through `git_sandbox`, which 
 hardened environment (no system or user config, no hooks, no credential prompts, only
 plain transports) that the worker's clone reuses.
 
+Where git may connect is `server.codebases.addresses`'s rule (globally routable addresses,
+plus networks the organizer allows); `pin_remote` checks the host again right before each
+connection and makes git connect to exactly the address checked. What git prints on failure
+quotes the other end, so participants get fixed words (`RemoteFailure`) and the operator log
+gets the rest.
+
 Ref resolution rule (`resolve_ref`):
 - `HEAD`, a full ref name (`refs/heads/x`, `refs/tags/x`), a tag or a branch name resolve
   through `git ls-remote`; a tag resolves to the commit it points at (peeled `^{}`); a name
@@ -19,18 +25,30 @@ Ref resolution rule (`resolve_ref`):
 
 from __future__ import annotations
 
-import ipaddress
+import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+
+from server.codebases.addresses import (
+    Address,
+    AddressPolicy,
+    RefusedHost,
+    Resolver,
+    check_host,
+    system_resolver,
+)
+
+log = logging.getLogger(__name__)
 
 URL_FIELD = "repository_url"
 REF_FIELD = "ref"
@@ -41,13 +59,13 @@ SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 ABBREV_SHA_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
 # git treats `<scheme chars>::<address>` as "run git-remote-<scheme>" (ext::, fd::, ...).
 REMOTE_HELPER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")
 # Ref names: git check-ref-format's rules, minus what can only matter locally.
 BAD_REF_CHARS_RE = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 # A fixed PATH: the sandbox inherits nothing from the caller's environment.
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_PORTS = {"https": 443, "http": 80, "git": 9418}
+STRICT = AddressPolicy()  # no internal network allowed: what a default installation does
 
 
 class CodebaseError(Exception):
@@ -67,33 +85,20 @@ class GitTimeout(Exception):
 # URL validation
 
 
-Resolver = Callable[[str], list[str]]
-
-
-def system_resolver(host: str) -> list[str]:
-    """The addresses `host` resolves to now; none when it does not resolve (ls-remote then
-    fails with git's own explanation)."""
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return []
-    return sorted({str(info[4][0]).split("%", 1)[0] for info in infos})
-
-
 def validate_repository_url(
     url: str,
     allowed_local_roots: Sequence[Path],
     *,
-    allow_loopback: bool = False,
+    policy: AddressPolicy = STRICT,
     resolve: Resolver = system_resolver,
 ) -> str:
     """Return the canonical form of a participant's repository URL or raise `CodebaseError`.
 
     Accepted: `https://host/path`, `git://host/path`, and (only inside `allowed_local_roots`)
     absolute local paths or `file:///path`, which come back as `file://<resolved path>`.
-    `allow_loopback` (tests only) also accepts loopback hosts and plain `http://` to them;
-    without it, loopback, link-local and unspecified addresses are refused so that a
-    submission cannot make the server probe its own services.
+    The host must pass `policy` (`server.codebases.addresses`); plain `http://` only to
+    loopback. This is the early, friendly check; each connection is checked again and pinned
+    by `pin_remote`.
     """
     if not isinstance(url, str):
         raise CodebaseError(URL_FIELD, "must be a string")
@@ -133,7 +138,7 @@ def validate_repository_url(
             "ssh:// URLs are not supported: heldout clones public repositories over "
             "https:// and holds no credentials",
         )
-    if scheme not in ("https", "http", "git"):
+    if scheme not in DEFAULT_PORTS:
         raise CodebaseError(
             URL_FIELD, f"scheme '{scheme}://' is not supported; use https:// or git://"
         )
@@ -154,48 +159,84 @@ def validate_repository_url(
         raise CodebaseError(URL_FIELD, "has an invalid port") from None
     if not host:
         raise CodebaseError(URL_FIELD, "has no host")
-    loopback = _check_host(host, allow_loopback=allow_loopback, resolve=resolve)
-    if scheme == "http" and not loopback:
+    addresses = _checked(host, policy, resolve, must_resolve=False)
+    if scheme == "http" and not (addresses and all(a.is_loopback for a in addresses)):
         raise CodebaseError(URL_FIELD, "plain http:// is not allowed; use https://")
     if not parts.path.strip("/"):
         raise CodebaseError(URL_FIELD, "has no repository path")
     return url
 
 
-def _check_host(host: str, *, allow_loopback: bool, resolve: Resolver) -> bool:
-    """Refuse hosts that point back at the server; return whether `host` is loopback.
-
-    A name is resolved too, so that one whose DNS points at 127.0.0.1 or the metadata
-    service is refused as the address itself would be. (A name that changes its answer
-    between this check and the clone is not caught here.)
-    """
+def _checked(
+    host: str, policy: AddressPolicy, resolve: Resolver, *, must_resolve: bool
+) -> list[Address]:
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        if not HOSTNAME_RE.match(host):
-            raise CodebaseError(URL_FIELD, f"host '{host}' is not a valid host name") from None
-        name = host.lower().rstrip(".")
-        loopback = name == "localhost" or name.endswith(".localhost")
-        if loopback and not allow_loopback:
-            raise CodebaseError(URL_FIELD, f"host '{host}' is not allowed") from None
-        for resolved in resolve(name):
-            shown = f"host '{host}' resolves to {resolved}, which"
-            loopback |= _check_address(ipaddress.ip_address(resolved), shown, allow_loopback)
-        return loopback
-    return _check_address(address, f"host '{host}'", allow_loopback)
+        return check_host(host, policy, resolve, must_resolve=must_resolve)
+    except RefusedHost as exc:
+        raise CodebaseError(URL_FIELD, exc.message) from None
 
 
-def _check_address(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address, shown: str, allow_loopback: bool
-) -> bool:
-    if address.is_loopback:
-        if not allow_loopback:
-            raise CodebaseError(URL_FIELD, f"{shown} is not allowed")
-        return True
-    if address.is_link_local or address.is_unspecified or address.is_multicast:
-        # Link-local holds cloud metadata services (169.254.169.254).
-        raise CodebaseError(URL_FIELD, f"{shown} is not allowed")
-    return False
+# ---------------------------------------------------------------------------------------------
+# Pinning: the address checked is the address connected to
+
+
+@dataclass(frozen=True)
+class PinnedRemote:
+    """How to make git connect to one checked address: give it `url` (a git:// URL rewritten
+    to the address; otherwise the URL as is) with `config` (`-c` pairs placed before the
+    subcommand: curl's own resolve entry for http(s)). `address` is None for file://."""
+
+    url: str
+    config: tuple[str, ...]
+    address: Address | None
+
+
+def pin_remote(
+    url: str, policy: AddressPolicy, *, resolve: Resolver = system_resolver
+) -> PinnedRemote:
+    """Resolve `url`'s host once, check that answer and pin git to it (raises `CodebaseError`).
+
+    Call it right before each git command that connects, with the policy of the machine
+    making the connection: a check made earlier or elsewhere (intake, another worker) proves
+    nothing about where a name points now. git:// carries no TLS and no host check, so the
+    URL names the address itself; for http(s), curl's resolve entry keeps the host name for
+    TLS and the Host header. Redirects are off in `hardened_git`, so nothing else is reached.
+    """
+    if allows_file(url):
+        return PinnedRemote(url, (), None)
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+        raise CodebaseError(URL_FIELD, "is not a repository URL heldout can fetch")
+    host, port = parts.hostname, parts.port or DEFAULT_PORTS[scheme]
+    address = _checked(host, policy, resolve, must_resolve=True)[0]
+    if scheme == "http" and not address.is_loopback:
+        raise CodebaseError(URL_FIELD, "plain http:// is not allowed; use https://")
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    if scheme == "git":
+        rewritten = urlunsplit(("git", f"{literal}:{port}", parts.path, "", ""))
+        return PinnedRemote(rewritten, (), address)
+    if _is_literal(host):
+        return PinnedRemote(url, (), address)  # no lookup to pin
+    _require_curlopt_resolve()
+    return PinnedRemote(url, ("-c", f"http.curloptResolve={host}:{port}:{literal}"), address)
+
+
+def _is_literal(host: str) -> bool:
+    return ":" in host or host.replace(".", "").isdigit()
+
+
+@lru_cache(maxsize=1)
+def _require_curlopt_resolve() -> None:
+    """`http.curloptResolve` is git 2.37's: an older git ignores it and would look the name
+    up itself, so refuse to run unpinned rather than silently lose the pin."""
+    out = subprocess.run(
+        ["git", "version"], env={"PATH": SANDBOX_PATH, "LC_ALL": "C"},
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    match = re.search(r"(\d+)\.(\d+)", out)
+    if not match or (int(match[1]), int(match[2])) < (2, 37):
+        raise RuntimeError(f"heldout needs git 2.37 or newer to pin connections; found {out!r}")
 
 
 def _local_url(url: str, allowed_local_roots: Sequence[Path]) -> str:
@@ -374,13 +415,20 @@ def validate_ref(ref: str) -> str:
     return ref
 
 
-def resolve_ref(url: str, ref: str, timeout_s: float) -> str:
+def resolve_ref(
+    url: str,
+    ref: str,
+    timeout_s: float,
+    *,
+    policy: AddressPolicy = STRICT,
+    resolve: Resolver = system_resolver,
+) -> str:
     """Resolve `ref` in the repository at `url` (already validated) to a 40-hex commit sha.
 
     See the module docstring for the rule. Raises `CodebaseError` naming the field at fault.
     """
     ref = validate_ref(ref)
-    refs = list_remote_refs(url, timeout_s)
+    refs = list_remote_refs(url, timeout_s, policy=policy, resolve=resolve)
 
     if ref == "HEAD":
         if "HEAD" in refs:
@@ -419,21 +467,33 @@ def resolve_ref(url: str, ref: str, timeout_s: float) -> str:
     raise CodebaseError(REF_FIELD, f"no branch or tag named '{ref}' in {url}")
 
 
-def list_remote_refs(url: str, timeout_s: float) -> dict[str, str]:
+def list_remote_refs(
+    url: str,
+    timeout_s: float,
+    *,
+    policy: AddressPolicy = STRICT,
+    resolve: Resolver = system_resolver,
+) -> dict[str, str]:
     """`git ls-remote` of HEAD, branches and tags: ref name → commit (tags peeled)."""
+    pinned = pin_remote(url, policy, resolve=resolve)
     with git_sandbox(allow_file=allows_file(url)) as sandbox:
         try:
             proc = run_git(
                 sandbox,
-                ["ls-remote", "--", url, "HEAD", "refs/heads/*", "refs/tags/*"],
+                [*pinned.config, "ls-remote", "--", pinned.url, "HEAD", "refs/heads/*",
+                 "refs/tags/*"],
                 timeout_s=timeout_s,
-            )
+            )  # fmt: skip
         except GitTimeout:
             raise CodebaseError(
                 URL_FIELD, f"the repository at {url} did not answer within {timeout_s:g} s"
             ) from None
     if proc.returncode != 0:
-        raise CodebaseError(URL_FIELD, _explain_remote_failure(url, proc.stderr))
+        failure = classify_git_error(proc.stderr)
+        log_git_failure("ls-remote", url, failure, proc.stderr)
+        raise CodebaseError(
+            URL_FIELD, f"could not list the branches and tags of {url}: {failure.value}"
+        )
 
     refs: dict[str, str] = {}
     peeled: dict[str, str] = {}
@@ -449,13 +509,46 @@ def list_remote_refs(url: str, timeout_s: float) -> dict[str, str]:
     return refs
 
 
-def _explain_remote_failure(url: str, stderr: bytes) -> str:
-    line = last_error_line(stderr)
-    lowered = line.lower()
-    if "could not read username" in lowered or "authentication" in lowered:
-        return (
-            f"the repository at {url} asks for credentials; heldout only clones public repositories"
-        )
-    if "redirect" in lowered or " 301" in lowered or " 302" in lowered:
-        return f"{url} redirects elsewhere; give the repository's current URL ({line})"
-    return f"could not list the branches and tags of {url}: {line}"
+# ---------------------------------------------------------------------------------------------
+# What a participant is told when git fails
+
+
+class RemoteFailure(StrEnum):
+    """Fixed words for a failed git command. git's stderr quotes whatever the other end
+    sent (an internal service's banner, an error page), so it goes to the operator log
+    (`log_git_failure`) and never to a participant."""
+
+    not_found = "repository not found (is the URL right, and the repository public?)"
+    auth_required = "the server asks for credentials; heldout only clones public repositories"
+    redirect = "the server redirects elsewhere; give the repository's current URL"
+    unreachable = "could not connect to the server"
+    failed = "the server did not answer as a git repository"
+
+
+# Matched on git's and curl's own phrasing (LC_ALL=C), first class that matches wins.
+_FAILURE_PATTERNS: tuple[tuple[RemoteFailure, tuple[str, ...]], ...] = (
+    (RemoteFailure.auth_required, ("could not read username", "could not read password",
+                                   "authentication failed", "returned error: 401",
+                                   "returned error: 403")),
+    (RemoteFailure.redirect, ("returned error: 30", "redirect")),
+    (RemoteFailure.not_found, ("' not found", "returned error: 404", "no such repository",
+                               "does not appear to be a git repository",
+                               "repository not exported")),
+    (RemoteFailure.unreachable, ("could not resolve host", "failed to connect",
+                                 "couldn't connect", "connection refused", "unable to connect",
+                                 "network is unreachable", "no route to host",
+                                 "connection timed out", "connection reset", "unable to look up")),
+)  # fmt: skip
+
+
+def classify_git_error(stderr: bytes) -> RemoteFailure:
+    text = stderr.decode("utf-8", "replace").lower()
+    for failure, patterns in _FAILURE_PATTERNS:
+        if any(p in text for p in patterns):
+            return failure
+    return RemoteFailure.failed
+
+
+def log_git_failure(what: str, url: str, failure: RemoteFailure, stderr: bytes) -> None:
+    """The raw detail, for operators only."""
+    log.warning("git %s of %s failed (%s): %s", what, url, failure.name, last_error_line(stderr))

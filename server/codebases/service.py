@@ -3,20 +3,26 @@ that tag to the linked codebase phase, under the same rules as any submission.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.accounts.models import User
 from server.challenges import service as challenges
 from server.challenges.models import Challenge, Phase
-from server.codebases import webhooks
-from server.codebases.models import RepositoryLink
+from server.codebases import repository, webhooks
+from server.codebases.addresses import AddressPolicy
+from server.codebases.models import RepositoryLink, WebhookDelivery
 from server.config import Settings
-from server.errors import InvalidInput, NotFound, Unauthorized
+from server.db import utcnow
+from server.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from server.submissions import service as submissions
 from server.submissions.models import Submission
 from server.submissions.schemas import SubmissionCreate
@@ -38,7 +44,7 @@ def link(
         raise InvalidInput("only codebase phases take repository links", field="phase")
     try:
         clean = git.validate_repository_url(
-            url, settings.allowed_local_repo_roots, allow_loopback=settings.allow_loopback_repos
+            url, settings.allowed_local_repo_roots, policy=AddressPolicy.from_settings(settings)
         )
     except git.CodebaseError as exc:
         raise InvalidInput(exc.message, field=exc.field) from exc
@@ -75,8 +81,66 @@ def receive_push(
     event: str | None,
     signature: str | None,
     body: bytes,
+    headers: Mapping[str, str] | None = None,
 ) -> Submission | None:
-    """Verify and act on a push. Returns the submission, or None for an ignored event."""
+    """Verify and act on a push. Returns the submission, or None for an ignored event.
+
+    A delivery that submits is recorded in the same transaction as its submission; a later
+    delivery with the same id or the same signed body is refused (409), so neither a replay
+    nor a forge's redelivery charges the team twice. A delivery that failed (the tag was not
+    on the server yet, a rule refused it) is not recorded and may be redelivered."""
+    verified = _verified_push(session, link_id, event, signature, body, headers or {})
+    if verified is None:
+        return None
+    row, push, delivery = verified
+    digest = hashlib.sha256(body).hexdigest()
+    _refuse_replay(session, row.id, delivery, digest)
+    _refuse_stale(settings, push)
+    phase = session.get(Phase, row.phase_id)
+    assert phase is not None
+    challenge = session.get(Challenge, phase.challenge_id)
+    user = session.get(User, row.user_id)
+    assert challenge is not None and user is not None
+    # The ref is resolved again through git: the payload's sha is not trusted.
+    submission = submissions.create(
+        session,
+        settings,
+        user,
+        challenge.slug,
+        phase.slug,
+        SubmissionCreate(
+            repository_url=row.repository_url,
+            ref=f"refs/tags/{push.tag}",
+            comment=f"webhook: tag {push.tag}",
+        ),
+    )
+    session.add(
+        WebhookDelivery(
+            link_id=row.id, delivery_id=delivery, body_sha256=digest, submission_id=submission.id
+        )
+    )
+    try:
+        session.flush()
+    except IntegrityError:
+        # The same delivery, arriving concurrently, committed first: this one rolls back.
+        raise Conflict(
+            f"{_delivery_name(delivery)} is being received already; a replayed webhook does "
+            "not submit again",
+            field="delivery",
+        ) from None
+    return submission
+
+
+def _verified_push(
+    session: Session,
+    link_id: int,
+    event: str | None,
+    signature: str | None,
+    body: bytes,
+    headers: Mapping[str, str],
+) -> tuple[RepositoryLink, webhooks.PushEvent, str | None] | None:
+    """The link, the tag push and its delivery id of a signed delivery; None when it is an
+    event that does not submit."""
     row = session.get(RepositoryLink, link_id)
     if row is None:
         raise NotFound(f"no repository link {link_id}", field="link")
@@ -84,6 +148,10 @@ def receive_push(
         raise Unauthorized("the X-Hub-Signature-256 signature does not match", field="signature")
     if event not in ("push", None):
         return None
+    try:
+        delivery = webhooks.delivery_id(headers)
+    except webhooks.WebhookError as exc:
+        raise InvalidInput(str(exc), field="delivery") from exc
     try:
         payload: Any = json.loads(body)
         push = webhooks.parse_push(payload)
@@ -97,24 +165,52 @@ def receive_push(
         )
     if not push.submits:
         return None  # only tag pushes submit
-    phase = session.get(Phase, row.phase_id)
-    assert phase is not None
-    challenge = session.get(Challenge, phase.challenge_id)
-    user = session.get(User, row.user_id)
-    assert challenge is not None and user is not None
-    # The ref is resolved again through git: the payload's sha is not trusted.
-    return submissions.create(
-        session,
-        settings,
-        user,
-        challenge.slug,
-        phase.slug,
-        SubmissionCreate(
-            repository_url=row.repository_url,
-            ref=f"refs/tags/{push.tag}",
-            comment=f"webhook: tag {push.tag}",
-        ),
+    return row, push, delivery
+
+
+def _delivery_name(delivery: str | None) -> str:
+    return f"delivery {delivery}" if delivery else "this payload"
+
+
+def _refuse_replay(session: Session, link_id: int, delivery: str | None, digest: str) -> None:
+    earlier = repository.earlier_delivery(session, link_id, delivery, digest)
+    if earlier is None:
+        return
+    if earlier.delivery_id is not None and earlier.delivery_id == delivery:
+        what = f"delivery {delivery} was already received"
+    elif earlier.delivery_id is not None:
+        # Delivery ids are not signed: the same signed body under a new id is a replay.
+        what = f"this payload was already received as delivery {earlier.delivery_id}"
+    else:
+        what = "this payload was already received"
+    raise Conflict(
+        f"{what} ({earlier.received_at:%Y-%m-%d %H:%M} UTC) and submitted; a replayed "
+        "webhook does not submit again",
+        field="delivery",
     )
+
+
+# Forges' and our clocks disagree by a little; a push from further ahead is made up.
+_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _refuse_stale(settings: Settings, push: webhooks.PushEvent) -> None:
+    if push.pushed_at is None:
+        return
+    now = utcnow()
+    if push.pushed_at > now + _CLOCK_SKEW:
+        raise Conflict(
+            f"the payload says the tag was pushed at {push.pushed_at:%Y-%m-%d %H:%M} UTC, "
+            "in the future; refused",
+            field="delivery",
+        )
+    if now - push.pushed_at > timedelta(seconds=settings.webhook_max_age_s):
+        raise Conflict(
+            f"the payload says the tag was pushed at {push.pushed_at:%Y-%m-%d %H:%M} UTC, "
+            f"older than the {settings.webhook_max_age_s} s a delivery is accepted for; "
+            "push a new tag to submit",
+            field="delivery",
+        )
 
 
 def trained_artifacts(session: Session, user: User, submission_id: int) -> str:

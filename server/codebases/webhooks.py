@@ -11,6 +11,16 @@ and should check the repository URL against the team's registered one.
 
 Formats read: GitHub and Gitea/Forgejo (`repository.clone_url`, `after`, `head_commit.id`),
 GitLab (`repository.git_http_url`, `checkout_sha`).
+
+Replays: a signed body stays valid forever, so the receiver records each delivery that
+submitted and refuses a second one (`server.codebases.service.receive_push`). Delivery ids
+(`delivery_id`): GitHub sends `X-GitHub-Delivery`, a GUID per event that its redeliveries
+keep; Gitea/Forgejo send `X-Gitea-Delivery` (Gogs `X-Gogs-Delivery`) and also
+`X-GitHub-Delivery`; GitLab sends `X-Gitlab-Event-UUID`. No forge signs these headers, so the
+signed body's digest is recorded too. Age: of the three, only GitHub's push payload carries
+the time of the push (`repository.pushed_at`, Unix seconds; `PushEvent.pushed_at`): a
+delivery whose push is older than `webhook_max_age_s` is refused. Gitea and GitLab push
+payloads have only commit times, which say nothing about when the tag was pushed.
 """
 
 from __future__ import annotations
@@ -20,11 +30,21 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 SIGNATURE_PREFIX = "sha256="
 EVENT_HEADER = "X-GitHub-Event"  # "push" for pushes, "ping" when the hook is created
+
+# Read in this order; the first present wins (Gitea sends its own and GitHub's, equal).
+DELIVERY_HEADERS = (
+    "X-GitHub-Delivery",
+    "X-Gitea-Delivery",
+    "X-Gogs-Delivery",
+    "X-Gitlab-Event-UUID",
+)
+_DELIVERY_ID_RE = re.compile(r"^[\x21-\x7e]{1,100}$")  # printable ASCII, no spaces
 
 ZERO_SHA = "0" * 40
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -43,6 +63,7 @@ class PushEvent:
     is_tag: bool
     tag: str | None  # the tag name without refs/tags/, for tag pushes
     deleted: bool = False
+    pushed_at: datetime | None = None  # GitHub's repository.pushed_at (module docstring)
 
     @property
     def submits(self) -> bool:
@@ -67,6 +88,21 @@ def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
     expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
     # compare_digest on ASCII str; non-hex or wrong-length input simply fails.
     return hmac.compare_digest(expected, received) if received.isascii() else False
+
+
+def delivery_id(headers: Mapping[str, str]) -> str | None:
+    """The forge's id for this delivery (module docstring); None when it sent none."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name in DELIVERY_HEADERS:
+        value = lowered.get(name.lower())
+        if value is None:
+            continue
+        if not _DELIVERY_ID_RE.match(value.strip()):
+            raise WebhookError(
+                f"header {name} is not a delivery id (1 to 100 printable characters)"
+            )
+        return value.strip()
+    return None
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -113,7 +149,18 @@ def parse_push(payload: Mapping[str, Any]) -> PushEvent:
     tag = ref[len(_TAG_PREFIX) :] if is_tag else None
     if is_tag and not tag:
         raise WebhookError("payload's tag ref has no tag name")
-    return PushEvent(repo_url=repo_url, ref=ref, sha=sha, is_tag=is_tag, tag=tag, deleted=deleted)
+    pushed = repository.get("pushed_at")
+    # Only a number: other GitHub events carry an ISO string here, Gitea nothing.
+    pushed_at = None
+    if isinstance(pushed, int | float) and not isinstance(pushed, bool):
+        try:
+            pushed_at = datetime.fromtimestamp(pushed, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise WebhookError("payload's repository.pushed_at is not a valid time") from None
+    return PushEvent(
+        repo_url=repo_url, ref=ref, sha=sha, is_tag=is_tag, tag=tag, deleted=deleted,
+        pushed_at=pushed_at,
+    )  # fmt: skip
 
 
 def _is_sha(value: object) -> bool:

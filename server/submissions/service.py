@@ -138,14 +138,12 @@ def create(
 
 def _resolve_codebase(settings: Settings, url: str, ref: str) -> tuple[str, str]:
     from server.codebases import git
+    from server.codebases.addresses import AddressPolicy
 
     try:
-        clean = git.validate_repository_url(
-            url,
-            settings.allowed_local_repo_roots,
-            allow_loopback=settings.allow_loopback_repos,
-        )
-        return clean, git.resolve_ref(clean, ref, settings.git_timeout_s)
+        policy = AddressPolicy.from_settings(settings)
+        clean = git.validate_repository_url(url, settings.allowed_local_repo_roots, policy=policy)
+        return clean, git.resolve_ref(clean, ref, settings.git_timeout_s, policy=policy)
     except git.CodebaseError as exc:
         raise InvalidInput(exc.message, field=exc.field) from exc
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from server.codebases.addresses import AddressPolicy
 from server.codebases.git import (
     REF_FIELD,
     URL_FIELD,
@@ -51,6 +52,7 @@ from worker.builder import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = AddressPolicy(allow_loopback=True)  # the servers here listen on 127.0.0.1
 BASE_IMAGE = "heldout/base:bookworm"
 MB = 1_000_000
 
@@ -82,7 +84,7 @@ class Served:
             raw = self.dumb.url(name)
         else:
             raw = f"file://{self.factory.root / (name + '.git')}"
-        return validate_repository_url(raw, [self.factory.root], allow_loopback=True)
+        return validate_repository_url(raw, [self.factory.root], policy=LOOPBACK)
 
 
 @pytest.fixture(scope="module")
@@ -106,29 +108,29 @@ def factory(tmp_path: Path) -> RepoFactory:
 def test_resolve_branch_tag_and_sha(served: Served, transport: str) -> None:
     url = served.url(transport, "codebase")
     repo = served.codebase
-    assert resolve_ref(url, "main", 10) == served.second
-    assert resolve_ref(url, "refs/heads/main", 10) == served.second
-    assert resolve_ref(url, "HEAD", 10) == served.second
+    assert resolve_ref(url, "main", 10, policy=LOOPBACK) == served.second
+    assert resolve_ref(url, "refs/heads/main", 10, policy=LOOPBACK) == served.second
+    assert resolve_ref(url, "HEAD", 10, policy=LOOPBACK) == served.second
     # An annotated tag resolves to its commit, not to the tag object.
     tag_object = repo.git("rev-parse", "v1")
     assert tag_object != served.first
-    assert resolve_ref(url, "v1", 10) == served.first
-    assert resolve_ref(url, "refs/tags/v1", 10) == served.first
-    assert resolve_ref(url, "light", 10) == served.second
+    assert resolve_ref(url, "v1", 10, policy=LOOPBACK) == served.first
+    assert resolve_ref(url, "refs/tags/v1", 10, policy=LOOPBACK) == served.first
+    assert resolve_ref(url, "light", 10, policy=LOOPBACK) == served.second
     # Abbreviated and full shas of advertised commits.
-    assert resolve_ref(url, served.second[:10], 10) == served.second
-    assert resolve_ref(url, served.first.upper()[:12], 10) == served.first
-    assert resolve_ref(url, served.first, 10) == served.first
+    assert resolve_ref(url, served.second[:10], 10, policy=LOOPBACK) == served.second
+    assert resolve_ref(url, served.first.upper()[:12], 10, policy=LOOPBACK) == served.first
+    assert resolve_ref(url, served.first, 10, policy=LOOPBACK) == served.first
 
 
 def test_full_sha_not_advertised_is_returned_unverified(served: Served) -> None:
     url = served.url("git", "codebase")
     unknown = "0123456789abcdef0123456789abcdef01234567"
-    assert resolve_ref(url, unknown, 10) == unknown
+    assert resolve_ref(url, unknown, 10, policy=LOOPBACK) == unknown
     # ...and the clone is what proves it does not exist.
     with pytest.raises(CloneError, match=f"commit {unknown} does not exist"):
         clone(url, unknown, Path(served.factory.root.parent / "unknown"), max_bytes=MB,
-              timeout_s=30)  # fmt: skip
+              timeout_s=30, policy=LOOPBACK)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -143,7 +145,7 @@ def test_full_sha_not_advertised_is_returned_unverified(served: Served) -> None:
 )
 def test_unusable_refs_name_the_ref(served: Served, ref: str, fragment: str) -> None:
     with pytest.raises(CodebaseError) as info:
-        resolve_ref(served.url("git", "codebase"), ref, 10)
+        resolve_ref(served.url("git", "codebase"), ref, 10, policy=LOOPBACK)
     assert info.value.field == REF_FIELD
     assert fragment in info.value.message
 
@@ -151,7 +153,7 @@ def test_unusable_refs_name_the_ref(served: Served, ref: str, fragment: str) -> 
 def test_missing_repository_is_a_url_error(served: Served) -> None:
     for transport in ("git", "http"):
         with pytest.raises(CodebaseError) as info:
-            resolve_ref(served.url(transport, "does-not-exist"), "main", 10)
+            resolve_ref(served.url(transport, "does-not-exist"), "main", 10, policy=LOOPBACK)
         assert info.value.field == URL_FIELD
         assert "could not list the branches and tags" in info.value.message
 
@@ -160,7 +162,7 @@ def test_redirects_are_not_followed(served: Served) -> None:
     """A public URL that redirects could point the server at its own network."""
     base = served.smart.url("codebase").rsplit("/", 1)[0] + "/"
     with RedirectServer(base) as redirect:
-        url = validate_repository_url(redirect.url("codebase"), [], allow_loopback=True)
+        url = validate_repository_url(redirect.url("codebase"), [], policy=LOOPBACK)
         # Control: git's default settings follow the redirect to the repository.
         control = subprocess.run(
             ["git", "ls-remote", "--", url, "refs/heads/main"],
@@ -169,17 +171,17 @@ def test_redirects_are_not_followed(served: Served) -> None:
         )  # fmt: skip
         assert served.second in control.stdout
         with pytest.raises(CodebaseError) as info:
-            resolve_ref(url, "main", 10)
+            resolve_ref(url, "main", 10, policy=LOOPBACK)
     assert info.value.field == URL_FIELD
     assert "redirects elsewhere" in info.value.message
 
 
 def test_hung_server_times_out() -> None:
     with SilentServer() as silent:
-        url = validate_repository_url(silent.url("x"), [], allow_loopback=True)
+        url = validate_repository_url(silent.url("x"), [], policy=LOOPBACK)
         started = time.monotonic()
         with pytest.raises(CodebaseError) as info:
-            resolve_ref(url, "main", 1.5)
+            resolve_ref(url, "main", 1.5, policy=LOOPBACK)
         elapsed = time.monotonic() - started
     assert info.value.field == URL_FIELD
     assert "did not answer within 1.5 s" in info.value.message
@@ -196,7 +198,7 @@ def test_clone_checks_out_the_commit(
 ) -> None:
     url = served.url(transport, "codebase")
     dest = tmp_path / "checkout"
-    result = clone(url, served.first, dest, max_bytes=10 * MB, timeout_s=60)
+    result = clone(url, served.first, dest, max_bytes=10 * MB, timeout_s=60, policy=LOOPBACK)
     assert result.commit == served.first
     assert result.shallow is shallow  # dumb http cannot fetch by sha: full-fetch fallback
     assert (dest / "training" / "train.py").read_text() == "print('training')\n"
@@ -239,7 +241,7 @@ def test_clone_runs_no_hooks(
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(evil_home / ".gitconfig"))
     monkeypatch.setenv("GIT_TEMPLATE_DIR", str(template))
     dest = tmp_path / "checkout"
-    clone(url, commit, dest, max_bytes=10 * MB, timeout_s=60)
+    clone(url, commit, dest, max_bytes=10 * MB, timeout_s=60, policy=LOOPBACK)
     assert (dest / ".githooks" / "post-checkout").is_file()  # checked out, never run
     assert not served.marker.exists()
     assert not (dest / ".git" / "hooks").exists()  # no template hooks either
@@ -248,12 +250,12 @@ def test_clone_runs_no_hooks(
 def test_clone_size_cap_stops_the_fetch(factory: RepoFactory, tmp_path: Path) -> None:
     big_file_repo(factory, 40 * MB)
     with GitDaemon(factory.root) as daemon:
-        url = validate_repository_url(daemon.url("big"), [], allow_loopback=True)
-        commit = resolve_ref(url, "main", 10)
+        url = validate_repository_url(daemon.url("big"), [], policy=LOOPBACK)
+        commit = resolve_ref(url, "main", 10, policy=LOOPBACK)
         dest = tmp_path / "checkout"
         started = time.monotonic()
         with pytest.raises(CloneError, match="larger than the cap of 2 MB") as info:
-            clone(url, commit, dest, max_bytes=2 * MB, timeout_s=60)
+            clone(url, commit, dest, max_bytes=2 * MB, timeout_s=60, policy=LOOPBACK)
         elapsed = time.monotonic() - started
     print(f"size cap: {info.value.message!r} after {elapsed:.2f} s")
     assert not (dest / "training" / "weights.bin").exists()
@@ -265,7 +267,7 @@ def test_clone_refuses_a_small_pack_that_checks_out_huge(
 ) -> None:
     compressible_bomb_repo(factory, 30 * MB)
     url = f"file://{factory.root / 'bomb.git'}"
-    commit = resolve_ref(url, "main", 10)
+    commit = resolve_ref(url, "main", 10, policy=LOOPBACK)
     dest = tmp_path / "checkout"
     with pytest.raises(CloneError, match=r"checks out 30 MB of files, above the cap of 5 MB"):
         clone(url, commit, dest, max_bytes=5 * MB, timeout_s=60)
@@ -274,10 +276,11 @@ def test_clone_refuses_a_small_pack_that_checks_out_huge(
 
 def test_clone_time_cap(factory: RepoFactory, tmp_path: Path) -> None:
     with SilentServer() as silent:
-        url = validate_repository_url(silent.url("x"), [], allow_loopback=True)
+        url = validate_repository_url(silent.url("x"), [], policy=LOOPBACK)
         started = time.monotonic()
         with pytest.raises(CloneError, match="cloning took longer than 1 s"):
-            clone(url, "a" * 40, tmp_path / "checkout", max_bytes=MB, timeout_s=1)
+            clone(url, "a" * 40, tmp_path / "checkout", max_bytes=MB, timeout_s=1,
+                  policy=LOOPBACK)  # fmt: skip
         assert time.monotonic() - started < 5
 
 
@@ -315,9 +318,10 @@ LFS_POINTER = (
 )
 
 
-def test_lfs_pointers_without_git_lfs_fail_clearly(
-    factory: RepoFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_lfs_pointer_without_its_object_names_the_file(
+    factory: RepoFactory, tmp_path: Path
 ) -> None:
+    """git-lfs is not needed on the worker (heldout fetches LFS objects itself)."""
     repo = factory.create("lfs")
     repo.commit(
         {
@@ -325,24 +329,22 @@ def test_lfs_pointers_without_git_lfs_fail_clearly(
             "inference/model.pt": LFS_POINTER,
         }
     )
-    monkeypatch.setattr(builder, "git_lfs_available", lambda sandbox: False)
     with pytest.raises(
-        CloneError, match=r"keeps 1 file\(s\) in Git LFS \(e.g. 'inference/model.pt'\)"
+        CloneError, match=r"1 Git LFS object\(s\) are missing .* for 'inference/model.pt'"
     ):
         clone(repo.file_url, repo.sha("HEAD"), tmp_path / "c", max_bytes=MB, timeout_s=30)
 
 
-def test_lfs_attributes_without_pointers_need_no_lfs(
-    factory: RepoFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lfs_attributes_without_pointers_need_no_lfs(factory: RepoFactory, tmp_path: Path) -> None:
     repo = factory.create("lfs-unused")
     repo.commit({".gitattributes": "*.pt filter=lfs\n", "train.py": "print(1)\n"})
-    monkeypatch.setattr(builder, "git_lfs_available", lambda sandbox: False)
     result = clone(repo.file_url, repo.sha("HEAD"), tmp_path / "c", max_bytes=MB, timeout_s=30)
     assert result.lfs_files == 0
 
 
-needs_git_lfs = pytest.mark.skipif(not git_lfs_installed(), reason="git-lfs is not installed")
+needs_git_lfs = pytest.mark.skipif(
+    not git_lfs_installed(), reason="git-lfs is needed to make the test repositories"
+)
 
 
 @needs_git_lfs
@@ -369,7 +371,7 @@ def test_lfs_object_missing_on_the_server(factory: RepoFactory, tmp_path: Path) 
     # A pointer committed without its object (as after a forgotten `git lfs push`).
     repo.git("lfs", "uninstall", "--local")
     repo.commit({"model.bin": LFS_POINTER})
-    with pytest.raises(CloneError, match="git lfs pull"):
+    with pytest.raises(CloneError, match="missing on the LFS server"):
         clone(repo.file_url, repo.sha("HEAD"), tmp_path / "c", max_bytes=MB, timeout_s=60)
 
 
@@ -403,7 +405,8 @@ def tag(docker_client: docker.DockerClient) -> Iterator[str]:
 
 def _checkout(served: Served, tmp_path: Path, commit: str) -> Path:
     dest = tmp_path / "checkout"
-    clone(served.url("git", "codebase"), commit, dest, max_bytes=10 * MB, timeout_s=60)
+    clone(served.url("git", "codebase"), commit, dest, max_bytes=10 * MB, timeout_s=60,
+          policy=LOOPBACK)  # fmt: skip
     return dest
 
 

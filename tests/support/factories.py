@@ -148,3 +148,30 @@ def submit_blob(
         json={"upload": key},
         headers=auth(token),
     )
+
+
+def codebase_challenge(api: Any, settings: Settings, root: Path) -> tuple[str, str]:
+    """A challenge `stoic` with one codebase phase `final` (fake images: nothing is trained).
+
+    Returns (organizer token, participant token)."""
+    phase: dict[str, Any] = yaml.safe_load(STOIC_PHASE)
+    phase.update(
+        slug="final",
+        title="Final",
+        kind="codebase",
+        test_dataset="test",
+        training_dataset="train",
+        limits={"wall_time_s": 60},
+    )
+    bundle = {
+        "version": 1,
+        "slug": "stoic",
+        "title": "STOIC final",
+        "datasets": [{"slug": "test", "path": "test"}, {"slug": "train", "path": "train"}],
+        "phases": [phase],
+    }
+    admin = user_token(settings, "organizer", admin=True)
+    datasets = {slug: write_dataset(root / slug, stoic_cases()) for slug in ("test", "train")}
+    r = apply_bundle(api, admin, bundle, datasets)
+    assert r.status_code == 200, r.text
+    return admin, user_token(settings, "alice")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -31,6 +32,11 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     )
     if settings.database_url:
         env["HELDOUT_DATABASE_URL"] = settings.database_url
+    # The worker checks repository addresses again before cloning, by its own settings.
+    env["HELDOUT_ALLOW_LOOPBACK_REPOS"] = str(settings.allow_loopback_repos).lower()
+    env["HELDOUT_ALLOWED_REPO_NETWORKS"] = json.dumps(
+        [str(n) for n in settings.allowed_repo_networks]
+    )
     env.update(extra)
     return env
 

@@ -15,8 +15,8 @@ from worker.builder import (
     _link_escapes,
     _record,
     assemble_inference_context,
-    lfs_endpoint,
 )
+from worker.lfs import lfs_endpoint
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import hmac
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from server.codebases.webhooks import (
     ZERO_SHA,
     WebhookError,
+    delivery_id,
     parse_push,
     sign,
     verify_signature,
@@ -154,3 +156,32 @@ def _without(key: str) -> dict[str, Any]:
 def test_malformed_payloads(payload: Any, fragment: str) -> None:
     with pytest.raises(WebhookError, match=fragment):
         parse_push(payload)
+
+
+def test_delivery_id_from_each_forge_header() -> None:
+    assert delivery_id({"X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}) == (
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    )
+    assert delivery_id({"x-gitea-delivery": " 1b2c "}) == "1b2c"  # case-insensitive, trimmed
+    assert delivery_id({"X-Gitlab-Event-UUID": "u-1"}) == "u-1"
+    # Gitea sends both of its own and GitHub's header: GitHub's is read first.
+    assert delivery_id({"X-Gitea-Delivery": "b", "X-GitHub-Delivery": "a"}) == "a"
+    assert delivery_id({"Content-Type": "application/json"}) is None
+    for bad in ("", "has space", "x" * 101, "caf\u00e9"):
+        with pytest.raises(WebhookError, match="X-GitHub-Delivery is not a delivery id"):
+            delivery_id({"X-GitHub-Delivery": bad})
+
+
+def test_pushed_at_is_read_only_as_github_push_time() -> None:
+    base = {"ref": "refs/tags/v1", "after": COMMIT, "repository": {"clone_url": "https://h/r"}}
+    at = copy.deepcopy(base)
+    at["repository"]["pushed_at"] = 1_700_000_000
+    assert parse_push(at).pushed_at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    iso = copy.deepcopy(base)
+    iso["repository"]["pushed_at"] = "2023-11-14T22:13:20Z"  # other events: not a push time
+    assert parse_push(iso).pushed_at is None
+    assert parse_push(base).pushed_at is None
+    huge = copy.deepcopy(base)
+    huge["repository"]["pushed_at"] = 10**20
+    with pytest.raises(WebhookError, match="pushed_at"):
+        parse_push(huge)
