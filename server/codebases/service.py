@@ -78,9 +78,9 @@ def receive_push(
 ) -> Submission | None:
     """Verify and act on a push. Returns the submission, or None for an ignored event."""
     row = session.get(RepositoryLink, link_id)
-    if row is None:
-        raise NotFound(f"no repository link {link_id}", field="link")
-    if not webhooks.verify_signature(row.secret.encode(), body, signature):
+    # A missing link answers as a bad signature does: the webhook is unauthenticated, and
+    # link ids must not be enumerable.
+    if row is None or not webhooks.verify_signature(row.secret.encode(), body, signature):
         raise Unauthorized("the X-Hub-Signature-256 signature does not match", field="signature")
     if event not in ("push", None):
         return None

@@ -178,10 +178,11 @@ def test_teams_do_not_overlap(api: TestClient, settings: Settings, tmp_path: Pat
     team = api.post(
         "/api/v1/challenges/stoic/teams", json={"name": "Lungs"}, headers=auth(alice)
     ).json()
-    r = api.post(
-        f"/api/v1/teams/{team['id']}/members", json={"username": "bob"}, headers=auth(alice)
-    )
-    assert r.status_code == 201 and r.json()["members"] == ["alice", "bob"]
+    inv = api.post(
+        f"/api/v1/teams/{team['id']}/invitations", json={"username": "bob"}, headers=auth(alice)
+    ).json()
+    r = api.post(f"/api/v1/team-invitations/{inv['id']}/accept", headers=auth(bob))
+    assert r.status_code == 200 and r.json()["members"] == ["alice", "bob"]
     again = api.post("/api/v1/challenges/stoic/teams", json={"name": "Other"}, headers=auth(bob))
     assert again.status_code == 409 and "at most one" in again.json()["detail"]
     # Limits count per team: alice's submission uses bob's quota too.
