@@ -201,16 +201,8 @@ def _race(settings: Settings, n: int) -> list[str]:
             uploads.start(session, store, user, "x.tar", 1, 10, expected_digest=None).key
             for _ in range(n)
         ]
-    import asyncio
-
-    async def body(data: bytes):  # type: ignore[no-untyped-def]
-        yield data
-
     for key in keys:
-        with session_scope(settings) as session:
-            user = accounts_repo.get_user_by_name(session, "alice")
-            up = uploads.get_own(session, user, key)  # type: ignore[arg-type]
-            asyncio.run(uploads.append(session, store, up, 0, body(b"x")))
+        uploads.append(settings, store, user, key, 0, [b"x"])
 
     barrier = threading.Barrier(n)
     outcomes: list[str] = []
