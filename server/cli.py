@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from server.config import get_settings
+from server import config
 
 app = typer.Typer(
     help="heldout: medical-imaging challenges on sequestered data.", no_args_is_help=True
@@ -36,6 +36,20 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 JsonOpt = typer.Option(False, "--json", help="machine-readable output")
 FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def get_settings() -> config.Settings:
+    """The settings; a refused one (the production guard, a malformed value) ends the
+    command with one line per problem instead of a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return config.get_settings()
+    except ValidationError as exc:
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            err.print(f"error: {where + ': ' if where else ''}{e['msg']}", markup=False)
+        raise typer.Exit(2) from None
 
 
 def _client() -> Any:
