@@ -11,7 +11,7 @@ from server.db import Base, UTCDateTime, utcnow
 class Upload(Base):
     """A resumable upload: verified chunks are appended at `received` until `complete`.
 
-    `received` only ever moves past a chunk whose bytes are on disk (fsynced) and logged in
+    `received` only ever moves past a chunk whose bytes are written and logged in
     `upload_chunks`; `digest` is set once, from the stored bytes, when the upload completes."""
 
     __tablename__ = "uploads"

@@ -5,8 +5,8 @@ truth, a chunk must start exactly there (409 with the offset otherwise), and a c
 carry its SHA-256 in an `Upload-Checksum: sha256 <base64>` header (tus checksum extension).
 
 - A chunk counts whole or not at all. Its bytes are written after the committed prefix of
-  the part file and fsynced, then one short transaction advances `received` and logs the
-  chunk's digest. A chunk that is refused (too large, wrong checksum) or cut off (socket
+  the part file, then one short transaction advances `received` and logs the chunk's
+  digest. A chunk that is refused (too large, wrong checksum) or cut off (socket
   closed, server killed, before or after its body) leaves `received` where it was; the next
   chunk truncates whatever it left behind. No transaction is open while a body is read.
 - One chunk of an upload is received at a time, under an exclusive lock on its part file
@@ -258,9 +258,9 @@ def _write_chunk(
     length: int | None,
     checksum: bytes | None,
 ) -> tuple[int, str]:
-    """Write the chunk after the committed prefix and fsync it; returns its length and
-    digest. On any failure the bytes written are cut off again (tidiness only: they are
-    beyond `received`, and the next chunk truncates there anyway)."""
+    """Write the chunk after the committed prefix; returns its length and digest. On any
+    failure the bytes written are cut off again (tidiness only: they are beyond
+    `received`, and the next chunk truncates there anyway)."""
     h = hashlib.sha256()
     n = 0
     f.truncate(offset)
@@ -285,8 +285,10 @@ def _write_chunk(
                 field="upload_checksum",
                 received=offset,
             )
+        # No fsync per chunk: a process killed later loses nothing (the page cache
+        # survives it), and bytes a power cut loses are found at completion, where every
+        # chunk is checked against its logged digest and a damaged one is sent again.
         f.flush()
-        os.fsync(f.fileno())
     except BaseException:
         f.truncate(offset)
         raise
@@ -316,6 +318,7 @@ def _finish(
             f"{upload.expected_digest}; start again",
             field="expected_digest",
         )
+    os.fsync(f.fileno())  # durable before the database calls it complete
     part = _part(store, upload.key)
     # Linked in before the commit, unlinked after: a crash in between leaves the bytes
     # under both names, and the next request for this upload finishes it again.

@@ -407,7 +407,10 @@ def _put_raw(live: LiveServer, key: str, offset: int, data: bytes, **headers: st
 
 def _run_op(live: LiveServer, key: str, data: bytes, op: tuple[str, int, int]) -> None:
     kind, a, b = op
-    received = _status(live, key)["received"]
+    before = _status(live, key)
+    if before["status"] == "complete":
+        return
+    received = before["received"]
     n = min(a, len(data) - received)
     chunk = data[received : received + n]
     if kind == "chunk":
