@@ -250,3 +250,37 @@ def test_push_webhook_answers_alike_for_missing_links(
         api.post(f"/api/v1/webhooks/push/{link_id}", content=body, headers=sig),
         api.post(f"/api/v1/webhooks/push/{link_id + 999}", content=body, headers=sig),
     )
+
+
+def test_a_leavers_repository_link_goes_with_them(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """A link submits as the user who made it; once they leave, it must not submit into
+    their next team (or anyone's)."""
+    from server.accounts import repository as accounts_repo
+    from server.codebases import service as codebases
+    from server.codebases import webhooks
+    from server.db import session_scope
+
+    phase = {"kind": "codebase", "training_dataset": "test"}
+    admin = user_token(settings, "admin", admin=True)
+    ds = write_dataset(tmp_path / "test", stoic_cases())
+    bundle = stoic_bundle(extra_phase=phase)
+    assert apply_bundle(api, admin, bundle, {"test": ds}).status_code == 200
+    alice, bob = user_token(settings, "alice"), user_token(settings, "bob")
+    team = _team(api, bob, "Lungs")
+    inv = _invite(api, bob, team["id"], "alice").json()
+    api.post(f"/api/v1/team-invitations/{inv['id']}/accept", headers=auth(alice))
+    repo = tmp_path / "repos" / "team"
+    repo.mkdir(parents=True)
+    local = settings.model_copy(update={"allowed_local_repo_roots": [tmp_path / "repos"]})
+    with session_scope(settings) as session:
+        user = accounts_repo.get_user_by_name(session, "alice")
+        assert user is not None
+        link, secret = codebases.link(session, local, user, "stoic", "qualification", str(repo))
+        link_id = link.id
+    assert api.post(f"/api/v1/teams/{team['id']}/leave", headers=auth(alice)).status_code == 200
+    body = b'{"ref": "refs/tags/v1"}'
+    signed = {"X-Hub-Signature-256": webhooks.sign(secret.encode(), body)}
+    r = api.post(f"/api/v1/webhooks/push/{link_id}", content=body, headers=signed)
+    assert r.status_code == 401, r.text
