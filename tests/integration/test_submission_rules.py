@@ -19,23 +19,8 @@ from server.storage import ArtifactStore
 from server.submissions import service as submissions
 from server.submissions.schemas import SubmissionCreate
 from server.uploads import service as uploads
-from tests.support.factories import (
-    apply_bundle,
-    auth,
-    stoic_bundle,
-    stoic_cases,
-    submit_blob,
-    user_token,
-    write_dataset,
-)
-
-
-def _challenge(api: TestClient, settings: Settings, tmp_path: Path, **kw: Any) -> str:
-    admin = user_token(settings, "admin", admin=True)
-    ds = write_dataset(tmp_path / "test", stoic_cases())
-    r = apply_bundle(api, admin, stoic_bundle(**kw), {"test": ds})
-    assert r.status_code == 200, r.text
-    return admin
+from tests.support.factories import auth, submit_blob, user_token
+from tests.support.factories import stoic_challenge as _challenge
 
 
 def test_accepted_submission_starts_validation(

@@ -10,22 +10,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from server.config import Settings
-from tests.support.factories import (
-    apply_bundle,
-    auth,
-    stoic_bundle,
-    stoic_cases,
-    submit_blob,
-    user_token,
-    write_dataset,
-)
-
-
-def _challenge(api: TestClient, settings: Settings, tmp_path: Path, **kw: Any) -> str:
-    admin = user_token(settings, "admin", admin=True)
-    ds = write_dataset(tmp_path / "test", stoic_cases())
-    assert apply_bundle(api, admin, stoic_bundle(**kw), {"test": ds}).status_code == 200
-    return admin
+from tests.support.factories import auth, stoic_challenge, submit_blob, user_token
 
 
 def _team(api: TestClient, token: str, name: str) -> dict[str, Any]:
@@ -53,7 +38,7 @@ def _pending(api: TestClient, token: str) -> list[dict[str, Any]]:
 def test_no_one_is_added_to_a_team_without_consent(
     api: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
-    _challenge(api, settings, tmp_path)
+    stoic_challenge(api, settings, tmp_path)
     alice, bob = user_token(settings, "alice"), user_token(settings, "bob")
     team = _team(api, alice, "Lungs")
     sub = submit_blob(api, alice).json()
@@ -79,7 +64,7 @@ def test_no_one_is_added_to_a_team_without_consent(
 def test_invite_accept_decline_and_leave(
     api: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
-    _challenge(api, settings, tmp_path)
+    stoic_challenge(api, settings, tmp_path)
     alice, bob, carol = (user_token(settings, u) for u in ("alice", "bob", "carol"))
     dave = user_token(settings, "dave")
     team = _team(api, alice, "Lungs")
@@ -126,7 +111,7 @@ def test_invite_accept_decline_and_leave(
 def test_no_quota_hopping(api: TestClient, settings: Settings, tmp_path: Path) -> None:
     """A team that has submitted keeps its members: no one leaves it to submit again
     elsewhere, and a user who has submitted cannot join another team of the challenge."""
-    _challenge(api, settings, tmp_path, rules={"max_submissions": 1})
+    stoic_challenge(api, settings, tmp_path, rules={"max_submissions": 1})
     alice, bob, carol = (user_token(settings, u) for u in ("alice", "bob", "carol"))
     team = _team(api, alice, "Lungs")
     inv = _invite(api, alice, team["id"], "bob").json()
@@ -161,7 +146,7 @@ def _same(a: Any, b: Any) -> None:
 def test_hidden_objects_answer_like_missing_ones(
     api: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
-    _challenge(api, settings, tmp_path)
+    stoic_challenge(api, settings, tmp_path)
     alice, eve = user_token(settings, "alice"), user_token(settings, "eve")
     user_token(settings, "bob")
     team = _team(api, alice, "Lungs")
@@ -221,30 +206,34 @@ def test_hidden_objects_answer_like_missing_ones(
     )  # fmt: skip
 
 
+def _codebase_link(
+    api: TestClient, settings: Settings, tmp_path: Path, username: str
+) -> tuple[int, str]:
+    """A codebase phase and a repository link made by `username`: (link id, secret)."""
+    from server.accounts import repository as accounts_repo
+    from server.codebases import service as codebases
+    from server.db import session_scope
+
+    stoic_challenge(
+        api, settings, tmp_path, extra_phase={"kind": "codebase", "training_dataset": "test"}
+    )
+    repo = tmp_path / "repos" / "team"
+    repo.mkdir(parents=True)
+    local = settings.model_copy(update={"allowed_local_repo_roots": [tmp_path / "repos"]})
+    with session_scope(settings) as session:
+        user = accounts_repo.get_user_by_name(session, username)
+        assert user is not None
+        link, secret = codebases.link(session, local, user, "stoic", "qualification", str(repo))
+        return link.id, secret
+
+
 def test_push_webhook_answers_alike_for_missing_links(
     api: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
     """The webhook is unauthenticated: a wrong signature and a missing link look the same,
     so link ids cannot be enumerated."""
-    from server.accounts import repository as accounts_repo
-    from server.codebases import service as codebases
-    from server.db import session_scope
-
-    phase = {"kind": "codebase", "training_dataset": "test"}
-    admin = user_token(settings, "admin", admin=True)
-    ds = write_dataset(tmp_path / "test", stoic_cases())
-    assert (
-        apply_bundle(api, admin, stoic_bundle(extra_phase=phase), {"test": ds}).status_code == 200
-    )
     user_token(settings, "alice")
-    repo = tmp_path / "repos" / "team"
-    repo.mkdir(parents=True)
-    local = settings.model_copy(update={"allowed_local_repo_roots": [tmp_path / "repos"]})
-    with session_scope(settings) as session:
-        alice = accounts_repo.get_user_by_name(session, "alice")
-        assert alice is not None
-        link, _ = codebases.link(session, local, alice, "stoic", "qualification", str(repo))
-        link_id = link.id
+    link_id, _ = _codebase_link(api, settings, tmp_path, "alice")
     body, sig = b'{"ref": "refs/tags/v1"}', {"X-Hub-Signature-256": "sha256=" + "0" * 64}
     _same(
         api.post(f"/api/v1/webhooks/push/{link_id}", content=body, headers=sig),
@@ -257,28 +246,13 @@ def test_a_leavers_repository_link_goes_with_them(
 ) -> None:
     """A link submits as the user who made it; once they leave, it must not submit into
     their next team (or anyone's)."""
-    from server.accounts import repository as accounts_repo
-    from server.codebases import service as codebases
     from server.codebases import webhooks
-    from server.db import session_scope
 
-    phase = {"kind": "codebase", "training_dataset": "test"}
-    admin = user_token(settings, "admin", admin=True)
-    ds = write_dataset(tmp_path / "test", stoic_cases())
-    bundle = stoic_bundle(extra_phase=phase)
-    assert apply_bundle(api, admin, bundle, {"test": ds}).status_code == 200
     alice, bob = user_token(settings, "alice"), user_token(settings, "bob")
+    link_id, secret = _codebase_link(api, settings, tmp_path, "alice")
     team = _team(api, bob, "Lungs")
     inv = _invite(api, bob, team["id"], "alice").json()
     api.post(f"/api/v1/team-invitations/{inv['id']}/accept", headers=auth(alice))
-    repo = tmp_path / "repos" / "team"
-    repo.mkdir(parents=True)
-    local = settings.model_copy(update={"allowed_local_repo_roots": [tmp_path / "repos"]})
-    with session_scope(settings) as session:
-        user = accounts_repo.get_user_by_name(session, "alice")
-        assert user is not None
-        link, secret = codebases.link(session, local, user, "stoic", "qualification", str(repo))
-        link_id = link.id
     assert api.post(f"/api/v1/teams/{team['id']}/leave", headers=auth(alice)).status_code == 200
     body = b'{"ref": "refs/tags/v1"}'
     signed = {"X-Hub-Signature-256": webhooks.sign(secret.encode(), body)}
