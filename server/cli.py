@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from server.config import get_settings
+from server import config
 
 app = typer.Typer(
     help="heldout: medical-imaging challenges on sequestered data.", no_args_is_help=True
@@ -28,14 +28,32 @@ app = typer.Typer(
 challenge_app = typer.Typer(help="Create and update challenges.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+team_app = typer.Typer(
+    help="Teams: invitations the invitee accepts, leaving.", no_args_is_help=True
+)
 app.add_typer(challenge_app, name="challenge")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+app.add_typer(team_app, name="team")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 JsonOpt = typer.Option(False, "--json", help="machine-readable output")
 FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def get_settings() -> config.Settings:
+    """The settings; a refused one (the production guard, a malformed value) ends the
+    command with one line per problem instead of a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return config.get_settings()
+    except ValidationError as exc:
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            err.print(f"error: {where + ': ' if where else ''}{e['msg']}", markup=False)
+        raise typer.Exit(2) from None
 
 
 def _client() -> Any:
@@ -375,6 +393,73 @@ def cancel(submission_id: int = typer.Argument(...), as_json: bool = JsonOpt) ->
     sub = _call(_client().post, f"/submissions/{submission_id}/cancel")
     if not _emit(sub, as_json):
         out.print(f"submission {sub['id']}: {sub['status']}")
+
+
+def _print_team(team: dict[str, Any]) -> None:
+    out.print(f"team {team['name']} (id {team['id']}): {', '.join(team['members'])}")
+    if team.get("invited"):
+        out.print(f"invited: {', '.join(team['invited'])}")
+
+
+@team_app.command("create")
+def team_create(challenge: str, name: str, as_json: bool = JsonOpt) -> None:
+    """Found a team in a challenge (you become its first member)."""
+    team = _call(_client().post, f"/challenges/{challenge}/teams", {"name": name})
+    if not _emit(team, as_json):
+        _print_team(team)
+
+
+@team_app.command("show")
+def team_show(challenge: str, as_json: bool = JsonOpt) -> None:
+    """Your team in a challenge: members and pending invitations."""
+    team = _call(_client().get, f"/challenges/{challenge}/teams/mine")
+    if not _emit(team, as_json):
+        _print_team(team)
+
+
+@team_app.command("invite")
+def team_invite(team_id: int, username: str, as_json: bool = JsonOpt) -> None:
+    """Invite a user into your team; they join only if they accept."""
+    inv = _call(_client().post, f"/teams/{team_id}/invitations", {"username": username})
+    if not _emit(inv, as_json):
+        out.print(f"invitation {inv['id']}: {inv['invitee']} to {inv['team']}, {inv['status']}")
+
+
+@team_app.command("invitations")
+def team_invitations(as_json: bool = JsonOpt) -> None:
+    """Invitations waiting for your answer."""
+    invs = _call(_client().get, "/team-invitations")
+    if not _emit(invs, as_json):
+        for inv in invs:
+            out.print(
+                f"invitation {inv['id']}: team {inv['team']} in {inv['challenge']}, "
+                f"from {inv['invited_by']}"
+            )
+        if not invs:
+            out.print("no pending invitations")
+
+
+@team_app.command("accept")
+def team_accept(invitation_id: int, as_json: bool = JsonOpt) -> None:
+    """Accept an invitation and join its team."""
+    team = _call(_client().post, f"/team-invitations/{invitation_id}/accept")
+    if not _emit(team, as_json):
+        _print_team(team)
+
+
+@team_app.command("decline")
+def team_decline(invitation_id: int, as_json: bool = JsonOpt) -> None:
+    inv = _call(_client().post, f"/team-invitations/{invitation_id}/decline")
+    if not _emit(inv, as_json):
+        out.print(f"invitation {inv['id']}: {inv['status']}")
+
+
+@team_app.command("leave")
+def team_leave(team_id: int, as_json: bool = JsonOpt) -> None:
+    """Leave a team (refused once the team has submitted)."""
+    left = _call(_client().post, f"/teams/{team_id}/leave")
+    if not _emit(left, as_json):
+        out.print(f"you left team {left['left']}")
 
 
 @app.command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,11 @@ class Client:
         chunk_bytes: int = 8 * 1024 * 1024,
         retries: int = 5,
     ) -> dict[str, Any]:
-        """Upload a file in chunks; resumes from the server's offset after a failed chunk,
-        and sends nothing when the server already holds the same content."""
+        """Upload a file in chunks, each with its SHA-256 (Upload-Checksum). Declaring the
+        file's digest makes the server resume an open upload of the same file (a re-run
+        after an interruption) or answer at once for content you uploaded before. After a
+        failed or refused chunk, asks the server for its offset and resumes there; gives up
+        after `retries` failures in a row without progress."""
         size = path.stat().st_size
         h = hashlib.sha256()
         with path.open("rb") as f:
@@ -76,21 +81,36 @@ class Client:
                 f.seek(offset)
                 data = f.read(chunk_bytes)
                 try:
-                    up = self._check(
-                        self.http.put(
-                            f"/uploads/{up['key']}",
-                            params={"offset": offset},
-                            content=data,
-                            timeout=httpx.Timeout(600.0, connect=10.0),
-                        )
-                    )
+                    up = self._put_chunk(up["key"], offset, data)
+                    failures = 0
                 except (httpx.TransportError, ApiError) as exc:
-                    if isinstance(exc, ApiError) and exc.status != 409:
+                    if isinstance(exc, ApiError) and not _resumable(exc):
                         raise
                     failures += 1
                     if failures > retries:
                         raise
+                    time.sleep(min(0.25 * 2**failures, 10.0))
                     up = self.get(f"/uploads/{up['key']}")
         if progress:
             progress(size, size)
         return up
+
+    def _put_chunk(self, key: str, offset: int, data: bytes) -> dict[str, Any]:
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        return dict(
+            self._check(
+                self.http.put(
+                    f"/uploads/{key}",
+                    params={"offset": offset},
+                    content=data,
+                    headers={"Upload-Checksum": f"sha256 {checksum}"},
+                    timeout=httpx.Timeout(600.0, connect=10.0),
+                )
+            )
+        )
+
+
+def _resumable(exc: ApiError) -> bool:
+    """A 409 about the chunk (offset, a cut-off or damaged chunk, a concurrent one) is
+    resumed from the server's offset; one about the whole file's digest is final."""
+    return exc.status == 409 and exc.body.get("field") in ("offset", "upload_checksum")

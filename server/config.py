@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, IPvAnyNetwork
+from pydantic import Field, IPvAnyNetwork, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Passwords that ship in this repository (tests, scripts): never a production one.
+DEFAULT_PASSWORDS = frozenset({"", "heldout"})
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HELDOUT_", env_file=".env", extra="ignore")
 
+    # production: refuse to start with defaults or test-only settings (see production_problems).
+    environment: Literal["development", "production"] = "development"
     data_dir: Path = Field(Path(".heldout"), description="SQLite file, artifacts, embedded Redis")
     database_url: str | None = Field(None, description="default: SQLite file in data_dir")
     # Unset means: the CLI starts an embedded redis-server on a socket in data_dir.
@@ -59,6 +66,15 @@ class Settings(BaseSettings):
     evaluation_image: str = "heldout/evaluation:latest"
     max_attempts: int = 3
 
+    @model_validator(mode="after")
+    def _production_guard(self) -> Settings:
+        problems = production_problems(self) if self.environment == "production" else []
+        if problems:
+            raise ValueError(
+                "HELDOUT_ENVIRONMENT=production refuses to start: " + "; ".join(problems)
+            )
+        return self
+
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
@@ -78,6 +94,19 @@ class Settings(BaseSettings):
         if self.redis_url:
             return self.redis_url
         return f"redis+socket://{self.embedded_redis_socket}"
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """Each setting a production installation must not run with, named as its variable."""
+    problems = []
+    if settings.database_url and not settings.database_url.startswith("sqlite"):
+        password = unquote(urlsplit(settings.database_url).password or "")
+        if password in DEFAULT_PASSWORDS:
+            what = "empty" if not password else f"the default {password!r}"
+            problems.append(f"HELDOUT_DATABASE_URL: the database password is {what}")
+    if settings.allow_loopback_repos:
+        problems.append("HELDOUT_ALLOW_LOOPBACK_REPOS: loopback repositories are for tests")
+    return problems
 
 
 @lru_cache

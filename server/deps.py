@@ -51,3 +51,14 @@ def get_current_user(request: Request, session: SessionDep) -> User:
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def get_user_briefly(request: Request) -> User:
+    """The current user, read in a session that is closed before the endpoint runs: for
+    endpoints that stream a request body and must hold no transaction while they read it
+    (on SQLite every transaction takes the write lock)."""
+    with session_scope(request.app.state.settings) as session:
+        return accounts.authenticate(session, _bearer(request))
+
+
+BriefUser = Annotated[User, Depends(get_user_briefly)]

@@ -8,8 +8,8 @@ from server.db import Base
 from server.jobs.models import Job
 from server.leaderboards.models import Result
 from server.submissions.models import Penalty, Submission, SubmissionTransition
-from server.teams.models import Team, TeamMember
-from server.uploads.models import Upload
+from server.teams.models import Team, TeamInvitation, TeamMember
+from server.uploads.models import Upload, UploadChunk
 
 __all__ = [
     "ApiToken",
@@ -27,8 +27,10 @@ __all__ = [
     "Submission",
     "SubmissionTransition",
     "Team",
+    "TeamInvitation",
     "TeamMember",
     "Upload",
+    "UploadChunk",
     "User",
     "WebhookDelivery",
 ]

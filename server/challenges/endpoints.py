@@ -138,6 +138,8 @@ def invite(
     from server.teams import service as teams
 
     row, ph = service.get_phase(session, challenge, phase)
+    # Organizers first: to anyone else every team id answers alike (no existence probe).
+    accounts.require_organizer(session, user, row.id)
     team = teams.get_team(session, body.team_id)
     if team.challenge_id != row.id:
         raise NotFound(f"no team {body.team_id} in this challenge", field="team_id")

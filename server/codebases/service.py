@@ -142,9 +142,9 @@ def _verified_push(
     """The link, the tag push and its delivery id of a signed delivery; None when it is an
     event that does not submit."""
     row = session.get(RepositoryLink, link_id)
-    if row is None:
-        raise NotFound(f"no repository link {link_id}", field="link")
-    if not webhooks.verify_signature(row.secret.encode(), body, signature):
+    # A missing link answers as a bad signature does: the webhook is unauthenticated, and
+    # link ids must not be enumerable.
+    if row is None or not webhooks.verify_signature(row.secret.encode(), body, signature):
         raise Unauthorized("the X-Hub-Signature-256 signature does not match", field="signature")
     if event not in ("push", None):
         return None

@@ -65,13 +65,21 @@ def pending(session: Session, user: User, challenge_id: int) -> list[dict[str, A
     ]
 
 
-def read(session: Session, store: ArtifactStore, user: User, job_id: int) -> dict[str, Any]:
+def _visible_job(session: Session, user: User, job_id: int) -> tuple[Job, Phase]:
+    """A job of a submission the user may see; to anyone else it is missing, alike."""
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}", field="job")
     sub, phase = job_phase(session, job)
-    # Raises NotFound for someone who may not see the submission at all.
-    submissions.get_visible(session, user, sub.id)
+    try:
+        submissions.get_visible(session, user, sub.id)
+    except NotFound:
+        raise NotFound(f"no job {job_id}", field="job") from None
+    return job, phase
+
+
+def read(session: Session, store: ArtifactStore, user: User, job_id: int) -> dict[str, Any]:
+    job, phase = _visible_job(session, user, job_id)
     organizer = accounts.is_organizer(session, user, phase.challenge_id)
     view: dict[str, Any] = {"job_id": job.id, "kind": job.kind, "review": job.log_review}
     if organizer:
@@ -122,10 +130,7 @@ def refuse(session: Session, user: User, job_id: int) -> Job:
 
 
 def _reviewable(session: Session, user: User, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}", field="job")
-    _, phase = job_phase(session, job)
+    job, phase = _visible_job(session, user, job_id)
     accounts.require_organizer(session, user, phase.challenge_id)
     if job.log_review is None:
         raise InvalidInput(f"job {job_id} has no held logs to review", field="job")

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from server.submissions.models import Penalty, Submission, SubmissionTransition
+from server.submissions.states import ACTIVE
 
 
 def charged(phase_id: int, team_id: int):  # type: ignore[no-untyped-def]
@@ -67,3 +68,22 @@ def transitions(session: Session, submission_id: int) -> list[SubmissionTransiti
         .order_by(SubmissionTransition.id)
     )
     return list(session.scalars(stmt))
+
+
+def count_binding(session: Session, team_id: int) -> int:
+    """A team's submissions that tie its members to it: charged ones, and those still
+    running (which may yet be charged)."""
+    stmt = (
+        select(func.count())
+        .select_from(Submission)
+        .where(
+            Submission.team_id == team_id,
+            or_(Submission.charged.is_(True), Submission.status.in_([s.value for s in ACTIVE])),
+        )
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def count_for_team(session: Session, team_id: int) -> int:
+    stmt = select(func.count()).select_from(Submission).where(Submission.team_id == team_id)
+    return int(session.scalar(stmt) or 0)

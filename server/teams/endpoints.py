@@ -1,17 +1,23 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from server.accounts.models import User
 from server.challenges import service as challenges
+from server.challenges.models import Challenge
 from server.deps import CurrentUser, SessionDep
 from server.errors import NotFound
 from server.teams import repository, service
+from server.teams.models import Team, TeamInvitation
 
 router = APIRouter(tags=["teams"])
+
+# Ids are database integers: larger values are refused as input, never looked up.
+Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class TeamCreate(BaseModel):
@@ -19,19 +25,42 @@ class TeamCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
 
 
-class MemberAdd(BaseModel):
+class InvitationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str
+    username: str = Field(min_length=1, max_length=100)
 
 
-def _view(session: SessionDep, team_id: int) -> dict[str, Any]:
-    team = service.get_team(session, team_id)
-    names = [session.get(User, m.user_id) for m in repository.members(session, team.id)]
+def _name(session: Session, user_id: int | None) -> str | None:
+    user = session.get(User, user_id) if user_id is not None else None
+    return user.username if user is not None else None
+
+
+def _view(session: Session, team: Team) -> dict[str, Any]:
+    names = [_name(session, m.user_id) for m in repository.members(session, team.id)]
+    invited = [_name(session, i.user_id) for i in repository.pending_for_team(session, team.id)]
     return {
         "id": team.id,
         "name": team.name,
         "solo": team.solo,
-        "members": sorted(u.username for u in names if u is not None),
+        "members": sorted(n for n in names if n),
+        "invited": sorted(n for n in invited if n),
+    }
+
+
+def _invitation_view(session: Session, inv: TeamInvitation) -> dict[str, Any]:
+    team = session.get(Team, inv.team_id)
+    challenge = session.get(Challenge, inv.challenge_id)
+    assert team is not None and challenge is not None
+    return {
+        "id": inv.id,
+        "team_id": team.id,
+        "team": team.name,
+        "challenge": challenge.slug,
+        "invitee": _name(session, inv.user_id),
+        "invited_by": _name(session, inv.invited_by_id),
+        "status": inv.status,
+        "created_at": inv.created_at,
+        "answered_at": inv.answered_at,
     }
 
 
@@ -40,8 +69,7 @@ def create_team(
     challenge: str, body: TeamCreate, user: CurrentUser, session: SessionDep
 ) -> dict[str, Any]:
     row = challenges.get_challenge(session, challenge)
-    team = service.create_team(session, row.id, user, body.name)
-    return _view(session, team.id)
+    return _view(session, service.create_team(session, row.id, user, body.name))
 
 
 @router.get("/challenges/{challenge}/teams/mine")
@@ -50,13 +78,41 @@ def my_team(challenge: str, user: CurrentUser, session: SessionDep) -> dict[str,
     team = repository.team_of(session, row.id, user.id)
     if team is None:
         raise NotFound("you are not in a team of this challenge yet", field="team")
-    return _view(session, team.id)
+    return _view(session, team)
 
 
-@router.post("/teams/{team_id}/members", status_code=201)
-def add_member(
-    team_id: int, body: MemberAdd, user: CurrentUser, session: SessionDep
+@router.get("/teams/{team_id}")
+def get_team(team_id: Id, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+    """Members and pending invitees; seen by members and the challenge's organizers."""
+    return _view(session, service.get_visible(session, user, team_id))
+
+
+@router.post("/teams/{team_id}/invitations", status_code=201)
+def invite(
+    team_id: Id, body: InvitationCreate, user: CurrentUser, session: SessionDep
 ) -> dict[str, Any]:
-    team = service.get_team(session, team_id)
-    service.add_member(session, user, team, body.username)
-    return _view(session, team.id)
+    """Invite a user; they join only if they accept. Inviting again returns the pending one."""
+    return _invitation_view(session, service.invite(session, user, team_id, body.username))
+
+
+@router.post("/teams/{team_id}/leave")
+def leave(team_id: Id, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+    """Leave a team; refused once the team has submitted (no quota is used twice)."""
+    return {"left": service.leave(session, user, team_id)}
+
+
+@router.get("/team-invitations")
+def my_invitations(user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
+    """Your pending invitations, in every challenge."""
+    return [_invitation_view(session, i) for i in service.pending_for(session, user)]
+
+
+@router.post("/team-invitations/{invitation_id}/accept")
+def accept(invitation_id: Id, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+    """Join the inviting team (a team of one that never submitted is left on the way)."""
+    return _view(session, service.accept(session, user, invitation_id))
+
+
+@router.post("/team-invitations/{invitation_id}/decline")
+def decline(invitation_id: Id, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+    return _invitation_view(session, service.decline(session, user, invitation_id))

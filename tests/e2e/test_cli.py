@@ -138,6 +138,20 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     hidden = run(env, "status", str(sub["id"]), "--no-follow", token=bob, ok=False)
     assert hidden.returncode == 1 and "404" in hidden.stderr
 
+    # Teams: an invitation the invitee accepts, then leaving a team that has not submitted.
+    carol = json.loads(run(env, "token", "create", "--user", "carol", "--json").stdout)["token"]
+    team = json.loads(run(env, "team", "create", "stoic", "Bronchi", "--json", token=bob).stdout)
+    run(env, "team", "invite", str(team["id"]), "carol", token=bob)
+    assert "invited: carol" in run(env, "team", "show", "stoic", token=bob).stdout
+    (inv,) = json.loads(run(env, "team", "invitations", "--json", token=carol).stdout)
+    joined = run(env, "team", "accept", str(inv["id"]), token=carol).stdout
+    assert "team Bronchi" in joined and "bob, carol" in joined
+    assert "you left team Bronchi" in run(env, "team", "leave", str(team["id"]), token=carol).stdout
+    # Alice's team of one has submitted: she cannot move her quota elsewhere.
+    mine = json.loads(run(env, "team", "show", "stoic", "--json", token=alice).stdout)
+    stuck = run(env, "team", "leave", str(mine["id"]), token=alice, ok=False)
+    assert stuck.returncode == 1 and "409" in stuck.stderr and "submitted" in stuck.stderr
+
 
 def test_cli_without_server_says_so(env: dict[str, str]) -> None:
     env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{free_port()}"}

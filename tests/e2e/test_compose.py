@@ -37,8 +37,10 @@ COMPOSE_DIR = Path(__file__).resolve().parents[1] / "support" / "compose"
 WHEELS = ROOT / ".wheels"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 N_CASES = 6
+# docker-compose.yml has no default password; the test passes one, as an operator must.
+DB_PASSWORD = "compose-test-password"
 # As docker-compose.yml sets it for server and worker.
-DATABASE_URL = "postgresql+psycopg://heldout:heldout@postgres:5432/heldout"
+DATABASE_URL = f"postgresql+psycopg://heldout:{DB_PASSWORD}@postgres:5432/heldout"
 
 
 def _build_stand_ins(client: docker.DockerClient) -> dict[str, str]:
@@ -103,6 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("HELDOUT_")},
         "HELDOUT_DATA_DIR": str(data),
+        "HELDOUT_DB_PASSWORD": DB_PASSWORD,
         "HELDOUT_PORT": str(port),
         "HELDOUT_VERSION": "test",
         "HELDOUT_BASE_IMAGE": "heldout/python:bookworm",

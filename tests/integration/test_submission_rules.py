@@ -19,23 +19,8 @@ from server.storage import ArtifactStore
 from server.submissions import service as submissions
 from server.submissions.schemas import SubmissionCreate
 from server.uploads import service as uploads
-from tests.support.factories import (
-    apply_bundle,
-    auth,
-    stoic_bundle,
-    stoic_cases,
-    submit_blob,
-    user_token,
-    write_dataset,
-)
-
-
-def _challenge(api: TestClient, settings: Settings, tmp_path: Path, **kw: Any) -> str:
-    admin = user_token(settings, "admin", admin=True)
-    ds = write_dataset(tmp_path / "test", stoic_cases())
-    r = apply_bundle(api, admin, stoic_bundle(**kw), {"test": ds})
-    assert r.status_code == 200, r.text
-    return admin
+from tests.support.factories import auth, submit_blob, user_token
+from tests.support.factories import stoic_challenge as _challenge
 
 
 def test_accepted_submission_starts_validation(
@@ -178,10 +163,11 @@ def test_teams_do_not_overlap(api: TestClient, settings: Settings, tmp_path: Pat
     team = api.post(
         "/api/v1/challenges/stoic/teams", json={"name": "Lungs"}, headers=auth(alice)
     ).json()
-    r = api.post(
-        f"/api/v1/teams/{team['id']}/members", json={"username": "bob"}, headers=auth(alice)
-    )
-    assert r.status_code == 201 and r.json()["members"] == ["alice", "bob"]
+    inv = api.post(
+        f"/api/v1/teams/{team['id']}/invitations", json={"username": "bob"}, headers=auth(alice)
+    ).json()
+    r = api.post(f"/api/v1/team-invitations/{inv['id']}/accept", headers=auth(bob))
+    assert r.status_code == 200 and r.json()["members"] == ["alice", "bob"]
     again = api.post("/api/v1/challenges/stoic/teams", json={"name": "Other"}, headers=auth(bob))
     assert again.status_code == 409 and "at most one" in again.json()["detail"]
     # Limits count per team: alice's submission uses bob's quota too.
@@ -200,16 +186,8 @@ def _race(settings: Settings, n: int) -> list[str]:
             uploads.start(session, store, user, "x.tar", 1, 10, expected_digest=None).key
             for _ in range(n)
         ]
-    import asyncio
-
-    async def body(data: bytes):  # type: ignore[no-untyped-def]
-        yield data
-
     for key in keys:
-        with session_scope(settings) as session:
-            user = accounts_repo.get_user_by_name(session, "alice")
-            up = uploads.get_own(session, user, key)  # type: ignore[arg-type]
-            asyncio.run(uploads.append(session, store, up, 0, body(b"x")))
+        uploads.append(settings, store, user, key, 0, [b"x"])
 
     barrier = threading.Barrier(n)
     outcomes: list[str] = []

@@ -175,3 +175,12 @@ def codebase_challenge(api: Any, settings: Settings, root: Path) -> tuple[str, s
     r = apply_bundle(api, admin, bundle, datasets)
     assert r.status_code == 200, r.text
     return admin, user_token(settings, "alice")
+
+def stoic_challenge(api: Any, settings: Settings, tmp_path: Path, **bundle: Any) -> str:
+    """The STOIC-style challenge applied by a new admin (its token is returned), with six
+    cases in tmp_path/test; keywords go to `stoic_bundle`."""
+    admin = user_token(settings, "admin", admin=True)
+    ds = write_dataset(tmp_path / "test", stoic_cases())
+    r = apply_bundle(api, admin, stoic_bundle(**bundle), {"test": ds})
+    assert r.status_code == 200, r.text
+    return admin
