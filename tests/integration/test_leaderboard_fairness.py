@@ -103,7 +103,7 @@ def test_kappa_board_with_an_ensemble(api: TestClient, settings: Settings, tmp_p
     }  # fmt: skip
     _three_teams(api, settings, tmp_path, predictions, "grading")
     board = _board(api, admin, "grading")
-    assert [e["rank"] for e in board["entries"]][0] == 1
+    assert board["entries"][0]["rank"] == 1
     assert all(e["ci"][0] <= e["value"] <= e["ci"][1] for e in board["entries"])
     ens = board["ensemble"]
     assert ens is not None and sorted(ens["teams"]) == sorted(shifts)
@@ -143,7 +143,7 @@ def test_macro_auroc_board_with_an_ensemble(
     }
     _three_teams(api, settings, tmp_path, predictions, "tissue")
     board = _board(api, admin, "tissue")
-    assert [e["team"] for e in board["entries"]][0] == "alpha"
+    assert board["entries"][0]["team"] == "alpha"
     ens = board["ensemble"]
     assert ens is not None and len(ens["members"]) == 3
     assert ens["reason"] is None and ens["ci"][0] <= ens["value"] <= ens["ci"][1]
