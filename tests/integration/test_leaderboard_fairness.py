@@ -228,5 +228,3 @@ def test_ensemble_ties_break_by_submission_time_across_reevaluation(
     assert after["metrics_version"] == before["metrics_version"] + 1
     assert after["ensemble"]["teams"] == ["t1", "t2", "t3"]
     assert [e["team"] for e in after["entries"]] == order
-
-

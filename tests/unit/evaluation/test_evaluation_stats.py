@@ -185,9 +185,7 @@ def _stratified_indices(strata: np.ndarray, r: int, seed: int) -> np.ndarray:
 def test_bootstrap_auc_equals_a_plain_stratified_sklearn_loop() -> None:
     y, a, _ = _pair(150, ties=True)
     ci = S.bootstrap_ci("auc", y, a, n_resamples=300, seed=9, level=0.9)
-    values = [
-        roc_auc_score(y[idx], a[idx]) for idx in _stratified_indices(y.astype(int), 300, 9)
-    ]
+    values = [roc_auc_score(y[idx], a[idx]) for idx in _stratified_indices(y.astype(int), 300, 9)]
     lo, hi = np.quantile(values, [0.05, 0.95])
     assert (ci.lower, ci.upper) == pytest.approx((lo, hi), abs=1e-12)
     assert ci.value == pytest.approx(roc_auc_score(y, a))
