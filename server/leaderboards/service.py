@@ -116,7 +116,20 @@ def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission,
 
 def _section(result: Result, metric: str) -> dict[str, Any] | None:
     section = result.metrics.get("predictions", {}).get(metric)
-    return section if isinstance(section, dict) else None
+    if not isinstance(section, dict):
+        return None
+    everything = result.metrics.get("case")
+    if "positions" in section or not isinstance(everything, dict):
+        return section
+    # Results from before sections carried their subset's positions: the per-case record
+    # lists every ground-truth case in file order, which is the order resamples index.
+    cases = section.get("cases")
+    if not isinstance(cases, list) or len(cases) == len(everything):
+        return section
+    where = {str(c): i for i, c in enumerate(everything)}
+    if not all(str(c) in where for c in cases):
+        return section
+    return section | {"n_cases": len(everything), "positions": [where[str(c)] for c in cases]}
 
 
 def _no_value_reason(result: Result) -> str | None:
