@@ -382,6 +382,8 @@ def evaluate(
             "n_resamples_dropped": ci.n_resamples_dropped,
             "seed": ci.seed,
             "ci_level": ci.level,
+            "ci_stratified": ci.stratified,
+            "ci_reason": ci.reason,
             "higher_is_better": spec.higher_is_better,
         }
         if METRICS[spec.kind].is_auc:
@@ -409,6 +411,11 @@ def evaluate(
         }
         if p.classes is not None:
             section["classes"] = p.classes
+        if p.mask is not None:
+            # Where the subset lies among all cases: an ensemble of sections is then
+            # bootstrapped on exactly its members' resamples.
+            section["n_cases"] = n_all
+            section["positions"] = np.flatnonzero(p.mask).tolist()
         sections[spec.name] = section
     aggregates["primary"] = cfg.primary
 

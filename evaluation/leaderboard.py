@@ -15,6 +15,12 @@ Ranking rule (competition ranking with DeLong ties):
   that rank, and ties never chain: C can never share A's rank while differing from A
   significantly, however close it is to B in between. Without p-values (metrics other than
   AUC), only equal values tie. Entries without a value (null, NaN) come last, unranked.
+  When DeLong cannot be computed on the metric's cases (fewer than two of a class), no
+  entry is ranked and each carries the reason.
+
+`board` puts ranking and ensemble together and never raises on the sections' contents:
+whatever cannot be computed is reported as a reason instead (the texts are the platform's
+own, never a case name or anything a submission chose).
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from evaluation.metrics import get_metric, round_grades
-from evaluation.stats import delong_matrix
+from evaluation.metrics import MetricError, get_metric, round_grades
+from evaluation.stats import BootstrapCI, bootstrap_ci, delong_matrix
 
 FloatArray = npt.NDArray[np.float64]
 Section = Mapping[str, Any]
@@ -39,6 +45,7 @@ Section = Mapping[str, Any]
 class Entry:
     key: str  # the submission's id
     value: float | None  # its primary metric value; None or NaN when it has none
+    reason: str | None = None  # why it has no value, when it has none
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class RankedEntry:
     rank: int | None  # shared rank (see the module docstring); None when unranked
     leader: str | None  # key of the best entry of its rank group (itself for a leader)
     p_value: float | None  # DeLong p against the leader; None for leaders or without tests
+    reason: str | None = None  # why it is unranked, when it is
 
 
 def _has_value(e: Entry) -> bool:
@@ -96,8 +104,22 @@ def rank_entries(
     for i in range(k):
         if not _has_value(entries[i]):
             e = entries[i]
-            out.append(RankedEntry(e.key, None, len(out) + 1, None, None, None))
+            why = e.reason or "the metric has no value for this submission"
+            out.append(RankedEntry(e.key, None, len(out) + 1, None, None, None, why))
     return out
+
+
+def unranked(
+    entries: Sequence[Entry], reason: str, *, higher_is_better: bool = True
+) -> list[RankedEntry]:
+    """Every entry unranked with `reason`, still listed best value first."""
+    placed = rank_entries(entries, higher_is_better=higher_is_better)
+    by_key = {e.key: e for e in entries}
+    return [
+        RankedEntry(r.key, by_key[r.key].value if _has_value(by_key[r.key]) else None,
+                    r.position, None, None, None, r.reason or reason)
+        for r in placed
+    ]  # fmt: skip
 
 
 def align_sections(sections: Sequence[Section]) -> tuple[list[str], list[Any], list[list[Any]]]:
@@ -148,7 +170,11 @@ def rank_with_delong(
     scored = [i for i, e in enumerate(entries) if _has_value(e)]
     p = np.ones((len(entries), len(entries)))
     if len(scored) > 1:
-        sub = delong_p_values([sections[i] for i in scored])
+        try:
+            sub = delong_p_values([sections[i] for i in scored])
+        except MetricError as e:
+            reason = f"not ranked: {e} on this metric's cases"
+            return unranked(entries, reason, higher_is_better=higher_is_better)
         p[np.ix_(scored, scored)] = sub
     return rank_entries(entries, higher_is_better=higher_is_better, p_values=p, alpha=alpha)
 
@@ -212,3 +238,123 @@ def ensemble_top_k(
         section["classes"] = list(sections[members[0]]["classes"])
     value = score_section(kind, section) if kind is not None else None
     return Ensemble(members=members, section=section, value=value)
+
+
+def section_interval(
+    kind: str, section: Section, *, n_resamples: int, seed: int, level: float
+) -> BootstrapCI:
+    """`bootstrap_ci` of a predictions section, on the resamples its submission's own
+    interval used: a subset section (with `n_cases` and `positions`) is spread back over all
+    cases and bootstrapped with the subset mask, exactly as the evaluator did."""
+    y_true, y_pred = section_arrays(kind, section)
+    n_cases, positions = section.get("n_cases"), section.get("positions")
+    if n_cases is None or positions is None:
+        return bootstrap_ci(kind, y_true, y_pred, n_resamples, seed, level)
+    idx = np.asarray(positions, dtype=np.intp)
+    if idx.shape != (y_true.shape[0],) or int(n_cases) <= (idx.max() if idx.size else -1):
+        raise ValueError("a predictions section's positions do not match its cases")
+    full_true = np.zeros((int(n_cases), *y_true.shape[1:]), dtype=y_true.dtype)
+    full_pred = np.zeros((int(n_cases), *y_pred.shape[1:]), dtype=y_pred.dtype)
+    full_true[idx], full_pred[idx] = y_true, y_pred
+    mask = np.zeros(int(n_cases), dtype=bool)
+    mask[idx] = True
+    return bootstrap_ci(kind, full_true, full_pred, n_resamples, seed, level, subset_mask=mask)
+
+
+@dataclass(frozen=True)
+class EnsembleRow:
+    members: list[str]
+    value: float | None
+    lower: float | None
+    upper: float | None
+    reason: str | None  # why the value or the interval is missing, when one is
+
+
+@dataclass(frozen=True)
+class Board:
+    ranked: list[RankedEntry]
+    ensemble: EnsembleRow | None
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _ensemble_row(
+    kind: str,
+    ranked: Sequence[RankedEntry],
+    sections: Mapping[str, Section],
+    k: int,
+    *,
+    n_resamples: int,
+    seed: int,
+    level: float,
+) -> EnsembleRow | None:
+    usable = [r for r in ranked if r.rank is not None and r.key in sections]
+    if len(usable) < 2:
+        return None
+    try:
+        ens = ensemble_top_k(usable, sections, k, kind=kind)
+    except MetricError as e:
+        members = [r.key for r in sorted(usable, key=lambda r: r.position)][:k]
+        return EnsembleRow(members, None, None, None, f"the ensemble's metric is undefined: {e}")
+    except (ValueError, KeyError, TypeError):
+        members = [r.key for r in sorted(usable, key=lambda r: r.position)][:k]
+        reason = "the members' predictions do not cover the same cases and labels"
+        return EnsembleRow(members, None, None, None, reason)
+    section = dict(ens.section)
+    first = sections[ens.members[0]]
+    if "positions" in first and "n_cases" in first:
+        # align_sections keeps the first member's case order, so its positions apply.
+        section["n_cases"], section["positions"] = first["n_cases"], first["positions"]
+    try:
+        ci = section_interval(kind, section, n_resamples=n_resamples, seed=seed, level=level)
+    except MetricError as e:
+        return EnsembleRow(ens.members, _finite_or_none(ens.value), None, None, str(e))
+    except (ValueError, KeyError, TypeError):
+        reason = "the ensemble's interval cannot be computed from the stored predictions"
+        return EnsembleRow(ens.members, _finite_or_none(ens.value), None, None, reason)
+    return EnsembleRow(
+        ens.members,
+        _finite_or_none(ens.value),
+        _finite_or_none(ci.lower),
+        _finite_or_none(ci.upper),
+        ci.reason,
+    )
+
+
+def board(
+    kind: str,
+    entries: Sequence[Entry],
+    sections: Sequence[Section | None],
+    *,
+    higher_is_better: bool = True,
+    alpha: float = 0.05,
+    ensemble_k: int = 3,
+    n_resamples: int = 1000,
+    seed: int = 20211,
+    level: float = 0.95,
+) -> Board:
+    """Rank `entries` (oldest submission first: equal values keep that order) and form the
+    top-k ensemble row, with a reason wherever something cannot be computed."""
+    if len(sections) != len(entries):
+        raise ValueError("one predictions section (or None) per entry")
+    present = [s for s in sections if s is not None]
+    if get_metric(kind).is_auc and entries and len(present) == len(sections):
+        try:
+            ranked = rank_with_delong(
+                entries, present, higher_is_better=higher_is_better, alpha=alpha
+            )
+        except (ValueError, KeyError, TypeError):
+            ranked = unranked(
+                entries,
+                "not ranked: the submissions' predictions do not cover the same cases",
+                higher_is_better=higher_is_better,
+            )
+    else:
+        ranked = rank_entries(entries, higher_is_better=higher_is_better)
+    by_key = {e.key: s for e, s in zip(entries, sections, strict=True) if s is not None}
+    row = _ensemble_row(
+        kind, ranked, by_key, ensemble_k, n_resamples=n_resamples, seed=seed, level=level
+    )
+    return Board(ranked=ranked, ensemble=row)

@@ -364,6 +364,25 @@ def resampled_accuracy(counts: CaseCounts, y_true: Array, y_pred: Array) -> Floa
     return right / _row_totals(counts)
 
 
+# --- bootstrap strata ---------------------------------------------------------------------
+
+
+def auc_strata(y_true: Array) -> npt.NDArray[np.int64]:
+    """Bootstrap strata of a binary AUC: negatives 0, positives 1."""
+    return _binary(y_true).astype(np.int64)
+
+
+def macro_auroc_strata(y_true: Array) -> npt.NDArray[np.int64]:
+    """Bootstrap strata of macro AUROC: the class (multi-class) or the label combination
+    (multi-label), so every class keeps its positives and negatives in every resample."""
+    y = np.asarray(y_true)
+    if y.ndim == 2:
+        rows = np.stack([_binary(y[:, k], f"label column {k}") for k in range(y.shape[1])], 1)
+        _, inverse = np.unique(rows.astype(np.int64), axis=0, return_inverse=True)
+        return np.asarray(inverse, dtype=np.int64).reshape(-1)
+    return _grades(y, "class indices")
+
+
 # --- registry -----------------------------------------------------------------------------
 
 
@@ -375,12 +394,17 @@ class Metric:
     higher_is_better: bool = True
     # Metrics over ranked scores: DeLong tests and ROC curves apply.
     is_auc: bool = False
+    # AUC-type metrics are bootstrapped stratified (class counts fixed per resample, as
+    # pROC does): the strata of the scored cases' labels. None: plain resampling.
+    strata: Callable[[Array], npt.NDArray[np.int64]] | None = None
 
 
 METRICS: Mapping[str, Metric] = MappingProxyType(
     {
-        "auc": Metric("auc", roc_auc, resampled_auc, is_auc=True),
-        "macro_auroc": Metric("macro_auroc", macro_auroc, resampled_macro_auroc),
+        "auc": Metric("auc", roc_auc, resampled_auc, is_auc=True, strata=auc_strata),
+        "macro_auroc": Metric(
+            "macro_auroc", macro_auroc, resampled_macro_auroc, strata=macro_auroc_strata
+        ),
         "cohen_kappa": Metric("cohen_kappa", cohen_kappa, resampled_cohen_kappa),
         "quadratic_kappa": Metric("quadratic_kappa", quadratic_kappa, resampled_quadratic_kappa),
         "mae": Metric("mae", mae, resampled_mae, higher_is_better=False),

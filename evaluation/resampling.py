@@ -114,3 +114,42 @@ def cached_counts(n_cases: int, n_resamples: int, seed: int) -> CaseCounts:
     """`draw_counts`, remembered: every metric and submission scored on the same N cases with
     the same seed sees the same resamples (paired bootstrap) and pays for the draw once."""
     return draw_counts(n_cases, n_resamples, seed)
+
+
+def draw_stratified_counts(strata: IntArray, n_resamples: int, seed: int) -> CaseCounts:
+    """Stratified bootstrap: each resample keeps every stratum's size (pROC's default for
+    AUC: positives and negatives are resampled separately, so no resample misses a class).
+
+    `strata` (N,) holds a non-negative code per case; cases with a negative code (outside a
+    metric's subset) are never drawn. For each stratum in ascending code order, the indices
+    are those of `rng.integers(0, n_s, size=(R, n_s))` into its cases (drawn in row blocks,
+    which consumes the stream in the same order), from one `np.random.default_rng(seed)`.
+    """
+    codes = np.asarray(strata, dtype=np.int64)
+    if codes.ndim != 1 or n_resamples < 1 or not (codes >= 0).any():
+        raise ValueError("need strata (N,) with at least one case drawn and one resample")
+    rng = np.random.default_rng(seed)
+    counts: npt.NDArray[np.unsignedinteger] = np.zeros((n_resamples, codes.size), dtype=np.uint8)
+    for code in np.unique(codes[codes >= 0]).tolist():
+        members = np.flatnonzero(codes == code)
+        m = members.size
+        for r0 in range(0, n_resamples, _DRAW_ROWS):
+            block = rng.integers(0, m, size=(min(_DRAW_ROWS, n_resamples - r0), m))
+            for i, row in enumerate(block):
+                c = np.bincount(row, minlength=m)
+                if c.max() > np.iinfo(counts.dtype).max:
+                    counts = counts.astype(np.uint32)
+                counts[r0 + i, members] = c
+    return CaseCounts(counts)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_stratified(key: bytes, n_resamples: int, seed: int) -> CaseCounts:
+    return draw_stratified_counts(np.frombuffer(key, dtype=np.int64), n_resamples, seed)
+
+
+def cached_stratified_counts(strata: IntArray, n_resamples: int, seed: int) -> CaseCounts:
+    """`draw_stratified_counts`, remembered per strata vector (all submissions of a phase
+    share the ground truth, hence the strata, and so see the same resamples)."""
+    key = np.ascontiguousarray(np.asarray(strata, dtype=np.int64)).tobytes()
+    return _cached_stratified(key, n_resamples, seed)

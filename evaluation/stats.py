@@ -18,8 +18,8 @@ import numpy.typing as npt
 from scipy.special import ndtr, ndtri
 from scipy.stats import rankdata
 
-from evaluation.metrics import _binary, _finite, get_metric
-from evaluation.resampling import CaseCounts, cached_counts
+from evaluation.metrics import Metric, MetricError, _binary, _finite, get_metric
+from evaluation.resampling import CaseCounts, cached_counts, cached_stratified_counts
 
 Array = npt.NDArray[Any]
 FloatArray = npt.NDArray[np.float64]
@@ -72,7 +72,10 @@ def delong_components(y_true: Array, scores: Array) -> DelongComponents:
         raise ValueError(f"scores have {s.shape[1]} cases, y_true has {y.shape[0]}")
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
-        raise ValueError("DeLong needs at least two positive and two negative cases")
+        raise MetricError(
+            f"DeLong needs at least two positive and two negative cases; there are {m} "
+            f"positive and {n} negative"
+        )
     x, z = s[:, y], s[:, ~y]
     tx = rankdata(x, axis=1)
     tz_neg = rankdata(z, axis=1)
@@ -188,13 +191,15 @@ def auc_ci_delong(
 @dataclass(frozen=True)
 class BootstrapCI:
     value: float  # the metric on the cases themselves
-    lower: float
+    lower: float  # NaN when the interval is refused (see `reason`)
     upper: float
     n: int  # cases the metric was computed on
-    n_resamples_used: int
-    n_resamples_dropped: int  # resamples where the metric was undefined (a class absent)
+    n_resamples_used: int  # resamples the percentiles came from: all of them, or none
+    n_resamples_dropped: int  # resamples where the metric was undefined
     seed: int
     level: float
+    stratified: bool = False  # class counts fixed per resample (AUC-type metrics)
+    reason: str | None = None  # why no interval is given, when none is
 
 
 def _subset_index(n: int, subset_mask: Array | None) -> npt.NDArray[np.intp] | None:
@@ -219,6 +224,39 @@ def resample_counts(
     return counts if subset is None else counts.restrict(subset)
 
 
+def metric_counts(
+    metric: Metric,
+    y_scored: Array,
+    n_cases: int,
+    n_resamples: int,
+    seed: int,
+    subset: npt.NDArray[np.intp] | None = None,
+) -> CaseCounts:
+    """The resamples a metric is bootstrapped on, over the scored cases `y_scored` (the
+    subset's labels when `subset` is given, in subset order).
+
+    AUC-type metrics: stratified, each class (within the subset) keeping its count in every
+    resample, the cases outside the subset never drawn. Others: `resample_counts`. The draw
+    depends only on (N, the scored cases' positions and strata, R, seed), so anything scored
+    on the same cases (every member of a board, and their ensemble) gets the same resamples.
+    """
+    if metric.strata is None:
+        return resample_counts(n_cases, n_resamples, seed, subset)
+    strata = np.full(n_cases, -1, dtype=np.int64)
+    strata[slice(None) if subset is None else subset] = metric.strata(y_scored)
+    counts = cached_stratified_counts(strata, n_resamples, seed)
+    return counts if subset is None else counts.restrict(subset)
+
+
+_UNDEFINED_WHY = {
+    "cohen_kappa": "labels and predictions all one grade, or no case of the subset drawn",
+    "quadratic_kappa": "labels and predictions all one grade, or no case of the subset drawn",
+    "pearson": "constant labels or predictions, or no case of the subset drawn",
+    "mae": "no case of the subset drawn",
+    "accuracy": "no case of the subset drawn",
+}
+
+
 def bootstrap_ci(
     metric_kind: str,
     y_true: Array,
@@ -230,9 +268,11 @@ def bootstrap_ci(
 ) -> BootstrapCI:
     """Percentile bootstrap interval of a metric.
 
-    One (R, N) index matrix is drawn from `np.random.default_rng(seed)` (see
-    `resampling.draw_counts`) and all R metric values are computed at once from the case
-    counts. Resamples where the metric is undefined (a class absent) are dropped and counted.
+    The resamples are those of `metric_counts` (stratified for AUC-type metrics, where a
+    resample is then always defined) and all R metric values are computed at once from the
+    case counts. A metric undefined on any resample gets no interval and a `reason`: keeping
+    only the resamples where it is defined would give an interval conditional on them, too
+    narrow exactly when the cases are few.
     """
     if not 0.0 < level < 1.0:
         raise ValueError("level must lie strictly between 0 and 1")
@@ -243,11 +283,22 @@ def bootstrap_ci(
     if subset is not None:
         y_t, y_p = y_t[subset], y_p[subset]
     value = metric.point(y_t, y_p)
-    values = metric.resampled(resample_counts(n_all, n_resamples, seed, subset), y_t, y_p)
-    kept = values[np.isfinite(values)]
-    if kept.size:
+    counts = metric_counts(metric, y_t, n_all, n_resamples, seed, subset)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = metric.resampled(counts, y_t, y_p)
+    undefined = int(np.count_nonzero(~np.isfinite(values)))
+    reason: str | None = None
+    if not math.isfinite(value):
+        reason = f"{metric_kind} is undefined on these cases, so it has no interval"
+    elif undefined:
+        why = _UNDEFINED_WHY.get(metric_kind, "a class absent")
+        reason = (
+            f"{metric_kind} is undefined on {undefined} of {values.size} bootstrap resamples "
+            f"({why}); no interval is given rather than one conditional on the others"
+        )
+    if reason is None:
         alpha = (1.0 - level) / 2.0
-        lower, upper = (float(q) for q in np.quantile(kept, [alpha, 1.0 - alpha]))
+        lower, upper = (float(q) for q in np.quantile(values, [alpha, 1.0 - alpha]))
     else:
         lower = upper = math.nan
     return BootstrapCI(
@@ -255,10 +306,12 @@ def bootstrap_ci(
         lower=lower,
         upper=upper,
         n=int(y_t.shape[0]),
-        n_resamples_used=int(kept.size),
-        n_resamples_dropped=int(values.size - kept.size),
+        n_resamples_used=0 if reason else int(values.size),
+        n_resamples_dropped=undefined,
         seed=seed,
         level=level,
+        stratified=metric.strata is not None,
+        reason=reason,
     )
 
 
@@ -341,7 +394,7 @@ def roc_band(
         np.add.reduceat((~pos_sorted).astype(np.int64), starts)[None, :],
         grid,
     )[0]
-    counts = resample_counts(n_all, n_resamples, seed, subset).take(order)
+    counts = metric_counts(get_metric("auc"), y, n_all, n_resamples, seed, subset).take(order)
     curves = []
     for r0 in range(0, counts.shape[0], 128):
         block = counts[r0 : r0 + 128].astype(np.int64)

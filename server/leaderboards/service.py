@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from evaluation.leaderboard import Entry, ensemble_top_k, rank_entries, rank_with_delong
-from evaluation.stats import bootstrap_ci
+from evaluation.leaderboard import Board, Entry, board
+from evaluation.metrics import MetricError
 from server.challenges.models import Phase
 from server.challenges.schemas import MetricKind, MetricSpec
 from server.datasets.models import Dataset
@@ -82,18 +82,24 @@ def _primary(phase: Phase) -> MetricSpec:
 
 
 def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission, Team]]:
-    """Each team's best current result, oldest first among equals."""
+    """Each team's best current result, oldest submission first (also among a team's equal
+    results). Renounced submissions are off the board: a single-shot phase stays single
+    shot. Submission time, unlike a result's id, survives re-evaluation."""
     gt = ground_truth_digest(session, phase)
     if gt is None:
         return []
     sign = 1 if _primary(phase).higher_is_better else -1
-    best: dict[int, tuple[Result, Submission, Team]] = {}
+    rows: list[tuple[Result, Submission, Team]] = []
     for result in repository.current_results(session, phase.id, phase.metrics_version, gt):
         sub = session.get(Submission, result.submission_id)
-        if sub is None or sub.status != SubmissionStatus.succeeded.value:
+        if sub is None or sub.renounced or sub.status != SubmissionStatus.succeeded.value:
             continue
         team = session.get(Team, sub.team_id)
         assert team is not None
+        rows.append((result, sub, team))
+    rows.sort(key=lambda t: (t[1].created_at, t[1].id))
+    best: dict[int, tuple[Result, Submission, Team]] = {}
+    for result, sub, team in rows:
         cur = best.get(team.id)
         if result.primary_value is None:
             if cur is None:
@@ -105,38 +111,62 @@ def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission,
             or (sign * result.primary_value > sign * cur[0].primary_value)
         ):
             best[team.id] = (result, sub, team)
-    return sorted(best.values(), key=lambda t: t[0].id)
+    return sorted(best.values(), key=lambda t: (t[1].created_at, t[1].id))
 
 
 def _section(result: Result, metric: str) -> dict[str, Any] | None:
     section = result.metrics.get("predictions", {}).get(metric)
-    return section if isinstance(section, dict) else None
+    if not isinstance(section, dict):
+        return None
+    everything = result.metrics.get("case")
+    if "positions" in section or not isinstance(everything, dict):
+        return section
+    # Results from before sections carried their subset's positions: the per-case record
+    # lists every ground-truth case in file order, which is the order resamples index.
+    cases = section.get("cases")
+    if not isinstance(cases, list) or len(cases) == len(everything):
+        return section
+    where = {str(c): i for i, c in enumerate(everything)}
+    if not all(str(c) in where for c in cases):
+        return section
+    return section | {"n_cases": len(everything), "positions": [where[str(c)] for c in cases]}
 
 
-def _ranked(
+def _no_value_reason(result: Result) -> str | None:
+    if result.primary_value is not None:
+        return None
+    agg = result.metrics.get("aggregates", {}).get(result.primary_metric, {})
+    reason = agg.get("ci_reason") if isinstance(agg, dict) else None
+    return reason if isinstance(reason, str) else "the metric is undefined for this submission"
+
+
+def _board(
     session: Session, phase: Phase
-) -> tuple[list[Any], dict[str, tuple[Result, Submission, Team]]]:
+) -> tuple[Board, dict[str, tuple[Result, Submission, Team]]]:
     rows = _team_best(session, phase)
     primary = _primary(phase)
+    cfg = phase.spec.metrics
     by_key = {str(r.submission_id): (r, s, t) for r, s, t in rows}
-    entries = [Entry(str(r.submission_id), r.primary_value) for r, _, _ in rows]
-    sections = [_section(r, primary.name) for r, _, _ in rows]
-    present = [s for s in sections if s is not None]
-    if primary.kind is MetricKind.auc and rows and len(present) == len(sections):
-        ranked = rank_with_delong(
-            entries, present, higher_is_better=bool(primary.higher_is_better), alpha=ALPHA
-        )
-    else:
-        ranked = rank_entries(entries, higher_is_better=bool(primary.higher_is_better))
-    return ranked, by_key
+    computed = board(
+        primary.kind.value,
+        [Entry(str(r.submission_id), r.primary_value, _no_value_reason(r)) for r, _, _ in rows],
+        [_section(r, primary.name) for r, _, _ in rows],
+        higher_is_better=bool(primary.higher_is_better),
+        alpha=ALPHA,
+        ensemble_k=ENSEMBLE_K,
+        n_resamples=cfg.bootstrap_resamples,
+        seed=cfg.bootstrap_seed,
+        level=cfg.ci_level,
+    )
+    return computed, by_key
 
 
 def leaderboard(session: Session, phase: Phase) -> dict[str, Any]:
     cfg = phase.spec.metrics
     primary = _primary(phase)
-    ranked, by_key = _ranked(session, phase)
+    computed, by_key = _board(session, phase)
     entries = []
-    for r in ranked:
+    for r in computed.ranked:
         result, sub, team = by_key[r.key]
         entries.append(
             _row(result, sub, team)
@@ -145,6 +175,7 @@ def leaderboard(session: Session, phase: Phase) -> dict[str, Any]:
                 "position": r.position,
                 "tied_with_leader": r.leader != r.key and r.rank is not None,
                 "p_vs_rank_leader": r.p_value,
+                "unranked_reason": r.reason if r.rank is None else None,
             }
         )
     return {
@@ -161,34 +192,22 @@ def leaderboard(session: Session, phase: Phase) -> dict[str, Any]:
         ],
         "metrics_version": phase.metrics_version,
         "entries": entries,
-        "ensemble": _ensemble(phase, ranked, by_key),
+        "ensemble": _ensemble(computed, by_key),
     }
 
 
-def _ensemble(phase: Phase, ranked: list[Any], by_key: dict[str, Any]) -> dict[str, Any] | None:
-    """The top-k submissions' predictions averaged case by case (STOIC Table 4.1)."""
-    primary = _primary(phase)
-    sections = {k: _section(v[0], primary.name) for k, v in by_key.items()}
-    usable = [r for r in ranked if r.rank is not None and sections.get(r.key)]
-    if len(usable) < 2:
+def _ensemble(computed: Board, by_key: dict[str, Any]) -> dict[str, Any] | None:
+    """The top-k submissions' predictions averaged case by case (STOIC Table 4.1), with its
+    interval on exactly the resamples its members' intervals used."""
+    ens = computed.ensemble
+    if ens is None:
         return None
-    ens = ensemble_top_k(
-        usable, {k: v for k, v in sections.items() if v}, ENSEMBLE_K, kind=primary.kind.value
-    )
-    cfg = phase.spec.metrics
-    ci = bootstrap_ci(
-        primary.kind.value,
-        ens.section["y_true"],
-        ens.section["y_score"],
-        n_resamples=cfg.bootstrap_resamples,
-        seed=cfg.bootstrap_seed,
-        level=cfg.ci_level,
-    )
     return {
         "members": [int(m) for m in ens.members],
         "teams": [by_key[m][2].name for m in ens.members],
-        "value": _finite(ens.value),
-        "ci": [_finite(ci.lower), _finite(ci.upper)],
+        "value": ens.value,
+        "ci": [ens.lower, ens.upper],
+        "reason": ens.reason,
     }
 
 
@@ -198,20 +217,30 @@ def statistics(session: Session, phase: Phase) -> dict[str, Any]:
     from evaluation.leaderboard import delong_p_values
 
     primary = _primary(phase)
-    ranked, by_key = _ranked(session, phase)
-    keys = [r.key for r in ranked if r.rank is not None]
+    computed, by_key = _board(session, phase)
+    keys = [r.key for r in computed.ranked if r.rank is not None]
     out: dict[str, Any] = {
         "metric": primary.name,
         "submissions": [int(k) for k in keys],
         "teams": [by_key[k][2].name for k in keys],
         "p_values": None,
+        "reason": None,
         "roc": {},
     }
+    unranked = [r.reason for r in computed.ranked if r.rank is None and r.reason]
+    if not keys and unranked:
+        out["reason"] = unranked[0]
     sections = [_section(by_key[k][0], primary.name) for k in keys]
     present = [s for s in sections if s is not None]
     if primary.kind is MetricKind.auc and len(keys) > 1 and len(present) == len(sections):
-        p_values = delong_p_values(present).tolist()
-        out["p_values"] = [[_finite(v) for v in row] for row in p_values]
+        try:
+            p_values = delong_p_values(present).tolist()
+        except MetricError as e:
+            out["reason"] = f"no DeLong tests: {e} on this metric's cases"
+        except (ValueError, KeyError, TypeError):
+            out["reason"] = "no DeLong tests: the predictions do not cover the same cases"
+        else:
+            out["p_values"] = [[_finite(v) for v in row] for row in p_values]
     for k in keys:
         roc = by_key[k][0].metrics.get("roc", {}).get(primary.name)
         if roc:
@@ -227,6 +256,7 @@ def _row(result: Result, submission: Submission, team: Team) -> dict[str, Any]:
         "team": team.name,
         "value": result.primary_value,
         "ci": [_finite(primary.get("ci_lower")), _finite(primary.get("ci_upper"))],
+        "ci_reason": primary.get("ci_reason"),
         "metrics": {
             name: {
                 k: (_finite(v) if k != "n" else v)

@@ -101,7 +101,8 @@ function renderBoard(board) {
   body.replaceChildren();
   for (const e of board.entries) {
     const r = body.insertRow();
-    cell(r, e.rank === null ? "–" : String(e.rank), "num");
+    const rank = cell(r, e.rank === null ? "–" : String(e.rank), "num");
+    if (e.unranked_reason) rank.title = e.unranked_reason;
     cell(r, e.team);
     cell(r, fmt(e.value), "num");
     cell(r, `[${fmt(e.ci[0])}, ${fmt(e.ci[1])}]`, "num");
@@ -109,7 +110,7 @@ function renderBoard(board) {
   }
   if (!board.entries.length) cell(body.insertRow(), "no scored submissions yet");
   const ens = board.ensemble;
-  $("ensemble").textContent = ens ? `Ensemble of ${ens.teams.join(", ")}: ${fmt(ens.value)} [${fmt(ens.ci[0])}, ${fmt(ens.ci[1])}]` : "";
+  $("ensemble").textContent = ens ? `Ensemble of ${ens.teams.join(", ")}: ${fmt(ens.value)} [${fmt(ens.ci[0])}, ${fmt(ens.ci[1])}]${ens.reason ? ` (${ens.reason})` : ""}` : "";
 }
 
 function renderSubmissions(subs) {

@@ -16,6 +16,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from evaluation import stats as S
+from evaluation.metrics import get_metric
 from evaluation.resampling import draw_counts
 
 RNG = np.random.default_rng(2021)
@@ -170,16 +171,26 @@ def test_counts_are_those_of_one_index_matrix_from_the_seed() -> None:
     np.testing.assert_array_equal(draw_counts(n, r, seed).matrix, expected)
 
 
-def test_bootstrap_auc_equals_a_plain_sklearn_loop() -> None:
+def _stratified_indices(strata: np.ndarray, r: int, seed: int) -> np.ndarray:
+    """The documented stratified draw, written out: per stratum in ascending order, an
+    (R, n_s) index matrix into its cases from one generator."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for code in np.unique(strata[strata >= 0]):
+        members = np.flatnonzero(strata == code)
+        blocks.append(members[rng.integers(0, members.size, size=(r, members.size))])
+    return np.concatenate(blocks, axis=1)
+
+
+def test_bootstrap_auc_equals_a_plain_stratified_sklearn_loop() -> None:
     y, a, _ = _pair(150, ties=True)
     ci = S.bootstrap_ci("auc", y, a, n_resamples=300, seed=9, level=0.9)
-    values = []
-    for idx in np.random.default_rng(9).integers(0, 150, size=(300, 150)):
-        values.append(roc_auc_score(y[idx], a[idx]))
+    values = [roc_auc_score(y[idx], a[idx]) for idx in _stratified_indices(y.astype(int), 300, 9)]
     lo, hi = np.quantile(values, [0.05, 0.95])
     assert (ci.lower, ci.upper) == pytest.approx((lo, hi), abs=1e-12)
     assert ci.value == pytest.approx(roc_auc_score(y, a))
     assert (ci.n, ci.n_resamples_used, ci.n_resamples_dropped, ci.seed) == (150, 300, 0, 9)
+    assert ci.stratified and ci.reason is None
 
 
 def test_bootstrap_is_reproducible_and_contains_the_estimate() -> None:
@@ -204,31 +215,62 @@ def test_bootstrap_is_reproducible_and_contains_the_estimate() -> None:
         assert ci.lower <= ci.value <= ci.upper, kind
 
 
-def test_bootstrap_drops_and_counts_resamples_without_both_classes() -> None:
+def test_auc_bootstrap_keeps_class_counts_fixed_per_resample() -> None:
+    # Two positives among twenty: a plain bootstrap misses them in ~1 resample in 8 and,
+    # dropping those, reports an interval conditional on the rest (pROC stratifies).
     y = np.array([1, 1] + [0] * 18)
     s = RNG.random(20)
+    counts = S.metric_counts(get_metric("auc"), y, 20, 400, 4)
+    m = counts.matrix.astype(np.int64)
+    assert (m[:, y == 1].sum(axis=1) == 2).all() and (m[:, y == 0].sum(axis=1) == 18).all()
     ci = S.bootstrap_ci("auc", y, s, n_resamples=400, seed=4)
-    kept = []
-    for idx in np.random.default_rng(4).integers(0, 20, size=(400, 20)):
-        if len(set(y[idx])) == 2:
-            kept.append(roc_auc_score(y[idx], s[idx]))
-    assert ci.n_resamples_dropped == 400 - len(kept) > 0
-    assert ci.n_resamples_used == len(kept)
-    assert (ci.lower, ci.upper) == pytest.approx(tuple(np.quantile(kept, [0.025, 0.975])))
+    assert (ci.n_resamples_used, ci.n_resamples_dropped, ci.reason) == (400, 0, None)
+    values = [roc_auc_score(y[idx], s[idx]) for idx in _stratified_indices(y, 400, 4)]
+    assert (ci.lower, ci.upper) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])))
 
 
-def test_bootstrap_subset_resamples_all_cases_and_scores_the_subset() -> None:
+def test_macro_auroc_bootstrap_keeps_every_class_count_fixed() -> None:
+    y = np.array([0] * 10 + [1] * 3 + [2] * 2)
+    p = RNG.dirichlet(np.ones(3), size=15)
+    counts = S.metric_counts(get_metric("macro_auroc"), y, 15, 300, 2).matrix.astype(np.int64)
+    for k, size in enumerate((10, 3, 2)):
+        assert (counts[:, y == k].sum(axis=1) == size).all()
+    ci = S.bootstrap_ci("macro_auroc", y, p, n_resamples=300, seed=2)
+    assert ci.reason is None and ci.lower <= ci.value <= ci.upper
+
+
+def test_subset_auc_bootstrap_stratifies_within_the_subset() -> None:
+    n = 60
+    covid = RNG.integers(0, 2, n).astype(bool)
+    severe = covid & (RNG.random(n) < 0.3)
+    s = RNG.random(n) + 0.3 * severe
+    ci = S.bootstrap_ci("auc", severe, s, n_resamples=300, seed=3, subset_mask=covid)
+    strata = np.where(covid, severe.astype(int), -1)
+    values = [roc_auc_score(severe[i], s[i]) for i in _stratified_indices(strata, 300, 3)]
+    assert ci.n == covid.sum() and ci.n_resamples_dropped == 0
+    assert ci.value == pytest.approx(roc_auc_score(severe[covid], s[covid]))
+    assert (ci.lower, ci.upper) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])))
+
+
+def test_a_metric_undefined_on_a_resample_gets_no_interval_and_a_reason() -> None:
+    # Kappa of four cases, three of one grade: some resamples are all one grade.
+    t = np.array([1, 1, 1, 2])
+    ci = S.bootstrap_ci("cohen_kappa", t, t, n_resamples=200, seed=1)
+    assert math.isnan(ci.lower) and math.isnan(ci.upper) and ci.n_resamples_used == 0
+    assert ci.n_resamples_dropped > 0
+    assert ci.reason is not None and "undefined on" in ci.reason and "resamples" in ci.reason
+
+
+def test_bootstrap_subset_resamples_all_cases_for_plain_metrics() -> None:
     n = 120
     covid = RNG.integers(0, 2, n).astype(bool)
-    severe = covid & (RNG.random(n) < 0.4)
-    s = RNG.random(n) + 0.3 * severe
-    ci = S.bootstrap_ci("auc", severe, s, n_resamples=200, seed=3, subset_mask=covid)
+    err = RNG.random(n)
+    ci = S.bootstrap_ci("mae", err, np.zeros(n), n_resamples=200, seed=3, subset_mask=covid)
     values = []
     for idx in np.random.default_rng(3).integers(0, n, size=(200, n)):
         kept = idx[covid[idx]]
-        values.append(roc_auc_score(severe[kept], s[kept]))
-    assert ci.n == covid.sum()
-    assert ci.value == pytest.approx(roc_auc_score(severe[covid], s[covid]))
+        values.append(np.mean(err[kept]))
+    assert ci.n == covid.sum() and not ci.stratified
     assert (ci.lower, ci.upper) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])))
 
 
@@ -253,8 +295,8 @@ def test_roc_band_curve_matches_sklearn_roc_and_brackets_it() -> None:
     assert ((band.tpr_lower >= 0) & (band.tpr_upper <= 1)).all()
     inside = (band.tpr_lower <= band.tpr + 1e-12) & (band.tpr <= band.tpr_upper + 1e-12)
     assert inside.mean() > 0.9
-    # The resampled curves are those of explicit resamples.
-    idx = np.random.default_rng(2).integers(0, 300, size=(300, 300))
+    # The resampled curves are those of explicit resamples (stratified, as bootstrap_ci's).
+    idx = _stratified_indices(y.astype(int), 300, 2)
     curves = np.stack([_reference_tpr(y[i], a[i], band.fpr) for i in idx])
     lo, hi = np.quantile(curves, [0.025, 0.975], axis=0)
     np.testing.assert_allclose(band.tpr_lower, lo, atol=1e-12)
@@ -288,3 +330,26 @@ def test_delong_agrees_with_proc(tmp_path: Path) -> None:
     assert res.p == pytest.approx(p, rel=1e-9)
     assert res.z == pytest.approx(z, rel=1e-9)
     assert S.auc_ci_delong(y, a)[:3] == pytest.approx((auc, lo, hi), rel=1e-12)
+
+
+@pytest.mark.skipif(not _proc_available(), reason="R package pROC not installed")
+def test_stratified_bootstrap_interval_agrees_with_proc(tmp_path: Path) -> None:
+    # Few positives, where stratifying matters. The generators differ, so the percentiles
+    # agree up to Monte Carlo error (about 0.01 here with 4000 resamples each).
+    rng = np.random.default_rng(12)
+    y = np.array([1] * 5 + [0] * 35)
+    s = np.round(rng.random(40) + 0.4 * y, 3)
+    csv = tmp_path / "d.csv"
+    np.savetxt(csv, np.column_stack([y, s]), delimiter=",", header="y,s", comments="")
+    script = (
+        "suppressMessages(library(pROC)); set.seed(1); d <- read.csv(commandArgs(TRUE)[1]);"
+        "r <- roc(d$y, d$s, levels=c(0,1), direction='<', quiet=TRUE);"
+        "ci <- ci.auc(r, method='bootstrap', boot.n=4000, boot.stratified=TRUE, progress='none');"
+        "cat(sprintf('%.17g', as.numeric(ci)))"
+    )
+    out = subprocess.run(
+        ["Rscript", "-e", script, str(csv)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    lo, _, hi = map(float, out)  # (lower, bootstrap median, upper)
+    ci = S.bootstrap_ci("auc", y, s, n_resamples=4000, seed=7)
+    assert (ci.lower, ci.upper) == pytest.approx((lo, hi), abs=0.025)
