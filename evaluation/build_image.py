@@ -5,7 +5,12 @@ Nothing can be pulled from a registry here, so the image starts from the locally
 scikit-learn from wheels that this module downloads on the host, once, into a cache under
 the build directory. The build itself runs with `network_mode="none"`.
 
-    python -m evaluation.build_image [--tag heldout/evaluation:latest] [--build-dir DIR]
+    python -m evaluation.build_image [--tag TAG] [--build-dir DIR]
+
+The image is named by the digest of its own code (`code_digest`): the Dockerfile, the pinned
+requirements and every module of the package. A result records that digest, so a board can
+tell a score of the present evaluator from one of an older heldout, and an upgrade builds a
+new image instead of reusing a stale tag.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 
 from evaluation import EVALUATOR_VERSION
 
-DEFAULT_TAG = "heldout/evaluation:latest"
+REPOSITORY = "heldout/evaluation"
+DIGEST_LABEL = "org.heldout.evaluator-digest"
 BASE_IMAGE = "heldout/python:bookworm"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Pinned to the versions heldout is tested with, so in-image and server-side results agree.
@@ -36,6 +42,23 @@ _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64":
 
 class ImageBuildError(RuntimeError):
     pass
+
+
+def code_digest(package_dir: Path = PACKAGE_DIR) -> str:
+    """`sha256:<hex>` over everything that goes into the image from heldout itself: the
+    Dockerfile, the pinned requirements and each module (by name and content)."""
+    h = hashlib.sha256()
+    h.update(b"requirements\0" + "\n".join(REQUIREMENTS).encode() + b"\0")
+    files = [package_dir / "Dockerfile", *sorted(package_dir.glob("*.py"))]
+    for path in files:
+        data = path.read_bytes()
+        h.update(f"{path.name}\0{len(data)}\0".encode() + data)
+    return "sha256:" + h.hexdigest()
+
+
+def default_tag(package_dir: Path = PACKAGE_DIR) -> str:
+    """`heldout/evaluation:<first 16 hex digits of the code digest>`."""
+    return f"{REPOSITORY}:{code_digest(package_dir).removeprefix('sha256:')[:16]}"
 
 
 def default_build_dir() -> Path:
@@ -102,33 +125,34 @@ def prepare_context(build_dir: Path, platform_tags: Sequence[str]) -> Path:
 
 
 def build_evaluation_image(
-    docker_client: Any, tag: str = DEFAULT_TAG, *, build_dir: Path | None = None
+    docker_client: Any, tag: str | None = None, *, build_dir: Path | None = None
 ) -> str:
-    """Build the evaluation image with a `docker.DockerClient`; returns the image id."""
+    """Build the evaluation image with a `docker.DockerClient` (tagged by its code digest
+    unless `tag` is given); returns the image id."""
     if not docker_client.images.list(name=BASE_IMAGE):
         raise ImageBuildError(f"base image {BASE_IMAGE} is missing: run scripts/base-image.sh")
     context = prepare_context(build_dir or default_build_dir(), platforms(docker_client))
     image, _ = docker_client.images.build(
         path=str(context),
-        tag=tag,
+        tag=tag or default_tag(),
         rm=True,
         forcerm=True,
         pull=False,
         network_mode="none",
-        labels={"org.heldout.evaluator-version": EVALUATOR_VERSION},
+        labels={"org.heldout.evaluator-version": EVALUATOR_VERSION, DIGEST_LABEL: code_digest()},
     )
     return str(image.id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m evaluation.build_image")
-    ap.add_argument("--tag", default=DEFAULT_TAG)
+    ap.add_argument("--tag", default=None, help="default: heldout/evaluation:<code digest>")
     ap.add_argument("--build-dir", type=Path, default=None)
     args = ap.parse_args(argv)
     import docker  # the host's SDK; the image itself does not need it
 
     image_id = build_evaluation_image(docker.from_env(), args.tag, build_dir=args.build_dir)
-    print(f"{args.tag} {image_id}")
+    print(f"{args.tag or default_tag()} {image_id} code {code_digest()}")
     return 0
 
 

@@ -104,8 +104,21 @@ def db_upgrade() -> None:
     """Apply all migrations (alembic upgrade head)."""
     from server.embedded import migrate
 
-    migrate(get_settings())
+    settings = get_settings()
+    migrate(settings)
     out.print("database is at the latest migration")
+    _rescore_stale(settings)
+
+
+def _rescore_stale(settings: config.Settings) -> None:
+    """Re-score results of another evaluator (the first start after an upgrade)."""
+    from server.db import session_scope
+    from server.leaderboards.service import reevaluate_all
+
+    with session_scope(settings) as session:
+        queued = reevaluate_all(session)
+    if queued:
+        out.print(f"re-scoring {len(queued)} submission(s) scored by another evaluator")
 
 
 @app.command()
@@ -122,6 +135,7 @@ def server(
     settings = get_settings()
     ensure_redis(settings)
     migrate(settings)
+    _rescore_stale(settings)
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
 
 

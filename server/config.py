@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     deadline_margin_s: int = 300
     # A pending job older than this whose queue is empty lost its message; it is re-sent.
     requeue_lost_after_s: int = 60
-    evaluation_image: str = "heldout/evaluation:latest"
+    # Empty: heldout's own evaluator, tagged by the digest of its code and built on first
+    # use. Otherwise an image the operator provides; its reference is the evaluator's key.
+    evaluation_image: str = ""
     max_attempts: int = 3
 
     @model_validator(mode="after")

@@ -750,7 +750,7 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
         for path in [work / "input", gt, *gt.iterdir(), *(work / "input").rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
-        image = ensure_evaluation_image(settings)
+        image, evaluator = ensure_evaluation_image(settings)
         spec = RunSpec(
             image=image,
             job_id=container_key(settings, ctx.job_id),
@@ -794,9 +794,8 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             raise InfrastructureError(
                 f"evaluation container failed ({why}): {result.stderr_tail[-500:]}"
             )
-        return Outcome(
-            {"metrics": metrics, "evaluator_version": str(metrics.get("evaluator_version", image))}
-        )
+        # Keyed by the evaluator that actually ran, not by what the worker believes is current.
+        return Outcome({"metrics": metrics, "evaluator_version": evaluator})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -804,20 +803,35 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
 _eval_lock = threading.Lock()
 
 
-def ensure_evaluation_image(settings: Settings) -> str:
-    """The evaluation image's id, built from `evaluation/` the first time it is needed."""
+def ensure_evaluation_image(settings: Settings) -> tuple[str, str]:
+    """(image id, evaluator key) of the evaluation image. heldout's own is tagged by the
+    digest of its code and built the first time that code is needed, so an upgrade never
+    runs a stale image; its key is the digest recorded in the image it runs."""
     import docker
 
+    from evaluation.build_image import DIGEST_LABEL, build_evaluation_image, default_tag
+
     client = _docker()
+    if settings.evaluation_image:
+        try:
+            image = client.images.get(settings.evaluation_image)
+        except docker.errors.ImageNotFound:
+            raise InfrastructureError(
+                f"evaluation image {settings.evaluation_image} (HELDOUT_EVALUATION_IMAGE) "
+                "is not on this worker's engine"
+            ) from None
+        return str(image.id), settings.evaluation_image
+    tag = default_tag()
     with _eval_lock:
         try:
-            return str(client.images.get(settings.evaluation_image).id)
+            image = client.images.get(tag)
         except docker.errors.ImageNotFound:
-            pass
-        from evaluation.build_image import build_evaluation_image
-
-        build_evaluation_image(client, tag=settings.evaluation_image)
-        return str(client.images.get(settings.evaluation_image).id)
+            build_evaluation_image(client, tag=tag)
+            image = client.images.get(tag)
+    key = (image.labels or {}).get(DIGEST_LABEL)
+    if not key:
+        raise InfrastructureError(f"evaluation image {tag} carries no {DIGEST_LABEL} label")
+    return str(image.id), str(key)
 
 
 def step_validate_any(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:

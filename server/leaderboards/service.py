@@ -3,20 +3,24 @@ ties, each value with its CI; a top-k ensemble row; a statistics view (all-pairs
 p-values, ROC points with CI bands); and re-evaluation when metrics or ground truth change.
 
 A result is current when it was computed under the phase's present metric config
-(metrics_version) and test ground truth (dataset digest); anything else is stale and is
-neither shown nor ranked."""
+(metrics_version), test ground truth (dataset digest) and evaluator (the digest of heldout's
+evaluation code, or the operator's evaluation image); anything else is stale and is neither
+shown nor ranked."""
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from evaluation.leaderboard import Board, Entry, board
 from evaluation.metrics import MetricError
 from server.challenges.models import Phase
 from server.challenges.schemas import MetricKind, MetricSpec
+from server.config import get_settings
 from server.datasets.models import Dataset
 from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
@@ -32,6 +36,18 @@ from server.teams.models import Team
 
 ENSEMBLE_K = 3
 ALPHA = 0.05
+
+
+def current_evaluator() -> str:
+    """The key results must carry to be current: what the workers of this installation run."""
+    return get_settings().evaluation_image or _own_evaluator()
+
+
+@lru_cache(maxsize=1)
+def _own_evaluator() -> str:
+    from evaluation.build_image import code_digest
+
+    return code_digest()
 
 
 def ground_truth_digest(session: Session, phase: Phase) -> str | None:
@@ -90,7 +106,9 @@ def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission,
         return []
     sign = 1 if _primary(phase).higher_is_better else -1
     rows: list[tuple[Result, Submission, Team]] = []
-    for result in repository.current_results(session, phase.id, phase.metrics_version, gt):
+    for result in repository.current_results(
+        session, phase.id, phase.metrics_version, gt, current_evaluator()
+    ):
         sub = session.get(Submission, result.submission_id)
         if sub is None or sub.renounced or sub.status != SubmissionStatus.succeeded.value:
             continue
@@ -272,21 +290,25 @@ def _row(result: Result, submission: Submission, team: Team) -> dict[str, Any]:
     }
 
 
-def reevaluate(session: Session, phase: Phase) -> list[int]:
+def reevaluate(session: Session, phase: Phase, only: set[int] | None = None) -> list[int]:
     """Re-score every submission whose algorithm outputs are complete but whose current
-    result (present metric config and ground truth) is missing: one evaluate job each,
+    result (present metric config, ground truth and evaluator) is missing: one evaluate job each,
     no algorithm re-run. Idempotent: a submission already being evaluated is skipped."""
     gt = ground_truth_digest(session, phase)
     if gt is None:
         return []
     have = {
         r.submission_id
-        for r in repository.current_results(session, phase.id, phase.metrics_version, gt)
+        for r in repository.current_results(
+            session, phase.id, phase.metrics_version, gt, current_evaluator()
+        )
     }
     queued: list[int] = []
     for sub in submissions_repo.list_for_phase(session, phase.id):
         status = SubmissionStatus(sub.status)
         if sub.id in have or status not in (SubmissionStatus.succeeded, SubmissionStatus.failed):
+            continue
+        if only is not None and sub.id not in only:
             continue
         infer = jobs_repo.for_submission(session, sub.id, JobKind.infer.value)
         if not infer or any(j.status != JobStatus.succeeded.value for j in infer):
@@ -298,8 +320,32 @@ def reevaluate(session: Session, phase: Phase) -> list[int]:
             session,
             sub,
             SubmissionStatus.evaluating,
-            note="re-evaluation: metrics or ground truth changed",
+            note="re-evaluation: metrics, ground truth or evaluator changed",
         )
         jobs.create(session, sub, JobKind.evaluate)
         queued.append(sub.id)
+    return queued
+
+
+def reevaluate_all(session: Session) -> list[int]:
+    """Re-score, in every phase, the submissions scored under the present metrics and ground
+    truth by another evaluator only: run when the server starts, so the first start after an
+    upgrade of heldout's evaluator re-scores what the old one scored, and nothing else."""
+    queued: list[int] = []
+    evaluator = current_evaluator()
+    for phase in session.scalars(select(Phase).order_by(Phase.id)):
+        gt = ground_truth_digest(session, phase)
+        if gt is None:
+            continue
+        scored = session.execute(
+            select(Result.submission_id, Result.evaluator_version).where(
+                Result.phase_id == phase.id,
+                Result.metrics_version == phase.metrics_version,
+                Result.ground_truth_digest == gt,
+            )
+        ).all()
+        current = {sid for sid, ev in scored if ev == evaluator}
+        stale = {sid for sid, ev in scored if ev != evaluator} - current
+        if stale:
+            queued += reevaluate(session, phase, only=stale)
     return queued

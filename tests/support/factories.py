@@ -176,6 +176,7 @@ def codebase_challenge(api: Any, settings: Settings, root: Path) -> tuple[str, s
     assert r.status_code == 200, r.text
     return admin, user_token(settings, "alice")
 
+
 def stoic_challenge(api: Any, settings: Settings, tmp_path: Path, **bundle: Any) -> str:
     """The STOIC-style challenge applied by a new admin (its token is returned), with six
     cases in tmp_path/test; keywords go to `stoic_bundle`."""

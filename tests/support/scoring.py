@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evaluation import EVALUATOR_VERSION
 from evaluation import evaluate as program
+from evaluation.build_image import code_digest
 from server.challenges.models import Phase
 from server.config import Settings
 from server.datasets.models import Case, Dataset
@@ -67,7 +67,8 @@ def run_evaluation(settings: Settings, submission_id: int, work: Path) -> None:
             root / "input" / "predictions.json", root / "labels.csv", root / "metrics.json"
         )
         json.dumps(metrics)  # what the container writes must be plain JSON
-        outcome = pipeline.Outcome({"metrics": metrics, "evaluator_version": EVALUATOR_VERSION})
+        # Stamped as the worker stamps it: by the evaluator that ran.
+        outcome = pipeline.Outcome({"metrics": metrics, "evaluator_version": code_digest()})
         pipeline._record(settings, ctx, outcome=outcome)
 
 
