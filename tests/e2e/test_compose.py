@@ -22,7 +22,7 @@ import docker
 import httpx
 import pytest
 
-from evaluation.build_image import build_evaluation_image
+from evaluation.build_image import build_evaluation_image, default_tag
 from server.config import Settings
 from tests.conftest import need
 from tests.support import images
@@ -94,9 +94,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     stand_ins = _build_stand_ins(client)
     _download_wheels(client)
     # The composed worker has no network to fetch wheels with; build the image here.
-    evaluation_image = Settings().evaluation_image
-    if not client.images.list(name=evaluation_image):
-        build_evaluation_image(client, evaluation_image)
+    # Tagged by the digest of the evaluation code, which the composed worker computes alike.
+    if not client.images.list(name=default_tag()):
+        build_evaluation_image(client)
 
     data = tmp_path_factory.mktemp("compose-data")
     _shared_mount(data)
