@@ -24,11 +24,6 @@ from server.submissions.states import FINAL, SubmissionStatus
 S = SubmissionStatus
 # Cancelled while still here: no work on private data has been done yet.
 EARLY = frozenset({S.received, S.validating})
-# Failures the organizers caused (their metric config or ground truth), as opposed to the
-# platform's own: they are reported to the organizers as events.
-ORGANIZER_FAILURES = frozenset({"evaluation_config_error"})
-# Codes whose participant message promises that someone was told.
-NOTIFIED_FAILURES = ORGANIZER_FAILURES | {"internal_error"}
 # Recorded in a transition's note when the caller knows the platform caused a failure
 # whose code alone does not say so (e.g. "cases_failed" with only platform causes).
 PLATFORM_NOTE = "platform-caused"

@@ -8,7 +8,6 @@ from sqlalchemy.orm import Session
 
 from server.accounts import service as accounts
 from server.accounts.models import User
-from server.challenges import events
 from server.challenges import service as challenges
 from server.challenges.models import Challenge, Phase
 from server.challenges.schemas import PhaseKind
@@ -79,22 +78,7 @@ def transition(
             note=note,
         )
     )
-    if failure is not None and failure[0] in charging.NOTIFIED_FAILURES:
-        _notify_organizers(session, submission, *failure)
     session.refresh(submission)
-
-
-def _notify_organizers(session: Session, submission: Submission, code: str, message: str) -> None:
-    phase = session.get(Phase, submission.phase_id)
-    assert phase is not None
-    events.notify(
-        session,
-        phase.challenge_id,
-        code,
-        f"phase {phase.slug}: submission {submission.id} failed: {message}",
-        phase_id=phase.id,
-        submission_id=submission.id,
-    )
 
 
 def fail(

@@ -105,6 +105,19 @@ def test_organizer_caused_failure_is_an_event_for_organizers(
     assert event["kind"] == "evaluation_config_error"
     assert event["phase"] == "qualification" and event["submission_id"] == sid
     assert "misconfigured" in event["message"]
+
+    # An unexpected platform error on a case says "the organizers have been told": they are.
+    bob = user_token(settings, "bob")
+    other = submit_blob(api, bob).json()["id"]
+    for ctx in drive.claim(settings, other, "validate"):
+        drive.ok(settings, ctx)
+    first, *rest = drive.claim(settings, other, "infer")
+    drive.fail(settings, first, "internal_error", "The platform hit an unexpected error.")
+    for ctx in rest:
+        drive.ok(settings, ctx)
+    assert _sub(api, bob, other)["charged"] is False
+    newest = api.get("/api/v1/challenges/stoic/events", headers=auth(admin)).json()[0]
+    assert newest["kind"] == "internal_error" and newest["submission_id"] == other
     # Participants do not see the organizers' events.
     assert api.get("/api/v1/challenges/stoic/events", headers=auth(alice)).status_code == 403
 
