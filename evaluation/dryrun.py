@@ -21,7 +21,7 @@ from evaluation.inputs import (
     parse_config,
     parse_ground_truth,
 )
-from evaluation.metrics import METRICS, MetricError
+from evaluation.metrics import METRICS, MetricError, subset_mask
 
 
 def _observed(truth: GroundTruth, column: str) -> list[str]:
@@ -52,12 +52,30 @@ def _constant(spec: MetricSpec, truth: GroundTruth) -> Any:
     return classes[0] if classes else "0"  # accuracy: a label
 
 
-def check(config: dict[str, Any], labels_csv: bytes) -> None:
-    """Raise `ConfigurationError` naming the metric and what is wrong; None when usable."""
+def check(config: dict[str, Any], labels_csv: bytes) -> list[str]:
+    """Raise `ConfigurationError` naming the metric and what is wrong with the config (a
+    column that is not there, labels the metric cannot use, classes that miss labels).
+    Returns warnings for what depends on the data rather than the config: a subset with no
+    case, a ranking metric undefined because the labels hold one class (a small staging
+    set, say); every evaluation on these labels would fail until the data changes."""
     cfg = parse_config(config)
     truth = parse_ground_truth(labels_csv)
     outputs = {spec.output: _constant(spec, truth) for spec in cfg.metrics}
+    warnings: list[str] = []
     for spec in cfg.metrics:
+        if spec.subset_label is not None:
+            _require_column(spec, truth, spec.subset_label)
+            mask = subset_mask(
+                [truth.rows[c][spec.subset_label] for c in truth.cases], spec.subset_value
+            )
+            if not mask.any():
+                if spec.kind != "macro_auroc" or not spec.classes:
+                    _require_column(spec, truth, spec.label)
+                warnings.append(
+                    f"metric {spec.name!r}: no case has {spec.subset_label} = "
+                    f"{spec.subset_value!r}; it cannot be computed on these labels"
+                )
+                continue
         row = {**outputs, spec.output: _constant(spec, truth)}
         by_case = {c: Job(pk=c, case=c, outputs=row) for c in truth.cases}
         prepared = prepare(spec, truth, by_case)
@@ -65,6 +83,13 @@ def check(config: dict[str, Any], labels_csv: bytes) -> None:
             try:
                 METRICS[spec.kind].point(prepared.y_true, prepared.y_pred)
             except MetricError as e:
-                raise ConfigurationError(
-                    f"metric {spec.name!r} is undefined on this ground truth: {e}"
-                ) from None
+                warnings.append(f"metric {spec.name!r} is undefined on these labels: {e}")
+    return warnings
+
+
+def _require_column(spec: MetricSpec, truth: GroundTruth, column: str) -> None:
+    if column not in truth.columns:
+        raise ConfigurationError(
+            f"metric {spec.name!r}: ground truth has no column {column!r} "
+            f"(columns: {truth.columns})"
+        )

@@ -281,6 +281,8 @@ def challenge_apply(
             out.print(f"  {key:9} {item}", markup=False)
     for line in result.get("details", []):
         out.print(f"  changes   {line}", markup=False)
+    for line in result.get("warnings", []):
+        err.print(f"warning: {line}", markup=False)
     if result["rescored"]:
         label = "would re-evaluate" if plan else "re-evaluating"
         ids = ", ".join(str(i) for i in result["rescored"])

@@ -440,7 +440,6 @@ def _after_canary(session: Session, submission: Submission) -> None:
             f"canary:{failed[0].failure_code or 'failed'}",
             "The algorithm failed on the phase's public check case(s) before the test set "
             f"ran; this does not count against your team's limits. {reasons}",
-            platform_caused=True,
         )
         return
     if SubmissionStatus(submission.status) is SubmissionStatus.validating:

@@ -36,6 +36,7 @@ class ApplyResult(BaseModel):
     rescored: list[int]
     details: list[str] = []
     plan: bool = False
+    warnings: list[str] = []
 
 
 def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
@@ -87,6 +88,7 @@ def apply_bundle(
         rescored=report.rescored,
         details=report.details,
         plan=report.plan,
+        warnings=report.warnings,
     )
 
 

@@ -38,6 +38,8 @@ class ApplyReport:
     details: list[str] = field(default_factory=list)
     # A plan: nothing was changed; the lists say what applying would do.
     plan: bool = False
+    # What the metric dry-run found that depends on the data, not the config.
+    warnings: list[str] = field(default_factory=list)
 
     def record(self, what: str, outcome: str) -> None:
         getattr(self, outcome).append(what)
@@ -81,13 +83,14 @@ def plan_spec(
 
 def _check_metrics(
     session: Session, store: ArtifactStore, spec: ChallengeSpec, dataset_ids: dict[str, int]
-) -> None:
+) -> list[str]:
     """Dry-run every phase's metric config on its test labels (a constant prediction per
     case) before any phase changes: a config the evaluator would refuse is refused here,
     naming the metric and the column, instead of failing every submission later."""
     from evaluation.dryrun import check
     from evaluation.inputs import EvaluationError
 
+    warnings: list[str] = []
     for phase_spec in spec.phases:
         ds_id = dataset_ids.get(phase_spec.test_dataset or "")
         if ds_id is None:
@@ -95,7 +98,7 @@ def _check_metrics(
         dataset = session.get(Dataset, ds_id)
         assert dataset is not None
         try:
-            check(
+            found = check(
                 phase_spec.metrics.model_dump(mode="json"), store.read_bytes(dataset.labels_digest)
             )
         except EvaluationError as exc:
@@ -104,6 +107,8 @@ def _check_metrics(
                 f"{dataset.slug!r}: {exc.message}",
                 field=f"phases.{phase_spec.slug}.metrics",
             ) from None
+        warnings += [f"phase {phase_spec.slug}: {w}" for w in found]
+    return warnings
 
 
 def apply_spec(
@@ -182,7 +187,7 @@ def apply_spec(
         dataset_ids[ds.slug] = dataset.id
         report.record(f"dataset {ds.slug}", outcome)
 
-    _check_metrics(session, store, spec, dataset_ids)
+    report.warnings = _check_metrics(session, store, spec, dataset_ids)
 
     for phase_spec in spec.phases:
         spec_json = phase_spec.model_dump(mode="json")

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from server.accounts import service as accounts
 from server.config import Settings
 from server.db import session_scope
+from server.submissions import charging
+from server.submissions import repository as submissions_repo
 from server.submissions import service as submissions
 from server.submissions.models import Submission
 from tests.support import drive
@@ -121,6 +123,13 @@ def _check_sequence(api: TestClient, settings: Settings, admin: str, ops: list[S
     with session_scope(settings) as session:
         rows = session.query(Submission).filter(Submission.id.in_(sids)).all()
         actual = {s.id: s.charged for s in rows}
+        # The stored flag is the rule applied to the recorded history.
+        for sid in sids:
+            history = [
+                charging.Step(t.from_status, t.to_status, t.note)
+                for t in submissions_repo.transitions(session, sid)
+            ]
+            assert charging.charged_from_history(history) == actual[sid], (sid, ops)
     expected = {s: model.charged.get(s, True) for s in sids}
     assert actual == expected, ops
     assert sum(actual.values()) == model.count(sids)
