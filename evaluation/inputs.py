@@ -193,6 +193,10 @@ def load_ground_truth(path: Path) -> GroundTruth:
         raw = path.read_bytes()
     except OSError as e:
         raise ConfigurationError(f"cannot read ground truth {path}: {e.strerror}") from None
+    return parse_ground_truth(raw)
+
+
+def parse_ground_truth(raw: bytes) -> GroundTruth:
     text = raw.decode("utf-8-sig")
     reader = csv.reader(line for line in text.splitlines() if line.strip())
     header = next(reader, None)

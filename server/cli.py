@@ -231,9 +231,13 @@ def _tar_dir(root: Path) -> Path:
 @challenge_app.command("apply")
 def challenge_apply(
     bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="challenge YAML"),
+    plan: bool = typer.Option(
+        False, "--plan", help="check the bundle and print what would change; change nothing"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Create or update a challenge from a bundle; applying it twice changes nothing."""
+    """Create or update a challenge from a bundle; applying it twice changes nothing.
+    Every apply first dry-runs the metric config on the test labels."""
     import yaml
 
     from server.challenges.bundle import load_bundle
@@ -274,14 +278,42 @@ def challenge_apply(
         _fail(f"{exc.detail}" + (f" [field: {exc.field}]" if exc.field else ""))
     except ApiError as exc:
         _fail(str(exc))
-    result = _call(client.post, "/challenges/apply", {"bundle": data, "datasets": uploads})
+    body = {"bundle": data, "datasets": uploads, "plan": plan}
+    result = _call(client.post, "/challenges/apply", body)
     if _emit(result, as_json):
         return
-    verb = "changed" if result["changed"] else "unchanged"
-    out.print(f"challenge [bold]{result['challenge']}[/bold]: {verb}")
+    if plan:
+        verb = "would change" if result["changed"] else "would not change"
+        out.print(
+            f"plan for challenge [bold]{result['challenge']}[/bold]: {verb} (nothing applied)"
+        )
+    else:
+        verb = "changed" if result["changed"] else "unchanged"
+        out.print(f"challenge [bold]{result['challenge']}[/bold]: {verb}")
     for key in ("created", "updated", "unchanged"):
         for item in result[key]:
-            out.print(f"  {key:9} {item}")
+            out.print(f"  {key:9} {item}", markup=False)
+    for line in result.get("details", []):
+        out.print(f"  changes   {line}", markup=False)
+    for line in result.get("warnings", []):
+        err.print(f"warning: {line}", markup=False)
+    if result["rescored"]:
+        label = "would re-evaluate" if plan else "re-evaluating"
+        ids = ", ".join(str(i) for i in result["rescored"])
+        out.print(f"  {label} submissions {ids}")
+
+
+@challenge_app.command("events")
+def challenge_events(slug: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+    """Events for the organizers: evaluations their metric config broke, platform errors."""
+    result = _call(_client().get, f"/challenges/{slug}/events")
+    if _emit(result, as_json):
+        return
+    if not result:
+        out.print("no events")
+    for e in result:
+        where = f"phase {e['phase']}" if e["phase"] else "challenge"
+        out.print(f"{e['created_at']}  {e['kind']:24} {where}: {e['message']}", markup=False)
 
 
 # --- participants ----------------------------------------------------------------------

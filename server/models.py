@@ -1,7 +1,13 @@
 """Every table, imported in one place for Alembic and for `Base.metadata`."""
 
 from server.accounts.models import ApiToken, User
-from server.challenges.models import Challenge, ChallengeOrganizer, Phase, PhaseInvitation
+from server.challenges.models import (
+    Challenge,
+    ChallengeOrganizer,
+    OrganizerEvent,
+    Phase,
+    PhaseInvitation,
+)
 from server.codebases.models import RepositoryLink, WebhookDelivery
 from server.datasets.models import Case, Dataset
 from server.db import Base
@@ -19,6 +25,7 @@ __all__ = [
     "ChallengeOrganizer",
     "Dataset",
     "Job",
+    "OrganizerEvent",
     "Penalty",
     "Phase",
     "PhaseInvitation",

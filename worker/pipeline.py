@@ -91,6 +91,8 @@ class JobContext:
     # Results of the submission's earlier jobs, by kind (the clone's source, the build).
     earlier: dict[str, dict[str, Any]] = field(default_factory=dict)
     labels_digest: str | None = None
+    # The phase's metric config version, read with `phase` at claim time.
+    metrics_version: int = 0
 
 
 @dataclass
@@ -230,6 +232,7 @@ def _context(session: Session, job: Job) -> JobContext:
         archive_digest=submission.archive_digest,
         repository_url=submission.repository_url,
         commit_sha=submission.commit_sha,
+        metrics_version=phase.metrics_version,
     )
     # Build and training read what the clone and the build produced; case runs need
     # nothing earlier, and loading every job of a large test set per case would be quadratic.
@@ -282,16 +285,18 @@ def _record(
         _, phase = logs.job_phase(session, job)
         job.logs_held = bool(log_digest) and logs.held_for(ctx.kind, phase)
         job.log_review = logs.PENDING if job.logs_held else None
+        # An evaluation's result is stamped with the metric config it ran with.
+        used = {"metrics_version": ctx.metrics_version} if ctx.kind is JobKind.evaluate else {}
         if failure is None:
             assert outcome is not None
-            jobs.succeed(session, job, outcome.result, log_digest)
+            jobs.succeed(session, job, {**outcome.result, **used}, log_digest)
         else:
             jobs.fail(
                 session,
                 job,
                 failure.code,
                 failure.message,
-                result=failure.result,
+                result={**failure.result, **used},
                 log_digest=log_digest,
             )
         _advance(session, settings, job, platform_caused=platform_caused)
@@ -356,11 +361,15 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
     failed = JobStatus(job.status) is JobStatus.failed
 
     if failed and kind not in (JobKind.infer, JobKind.canary):
-        if platform_caused or job.failure_code in PLATFORM_FAILURES:
-            submission.charged = False
         submissions.fail(
-            session, submission, job.failure_code or "failed", job.failure_message or ""
+            session,
+            submission,
+            job.failure_code or "failed",
+            job.failure_message or "",
+            platform_caused=platform_caused or job.failure_code in PLATFORM_FAILURES,
         )
+        if kind is JobKind.evaluate:
+            leaderboards.rescore_if_stale(session, submission, job.result)
         return
 
     if kind is JobKind.validate and submission.kind == "codebase":
@@ -398,8 +407,10 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
             job.result.get("evaluator_version", "?"),
             gt,
             job.result["metrics"],
+            metrics_version=job.result.get("metrics_version"),
         )
         submissions.transition(session, submission, SubmissionStatus.succeeded)
+        leaderboards.rescore_if_stale(session, submission, job.result)
 
 
 def start_canary(session: Session, submission: Submission) -> bool:
@@ -420,7 +431,6 @@ def _after_canary(session: Session, submission: Submission) -> None:
         return
     failed = [j for j in canaries if j.status != JobStatus.succeeded.value]
     if failed:
-        submission.charged = False
         reasons = "; ".join(
             f"public case {name}: {msg}" for name, msg in case_failures(session, failed)
         )
@@ -468,17 +478,16 @@ def _after_inference(session: Session, submission: Submission) -> None:
         if more > 0:
             listed += f"; and {more} more"
         # Charged only if some case failed for the algorithm's own reasons.
-        if all(
-            j.failure_code in PLATFORM_FAILURES
-            for j in infer_jobs
-            if j.status == JobStatus.failed.value
-        ):
-            submission.charged = False
         submissions.fail(
             session,
             submission,
             "cases_failed",
             f"The algorithm failed on {len(failures)} of {total} cases. {listed}",
+            platform_caused=all(
+                j.failure_code in PLATFORM_FAILURES
+                for j in infer_jobs
+                if j.status == JobStatus.failed.value
+            ),
         )
         return
     submissions.transition(session, submission, SubmissionStatus.evaluating)

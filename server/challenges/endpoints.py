@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.accounts import service as accounts
-from server.challenges import repository, service
+from server.challenges import events, repository, service
 from server.challenges.bundle import parse_spec
+from server.challenges.models import Phase
 from server.datasets import repository as datasets_repo
 from server.deps import CurrentUser, SessionDep, StoreDep
 from server.errors import NotFound
@@ -23,6 +24,7 @@ class ApplyBody(BaseModel):
     datasets: dict[str, str] = Field(
         default_factory=dict, description="dataset slug -> key of a completed upload (tar)"
     )
+    plan: bool = Field(False, description="only say what applying would change; change nothing")
 
 
 class ApplyResult(BaseModel):
@@ -32,6 +34,9 @@ class ApplyResult(BaseModel):
     updated: list[str]
     unchanged: list[str]
     rescored: list[int]
+    details: list[str] = []
+    plan: bool = False
+    warnings: list[str] = []
 
 
 def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
@@ -72,7 +77,8 @@ def apply_bundle(
     unknown = set(sources) - {d.slug for d in spec.datasets}
     if unknown:
         raise NotFound(f"uploads given for undeclared datasets {sorted(unknown)}", field="datasets")
-    report = service.apply_spec(session, store, user, spec, sources)
+    apply = service.plan_spec if body.plan else service.apply_spec
+    report = apply(session, store, user, spec, sources)
     return ApplyResult(
         challenge=report.challenge,
         changed=report.changed,
@@ -80,7 +86,30 @@ def apply_bundle(
         updated=report.updated,
         unchanged=report.unchanged,
         rescored=report.rescored,
+        details=report.details,
+        plan=report.plan,
+        warnings=report.warnings,
     )
+
+
+@router.get("/challenges/{challenge}/events")
+def list_events(challenge: str, user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
+    """Organizer events, newest first: failures the organizers caused or must know about."""
+    row = service.get_challenge(session, challenge)
+    accounts.require_organizer(session, user, row.id)
+    return [
+        {
+            "id": e.id,
+            "kind": e.kind,
+            "phase": ph.slug
+            if (ph := session.get(Phase, e.phase_id) if e.phase_id else None)
+            else None,
+            "submission_id": e.submission_id,
+            "message": e.message,
+            "created_at": e.created_at.isoformat(),
+        }
+        for e in events.list_for(session, row.id)
+    ]
 
 
 @router.get("/challenges")

@@ -34,6 +34,12 @@ class ApplyReport:
     unchanged: list[str] = field(default_factory=list)
     # Submissions queued for re-scoring because metrics or ground truth changed.
     rescored: list[int] = field(default_factory=list)
+    # What changed in each updated phase ("phase p: metrics (v1 -> v2)").
+    details: list[str] = field(default_factory=list)
+    # A plan: nothing was changed; the lists say what applying would do.
+    plan: bool = False
+    # What the metric dry-run found that depends on the data, not the config.
+    warnings: list[str] = field(default_factory=list)
 
     def record(self, what: str, outcome: str) -> None:
         getattr(self, outcome).append(what)
@@ -58,13 +64,64 @@ def get_phase(session: Session, challenge_slug: str, phase_slug: str) -> tuple[C
     return challenge, phase
 
 
-def apply_spec(
+def plan_spec(
     session: Session,
     store: ArtifactStore,
     user: User,
     spec: ChallengeSpec,
     sources: dict[str, DatasetSource] | None = None,
 ) -> ApplyReport:
+    """What `apply_spec` would do, with the same checks, changing nothing: it runs inside a
+    savepoint that is rolled back, and queues no re-evaluation."""
+    nested = session.begin_nested()
+    try:
+        report = apply_spec(session, store, user, spec, sources, plan=True)
+    finally:
+        nested.rollback()
+    return report
+
+
+def _check_metrics(
+    session: Session, store: ArtifactStore, spec: ChallengeSpec, dataset_ids: dict[str, int]
+) -> list[str]:
+    """Dry-run every phase's metric config on its test labels (a constant prediction per
+    case) before any phase changes: a config the evaluator would refuse is refused here,
+    naming the metric and the column, instead of failing every submission later."""
+    from evaluation.dryrun import check
+    from evaluation.inputs import EvaluationError
+
+    warnings: list[str] = []
+    for phase_spec in spec.phases:
+        ds_id = dataset_ids.get(phase_spec.test_dataset or "")
+        if ds_id is None:
+            continue
+        dataset = session.get(Dataset, ds_id)
+        assert dataset is not None
+        try:
+            found = check(
+                phase_spec.metrics.model_dump(mode="json"), store.read_bytes(dataset.labels_digest)
+            )
+        except EvaluationError as exc:
+            raise InvalidInput(
+                f"phase {phase_spec.slug!r}: metrics do not fit the labels of dataset "
+                f"{dataset.slug!r}: {exc.message}",
+                field=f"phases.{phase_spec.slug}.metrics",
+            ) from None
+        warnings += [f"phase {phase_spec.slug}: {w}" for w in found]
+    return warnings
+
+
+def apply_spec(
+    session: Session,
+    store: ArtifactStore,
+    user: User,
+    spec: ChallengeSpec,
+    sources: dict[str, DatasetSource] | None = None,
+    *,
+    plan: bool = False,
+) -> ApplyReport:
+    """Create or update; the caller's transaction holds every change, so a refusal (a bad
+    metric config, a missing dataset) leaves nothing changed. `plan`: only via `plan_spec`."""
     sources = sources or {}
     report = ApplyReport(spec.slug)
     challenge = repository.get_challenge(session, spec.slug)
@@ -130,6 +187,8 @@ def apply_spec(
         dataset_ids[ds.slug] = dataset.id
         report.record(f"dataset {ds.slug}", outcome)
 
+    report.warnings = _check_metrics(session, store, spec, dataset_ids)
+
     for phase_spec in spec.phases:
         spec_json = phase_spec.model_dump(mode="json")
         ids = {
@@ -171,9 +230,20 @@ def apply_spec(
         if phase.spec_json == spec_json and current_ids == ids:
             report.record(name, "unchanged")
             continue
+        changed = sorted(
+            k for k in {*phase.spec_json, *spec_json} if phase.spec_json.get(k) != spec_json.get(k)
+        )
+        changed += [k for k in ids if current_ids[k] != ids[k]]
         if phase.spec_json.get("metrics") != spec_json["metrics"]:
             phase.metrics_version += 1
             rescore.append(phase)
+            changed = [
+                f"metrics (v{phase.metrics_version - 1} -> v{phase.metrics_version})"
+                if k == "metrics"
+                else k
+                for k in changed
+            ]
+        report.details.append(f"{name}: {', '.join(changed)}")
         phase.spec_json = spec_json
         for key, value in ids.items():
             setattr(phase, key, value)
@@ -184,7 +254,8 @@ def apply_spec(
         from server.leaderboards import service as leaderboards
 
         for phase in dict.fromkeys(rescore):
-            report.rescored += leaderboards.reevaluate(session, phase)
+            report.rescored += leaderboards.reevaluate(session, phase, dry_run=plan)
+    report.plan = plan
     return report
 
 

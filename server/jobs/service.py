@@ -15,7 +15,7 @@ from server.db import utcnow
 from server.errors import InvalidTransition, NotFound
 from server.jobs import repository
 from server.jobs.models import Job
-from server.jobs.states import FINAL, TRANSITIONS, JobKind, JobStatus
+from server.jobs.states import FINAL, NOTIFIED_FAILURES, TRANSITIONS, JobKind, JobStatus
 from server.submissions.models import Submission
 
 RUN_JOB = "heldout.run_job"
@@ -137,6 +137,28 @@ def fail(
         result=result if result is not None else job.result,
         log_digest=log_digest,
         finished_at=utcnow(),
+    )
+    if code in NOTIFIED_FAILURES:
+        _notify_organizers(session, job, code, message)
+
+
+def _notify_organizers(session: Session, job: Job, code: str, message: str) -> None:
+    """The participant's message says the organizers have been told: tell them, in the
+    failure's own transaction."""
+    from server.challenges import events
+    from server.challenges.models import Phase
+
+    submission = session.get(Submission, job.submission_id)
+    assert submission is not None
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    events.notify(
+        session,
+        phase.challenge_id,
+        code,
+        f"phase {phase.slug}: the {job.kind} step of submission {submission.id} failed: {message}",
+        phase_id=phase.id,
+        submission_id=submission.id,
     )
 
 

@@ -64,20 +64,25 @@ def record(
     evaluator_version: str,
     ground_truth: str,
     metrics: dict[str, Any],
+    *,
+    metrics_version: int | None = None,
 ) -> Result:
-    """Store a result under its key; a re-run with the same key replaces nothing."""
-    existing = repository.find(
-        session, submission.id, evaluator_version, phase.metrics_version, ground_truth
-    )
+    """Store a result under its key; a re-run with the same key replaces nothing.
+
+    `metrics_version` is the metric config the evaluation actually ran with (read when its
+    job was claimed); a result computed under an older config is stored under that older
+    version, so it is stale, never shown as current."""
+    version = phase.metrics_version if metrics_version is None else metrics_version
+    existing = repository.find(session, submission.id, evaluator_version, version, ground_truth)
     if existing is not None:
         return existing
-    primary = phase.spec.metrics.primary
+    primary = str(metrics.get("aggregates", {}).get("primary") or phase.spec.metrics.primary)
     value = metrics.get("aggregates", {}).get(primary, {}).get("value")
     result = Result(
         submission_id=submission.id,
         phase_id=phase.id,
         evaluator_version=evaluator_version,
-        metrics_version=phase.metrics_version,
+        metrics_version=version,
         ground_truth_digest=ground_truth,
         primary_metric=primary,
         primary_value=_finite(value),
@@ -290,10 +295,15 @@ def _row(result: Result, submission: Submission, team: Team) -> dict[str, Any]:
     }
 
 
-def reevaluate(session: Session, phase: Phase, only: set[int] | None = None) -> list[int]:
+def reevaluate(
+    session: Session, phase: Phase, *, dry_run: bool = False, only: set[int] | None = None
+) -> list[int]:
     """Re-score every submission whose algorithm outputs are complete but whose current
-    result (present metric config, ground truth and evaluator) is missing: one evaluate job each,
-    no algorithm re-run. Idempotent: a submission already being evaluated is skipped."""
+    result (present metric config, ground truth and evaluator) is missing: one evaluate job
+    each, no algorithm re-run. Idempotent. A submission whose evaluation is still open is not
+    skipped but scheduled after it: when that evaluation records, `rescore_if_stale` sees
+    it ran under an older config and queues the re-evaluation (it is listed here too).
+    `dry_run`: only list them. `only`: consider these submissions alone."""
     gt = ground_truth_digest(session, phase)
     if gt is None:
         return []
@@ -306,15 +316,22 @@ def reevaluate(session: Session, phase: Phase, only: set[int] | None = None) -> 
     queued: list[int] = []
     for sub in submissions_repo.list_for_phase(session, phase.id):
         status = SubmissionStatus(sub.status)
-        if sub.id in have or status not in (SubmissionStatus.succeeded, SubmissionStatus.failed):
+        if sub.id in have or (only is not None and sub.id not in only):
             continue
-        if only is not None and sub.id not in only:
+        if status is SubmissionStatus.evaluating:
+            evaluations = jobs_repo.for_submission(session, sub.id, JobKind.evaluate.value)
+            open_ = [j for j in evaluations if JobStatus(j.status) not in JOB_FINAL]
+            if any(j.status == JobStatus.running.value for j in open_):
+                queued.append(sub.id)  # re-evaluated when the running one records
+            # A pending evaluation reads the new config when it is claimed.
+            continue
+        if status not in (SubmissionStatus.succeeded, SubmissionStatus.failed):
             continue
         infer = jobs_repo.for_submission(session, sub.id, JobKind.infer.value)
         if not infer or any(j.status != JobStatus.succeeded.value for j in infer):
             continue  # it never produced a full set of outputs
-        evaluations = jobs_repo.for_submission(session, sub.id, JobKind.evaluate.value)
-        if any(JobStatus(j.status) not in JOB_FINAL for j in evaluations):
+        if dry_run:
+            queued.append(sub.id)
             continue
         submissions.transition(
             session,
@@ -349,3 +366,27 @@ def reevaluate_all(session: Session) -> list[int]:
         if stale:
             queued += reevaluate(session, phase, only=stale)
     return queued
+
+
+def rescore_if_stale(session: Session, submission: Submission, used: dict[str, Any]) -> bool:
+    """After an evaluation records: if it ran under a metric config that has since changed
+    (the organizer applied a new one while it ran), evaluate again under the new one."""
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    version = used.get("metrics_version")
+    if version is None or int(version) == phase.metrics_version:
+        return False
+    if SubmissionStatus(submission.status) not in (
+        SubmissionStatus.succeeded,
+        SubmissionStatus.failed,
+    ):
+        return False
+    submissions.transition(
+        session,
+        submission,
+        SubmissionStatus.evaluating,
+        note=f"re-evaluation: metrics changed (v{version} -> v{phase.metrics_version}) "
+        "during the evaluation",
+    )
+    jobs.create(session, submission, JobKind.evaluate)
+    return True

@@ -6,7 +6,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from server.submissions.models import Penalty, Submission, SubmissionTransition
-from server.submissions.states import ACTIVE
+from server.submissions.states import ACTIVE, FINAL
 
 
 def charged(phase_id: int, team_id: int):  # type: ignore[no-untyped-def]
@@ -87,3 +87,16 @@ def count_binding(session: Session, team_id: int) -> int:
 def count_for_team(session: Session, team_id: int) -> int:
     stmt = select(func.count()).select_from(Submission).where(Submission.team_id == team_id)
     return int(session.scalar(stmt) or 0)
+
+
+def has_finished(session: Session, submission_id: int) -> bool:
+    """Whether the submission has been in a final state before (its first run is over)."""
+    stmt = (
+        select(SubmissionTransition.id)
+        .where(
+            SubmissionTransition.submission_id == submission_id,
+            SubmissionTransition.to_status.in_([s.value for s in FINAL]),
+        )
+        .limit(1)
+    )
+    return session.scalar(stmt) is not None

@@ -16,7 +16,7 @@ from server.db import utcnow
 from server.errors import InvalidInput, InvalidTransition, NotFound, NotPermitted, RuleViolation
 from server.jobs import service as jobs
 from server.jobs.states import JobKind
-from server.submissions import repository, rules
+from server.submissions import charging, repository, rules
 from server.submissions.models import Submission, SubmissionTransition
 from server.submissions.schemas import SubmissionCreate
 from server.submissions.states import ACTIVE, FINAL, SubmissionStatus, can_transition
@@ -32,9 +32,13 @@ def transition(
     *,
     note: str = "",
     failure: tuple[str, str] | None = None,
+    platform_caused: bool = False,
 ) -> None:
     """Move a submission to `target` if the table allows it from its current state. The
-    UPDATE is guarded by the state read, so two workers cannot both move it."""
+    UPDATE is guarded by the state read, so two workers cannot both move it.
+
+    The charge is decided here and only here, by `charging.decide` on the submission's
+    first final state; a re-evaluation's outcome never changes it."""
     current = SubmissionStatus(submission.status)
     if not can_transition(current, target):
         raise InvalidTransition(
@@ -44,8 +48,16 @@ def transition(
     values: dict[str, object] = {"status": target.value, "updated_at": now}
     if failure is not None:
         values["failure_code"], values["failure_message"] = failure
+    elif target is SubmissionStatus.succeeded:
+        # A success (a re-score after a fixed config, say) leaves no stale failure behind.
+        values["failure_code"] = values["failure_message"] = None
     if target in FINAL:
         values["finished_at"] = now
+        if not repository.has_finished(session, submission.id):
+            code = failure[0] if failure else None
+            values["charged"] = charging.decide(
+                current, target, code, platform_caused=platform_caused
+            )
     elif target is SubmissionStatus.evaluating:
         values["finished_at"] = None
     result = session.execute(
@@ -69,8 +81,25 @@ def transition(
     session.refresh(submission)
 
 
-def fail(session: Session, submission: Submission, code: str, message: str) -> None:
-    transition(session, submission, SubmissionStatus.failed, note=code, failure=(code, message))
+def fail(
+    session: Session,
+    submission: Submission,
+    code: str,
+    message: str,
+    *,
+    platform_caused: bool = False,
+) -> None:
+    """Fail a submission; `platform_caused` when the code alone does not say the platform
+    is to blame (it then never counts against the team)."""
+    note = f"{code} {charging.PLATFORM_NOTE}" if platform_caused else code
+    transition(
+        session,
+        submission,
+        SubmissionStatus.failed,
+        note=note,
+        failure=(code, message),
+        platform_caused=platform_caused,
+    )
 
 
 def create(
@@ -183,9 +212,7 @@ def cancel(session: Session, user: User, submission_id: int) -> Submission:
             f"submission {submission_id} is {status} and can no longer be cancelled",
             field="status",
         )
-    # Cancelled before its canary passed (no work on private data yet): it does not count.
-    if status in (SubmissionStatus.received, SubmissionStatus.validating):
-        submission.charged = False
+    # Cancelled before its canary passed it does not count (charging.decide).
     transition(session, submission, SubmissionStatus.cancelled, note=f"by {user.username}")
     jobs.cancel_open(session, submission)
     return submission

@@ -157,3 +157,33 @@ def test_cli_without_server_says_so(env: dict[str, str]) -> None:
     env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{free_port()}"}
     proc = run(env, "leaderboard", "stoic", "qualification", token="hld_x", ok=False)
     assert proc.returncode == 1 and "cannot reach the heldout server" in proc.stderr
+
+
+def test_cli_plan_refusal_and_events(server: dict[str, str], tmp_path: Path) -> None:
+    """`challenge apply --plan` prints what would change and changes nothing; a metric that
+    names a missing label column is refused, naming it; `challenge events` lists events."""
+    env = server
+    admin = json.loads(run(env, "token", "create", "--user", "admin", "--admin", "--json").stdout)
+    token = admin["token"]
+    bundle = _bundle(tmp_path)
+    run(env, "challenge", "apply", str(bundle), token=token)
+
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(bundle.read_text().replace("primary: auc-severity", "primary: auc-covid"))
+    plan = run(env, "challenge", "apply", str(changed), "--plan", token=token).stdout
+    assert "plan for challenge stoic: would change (nothing applied)" in plan
+    assert "updated   phase qualification" in plan
+    assert "phase qualification: metrics (v1 -> v2)" in plan
+    again = json.loads(
+        run(env, "challenge", "apply", str(changed), "--plan", "--json", token=token).stdout
+    )
+    assert again["plan"] is True and again["updated"] == ["phase qualification"]  # not applied
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(bundle.read_text().replace("label: probSevere", "label: probSevre"))
+    for extra in (["--plan"], []):
+        refused = run(env, "challenge", "apply", str(bad), *extra, token=token, ok=False)
+        assert refused.returncode == 1
+        assert "no column 'probSevre'" in refused.stderr, refused.stderr
+    assert "no events" in run(env, "challenge", "events", "stoic", token=token).stdout
+    assert json.loads(run(env, "challenge", "events", "stoic", "--json", token=token).stdout) == []

@@ -67,7 +67,11 @@ def test_participants_cannot_see_other_teams_or_organizer_data(
     admin = user_token(settings, "admin", admin=True)
     marker = "GROUND-TRUTH-MARKER"
     cases = stoic_cases()
-    cases["P000"]["probSevere"] = marker  # a value that must never appear in any response
+    # A label value that must never appear in any response (in a column no metric uses:
+    # apply refuses labels the phase's metrics cannot score).
+    for labels in cases.values():
+        labels["note"] = "-"
+    cases["P000"]["note"] = marker
     ds = write_dataset(tmp_path / "test", cases)
     assert apply_bundle(api, admin, stoic_bundle(), {"test": ds}).status_code == 200
     alice, bob = user_token(settings, "alice"), user_token(settings, "bob")
