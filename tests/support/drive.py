@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from evaluation.build_image import code_digest
 from server.config import Settings
 from server.db import session_scope
 from server.jobs import repository as jobs_repo
@@ -28,7 +29,7 @@ def fake_metrics(ctx: pipeline.JobContext) -> dict[str, Any]:
         for i, m in enumerate(cfg.metrics)
     }
     aggregates["primary"] = cfg.primary
-    return {"metrics": {"aggregates": aggregates}, "evaluator_version": "test-evaluator"}
+    return {"metrics": {"aggregates": aggregates}, "evaluator_version": code_digest()}
 
 
 def ok(settings: Settings, ctx: pipeline.JobContext) -> None:
