@@ -1,0 +1,58 @@
+"""Every job reaches a final state under one fault of Redis or the database, mid-run: the
+submission ends succeeded, every case inferred and evaluated once, charged by the rules,
+no container left; each prints its time to recovery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.faults.conftest import WORKER_ENV, Live
+from tests.support.workers import celery_worker
+
+pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow, pytest.mark.faults]
+
+
+def test_redis_restarted_without_persistence_mid_run(live_sqlite: Live) -> None:
+    """Redis dies and comes back empty: the queued cases' messages are gone; the reaper
+    finds the pending jobs with no message and sends them again."""
+    live = live_sqlite
+    token, archive = live.setup_phase()
+    with celery_worker(live.settings, **WORKER_ENV):
+        sub = live.submit(token, archive)
+        live.wait_mid_run(token, sub)
+        fault = time.monotonic()
+        live.redis.restart(down_s=1)
+        live.finish(token, sub, fault, "redis restarted empty")
+
+
+def test_redis_flushed_mid_run(live_sqlite: Live) -> None:
+    """FLUSHALL while the worker stays connected: the queues and kombu's bindings are
+    gone; the lost messages are re-sent and reach a worker."""
+    live = live_sqlite
+    token, archive = live.setup_phase()
+    with celery_worker(live.settings, **WORKER_ENV):
+        sub = live.submit(token, archive)
+        live.wait_mid_run(token, sub)
+        fault = time.monotonic()
+        live.redis.flush()
+        live.finish(token, sub, fault, "redis flushed")
+
+
+@pytest.mark.postgres
+def test_postgres_restarted_mid_run(live_postgres: Live) -> None:
+    """PostgreSQL goes down for 5 s: the tasks that reach a worker meanwhile cannot claim
+    their job. They must be retried, not acknowledged away. The reaper's re-send of lost
+    messages is switched off here (a pending job counts as lost only after an hour), so
+    the task's own retry is what brings these jobs back."""
+    live = live_postgres
+    assert live.postgres is not None
+    token, archive = live.setup_phase()
+    env = {"HELDOUT_REQUEUE_LOST_AFTER_S": "3600"}
+    with celery_worker(live.settings, **env):
+        sub = live.submit(token, archive)
+        live.wait_mid_run(token, sub)
+        fault = time.monotonic()
+        live.postgres.restart(down_s=5)
+        live.finish(token, sub, fault, "postgres restarted (5 s down)")
