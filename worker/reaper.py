@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import or_, select
 
@@ -78,11 +77,9 @@ def resend_lost(settings: Settings) -> list[int]:
     send them again. A duplicate is harmless, the claim re-checks the job's state."""
     from server.dispatch import QUEUES
     from server.jobs import service as jobs
-    from worker.celery_app import app
 
     # Every pass, so the bindings a flush removed come back before anything is sent.
-    with app.connection_for_read() as conn:
-        sizes = queue_sizes(conn.default_channel, set(QUEUES))
+    sizes = queue_sizes(set(QUEUES))
     now = utcnow()
     with session_scope(settings) as session:
         stale = list(
@@ -105,17 +102,20 @@ def resend_lost(settings: Settings) -> list[int]:
     return lost
 
 
-def queue_sizes(channel: Any, queues: set[str]) -> dict[str, int]:
+def queue_sizes(queues: set[str], broker_url: str | None = None) -> dict[str, int]:
     """Messages waiting in each queue. Each queue is declared again (exchange, queue and
     binding), not passively: on kombu's Redis transport a passive declare raises NOT_FOUND
     for an empty queue (no list key), and after a FLUSHALL the bindings are gone, so a
-    message sent to the queue's exchange would be routed to kombu's dead-letter list."""
+    message sent to the queue's exchange would go to kombu's dead-letter list. The
+    connection is a fresh one: kombu skips a binding its connection already declared."""
     from worker.celery_app import app
 
     sizes: dict[str, int] = {}
-    for name in sorted(queues):
-        app.amqp.queues[name].bind(channel).declare()
-        sizes[name] = int(channel.queue_declare(name).message_count)
+    with app.connection_for_read(broker_url) as conn:
+        channel = conn.default_channel
+        for name in sorted(queues):
+            app.amqp.queues[name].bind(channel).declare()
+            sizes[name] = int(channel.queue_declare(name).message_count)
     return sizes
 
 

@@ -4,12 +4,13 @@ no container left; each prints its time to recovery."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
 
 from tests.faults.conftest import WORKER_ENV, Live
-from tests.support.workers import celery_worker
+from tests.support.workers import celery_worker, start_worker, stop_worker
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow, pytest.mark.faults]
 
@@ -56,3 +57,20 @@ def test_postgres_restarted_mid_run(live_postgres: Live) -> None:
         fault = time.monotonic()
         live.postgres.restart(down_s=5)
         live.finish(token, sub, fault, "postgres restarted (5 s down)")
+
+
+def test_worker_killed_mid_run(live_sqlite: Live) -> None:
+    """SIGKILL the only worker while cases run (its messages stay unacknowledged in Redis
+    for an hour); a new worker's reaper hands the stale jobs back and they finish."""
+    live = live_sqlite
+    token, archive = live.setup_phase()
+    first = start_worker(live.settings, concurrency=2, log=live.settings.data_dir / "w1.log",
+                         **WORKER_ENV)  # fmt: skip
+    try:
+        sub = live.submit(token, archive)
+        live.wait_mid_run(token, sub)
+    finally:
+        fault = time.monotonic()
+        stop_worker(first, signal.SIGKILL)
+    with celery_worker(live.settings, log=live.settings.data_dir / "w2.log", **WORKER_ENV):
+        live.finish(token, sub, fault, "worker killed")
