@@ -5,6 +5,8 @@ runs each of them once."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +25,13 @@ from server.jobs import repository as jobs_repo
 from tests.conftest import need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
-from tests.support.services import PostgresCluster, RedisServer, postgres_cluster, redis_server
+from tests.support.services import (
+    PG_BIN,
+    PostgresCluster,
+    RedisServer,
+    postgres_cluster,
+    redis_server,
+)
 from tests.support.workers import wait_final, wait_for
 from worker.pipeline import container_key
 
@@ -112,9 +120,16 @@ def _engine() -> docker.DockerClient:
     return client
 
 
+def _need_binaries(postgres: bool = False) -> None:
+    need(shutil.which("redis-server") is not None, "redis-server")
+    if postgres:
+        need((PG_BIN / "initdb").exists() and os.geteuid() == 0, "PostgreSQL 15 binaries, as root")
+
+
 @pytest.fixture
 def live_sqlite(tmp_path: Path) -> Iterator[Live]:
     """SQLite (a single node's database) and an own Redis."""
+    _need_binaries()
     engine = _engine()
     with redis_server() as rs:
         data = tmp_path / "data"
@@ -128,6 +143,7 @@ def live_sqlite(tmp_path: Path) -> Iterator[Live]:
 @pytest.fixture
 def live_postgres(tmp_path: Path) -> Iterator[Live]:
     """An own PostgreSQL cluster and an own Redis."""
+    _need_binaries(postgres=True)
     engine = _engine()
     with redis_server() as rs, postgres_cluster() as pg:
         data = tmp_path / "data"

@@ -4,12 +4,14 @@ pass does not stop the others."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
 import redis
 
 from server.config import Settings
+from tests.conftest import need
 from tests.support.services import redis_server
 from worker import reaper
 
@@ -19,6 +21,7 @@ QUEUES = {"build", "cpu", "gpu", "evaluation"}
 
 
 def test_queue_sizes_on_empty_and_flushed_redis() -> None:
+    need(shutil.which("redis-server") is not None, "redis-server")
     with redis_server() as rs:
         client = redis.Redis.from_url(rs.url)
         # A fresh Redis: no list key for any queue, which a passive declare reports as
