@@ -55,7 +55,7 @@ class Live:
     postgres: PostgresCluster | None
     tmp: Path
 
-    def setup_phase(self) -> tuple[str, Path]:
+    def setup_phase(self, script: str = SLOW, name: str = "faults-slow") -> tuple[str, Path]:
         """The STOIC-style phase on N_CASES cases and a slow, well-behaved image archive;
         returns a participant's token and the archive."""
         admin = user_token(self.settings, "admin", admin=True)
@@ -64,8 +64,8 @@ class Live:
             ((f"P{i:03d}", 30 + 8 * i, int(i >= 2), int(i in (3, 5))) for i in range(N_CASES)),
         )
         assert apply_bundle(self.api, admin, stoic_bundle(), {"test": ds}).status_code == 200
-        tag = images.build_image(self.engine, "faults-slow", SLOW)
-        archive = images.save_image(self.engine, [tag], self.tmp / "slow.tar.gz", gz=True)
+        tag = images.build_image(self.engine, name, script)
+        archive = images.save_image(self.engine, [tag], self.tmp / f"{name}.tar.gz", gz=True)
         return user_token(self.settings, "alice"), archive
 
     def submit(self, token: str, archive: Path) -> int:

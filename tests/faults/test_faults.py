@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.faults.conftest import WORKER_ENV, Live
-from tests.support.workers import celery_worker, start_worker, stop_worker
+from tests.faults.conftest import SLOW, WORKER_ENV, Live
+from tests.support.workers import celery_worker, start_worker, stop_worker, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow, pytest.mark.faults]
 
@@ -74,3 +74,45 @@ def test_worker_killed_mid_run(live_sqlite: Live) -> None:
         stop_worker(first, signal.SIGKILL)
     with celery_worker(live.settings, log=live.settings.data_dir / "w2.log", **WORKER_ENV):
         live.finish(token, sub, fault, "worker killed")
+
+
+def test_cancel_while_redis_is_down(live_sqlite: Live) -> None:
+    """Redis dies mid-run and the participant cancels: the reaper's broker step fails on
+    every pass, yet its container step still removes the running cases' containers; the
+    submission is cancelled and charged by the rule (cancelled after its test cases started:
+    it counts), every job final."""
+    from server.db import session_scope
+    from server.jobs import repository as jobs_repo
+    from tests.support.factories import auth
+    from worker.pipeline import container_key
+
+    live = live_sqlite
+    # Cases that run for a minute: only the reaper can end their containers in time.
+    stuck = SLOW.replace("time.sleep(3)", "time.sleep(60)")
+    token, archive = live.setup_phase(stuck, "faults-stuck")
+    with celery_worker(live.settings, **WORKER_ENV):
+        sub = live.submit(token, archive)
+
+        def ours() -> list[str]:
+            with session_scope(live.settings) as session:
+                keys = {container_key(live.settings, j.id) for j in jobs_repo.for_submission(
+                    session, sub)}  # fmt: skip
+            # The low-level list: no per-container inspect to race a removal.
+            managed = live.engine.api.containers(all=True, filters={"label": "heldout.managed=1"})
+            return [c["Id"] for c in managed if (c.get("Labels") or {}).get("heldout.job") in keys]
+
+        wait_for(ours, 60, "a case's container to run", interval=0.1)
+        fault = time.monotonic()
+        live.redis.stop()
+        r = live.api.post(f"/api/v1/submissions/{sub}/cancel", headers=auth(token))
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+
+        def none_left() -> bool:
+            return not ours()
+
+        wait_for(none_left, 30, "the cancelled submission's containers to be removed")
+        print(f"\nredis down, cancelled: no container left {time.monotonic() - fault:.1f} s after")
+        final = live.view(token, sub)
+        assert final["status"] == "cancelled" and final["charged"] is True
+        assert all(set(j["by_status"]) <= {"succeeded", "cancelled"} for j in final["jobs"])
+        live.redis.start()
