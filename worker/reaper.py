@@ -75,9 +75,11 @@ def reap(settings: Settings) -> list[int]:
 def resend_lost(settings: Settings) -> list[int]:
     """Pending jobs whose queue is empty lost their message (Redis restarted or flushed):
     send them again. A duplicate is harmless, the claim re-checks the job's state."""
+    from server.dispatch import QUEUES
     from server.jobs import service as jobs
-    from worker.celery_app import app
 
+    # Every pass, so the bindings a flush removed come back before anything is sent.
+    sizes = queue_sizes(set(QUEUES))
     now = utcnow()
     with session_scope(settings) as session:
         stale = list(
@@ -91,19 +93,30 @@ def resend_lost(settings: Settings) -> list[int]:
         if not stale:
             return []
         lost: list[int] = []
-        with app.connection_for_read() as conn:
-            channel = conn.default_channel
-            empty = {
-                q: channel.queue_declare(q, passive=True).message_count == 0
-                for q in {j.queue for j in stale}
-            }
         for job in stale:
-            if empty[job.queue]:
+            if sizes.get(job.queue) == 0:
                 jobs.requeue(session, job)
                 lost.append(job.id)
     if lost:
         log.warning("re-sent %d pending job(s) whose messages were lost: %s", len(lost), lost)
     return lost
+
+
+def queue_sizes(queues: set[str], broker_url: str | None = None) -> dict[str, int]:
+    """Messages waiting in each queue. Each queue is declared again (exchange, queue and
+    binding), not passively: on kombu's Redis transport a passive declare raises NOT_FOUND
+    for an empty queue (no list key), and after a FLUSHALL the bindings are gone, so a
+    message sent to the queue's exchange would go to kombu's dead-letter list. The
+    connection is a fresh one: kombu skips a binding its connection already declared."""
+    from worker.celery_app import app
+
+    sizes: dict[str, int] = {}
+    with app.connection_for_read(broker_url) as conn:
+        channel = conn.default_channel
+        for name in sorted(queues):
+            app.amqp.queues[name].bind(channel).declare()
+            sizes[name] = int(channel.queue_declare(name).message_count)
+    return sizes
 
 
 def stop_cancelled(settings: Settings) -> list[int]:
@@ -144,14 +157,19 @@ def _remove_containers(settings: Settings, job_id: int) -> None:
         log.exception("could not remove containers of job %s", job_id)
 
 
+def run_pass(settings: Settings) -> None:
+    """One pass of every step, each on its own: a broker or database error in one is logged
+    and the others still run; the next pass tries again."""
+    for step in (reap, resend_lost, stop_cancelled):
+        try:
+            step(settings)
+        except Exception:
+            log.exception("reaper step %s failed; the next pass tries again", step.__name__)
+
+
 def _loop(settings: Settings) -> None:
     while not _stop.wait(settings.heartbeat_s):
-        try:
-            reap(settings)
-            resend_lost(settings)
-            stop_cancelled(settings)
-        except Exception:  # the next pass tries again
-            log.exception("reaper pass failed")
+        run_pass(settings)
 
 
 def start_reaper_thread(settings: Settings) -> None:
