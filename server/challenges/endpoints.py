@@ -11,6 +11,7 @@ from server.challenges.bundle import parse_spec
 from server.datasets import repository as datasets_repo
 from server.deps import CurrentUser, SessionDep, StoreDep
 from server.errors import NotFound
+from server.params import BodyId
 from server.submissions import rules
 from server.uploads import service as uploads
 
@@ -128,7 +129,7 @@ def list_datasets(challenge: str, user: CurrentUser, session: SessionDep) -> lis
 
 class InviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    team_id: int
+    team_id: BodyId
 
 
 @router.post("/challenges/{challenge}/phases/{phase}/invitations", status_code=201)

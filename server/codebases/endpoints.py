@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.codebases import service
 from server.deps import CurrentUser, SessionDep, SettingsDep, StoreDep
+from server.params import PathId
 
 router = APIRouter(tags=["codebases"])
 
@@ -39,7 +40,7 @@ def link_repository(
 
 @router.post("/webhooks/push/{link_id}")
 async def push_webhook(
-    link_id: int,
+    link_id: PathId,
     request: Request,
     response: Response,
     session: SessionDep,
@@ -67,7 +68,7 @@ async def push_webhook(
 
 @router.get("/submissions/{submission_id}/artifacts", response_class=FileResponse)
 def download_artifacts(
-    submission_id: int, user: CurrentUser, session: SessionDep, store: StoreDep
+    submission_id: PathId, user: CurrentUser, session: SessionDep, store: StoreDep
 ) -> FileResponse:
     """The trained /output of a codebase submission, as a tar (feedback rounds)."""
     digest = service.trained_artifacts(session, user, submission_id)
