@@ -38,7 +38,16 @@ def link_repository(
     }
 
 
-@router.post("/webhooks/push/{link_id}")
+@router.post(
+    "/webhooks/push/{link_id}",
+    status_code=201,
+    responses={
+        202: {
+            "description": "not a tag push: nothing was submitted",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def push_webhook(
     link_id: PathId,
     request: Request,
@@ -66,7 +75,11 @@ async def push_webhook(
     return {"submitted": True, "submission_id": sub.id, "commit_sha": sub.commit_sha}
 
 
-@router.get("/submissions/{submission_id}/artifacts", response_class=FileResponse)
+@router.get(
+    "/submissions/{submission_id}/artifacts",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/x-tar": {}}, "description": "a tar of /output"}},
+)
 def download_artifacts(
     submission_id: PathId, user: CurrentUser, session: SessionDep, store: StoreDep
 ) -> FileResponse:
