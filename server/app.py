@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from server import openapi
 from server.accounts.endpoints import router as accounts_router
 from server.challenges.endpoints import router as challenges_router
 from server.codebases.endpoints import router as codebases_router
@@ -22,6 +26,8 @@ from server.teams.endpoints import router as teams_router
 from server.uploads.endpoints import router as uploads_router
 
 PROBLEM = "application/problem+json"
+DB_RETRY_AFTER_S = 5
+log = logging.getLogger(__name__)
 WEB = Path(__file__).resolve().parent / "web"
 
 
@@ -66,6 +72,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         return JSONResponse(body, status_code=422, media_type=PROBLEM)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
+        # SQLite's "database is locked" past busy_timeout, a PostgreSQL lock or connection
+        # failure, an exhausted pool: the request may succeed later, so 503, not 500.
+        log.warning("database unavailable: %s", str(exc).splitlines()[0][:200])
+        body = {
+            "title": "Service unavailable",
+            "status": 503,
+            "detail": "the database is busy or unavailable; retry in a few seconds",
+        }
+        headers = {"Retry-After": str(DB_RETRY_AFTER_S)}
+        return JSONResponse(body, status_code=503, media_type=PROBLEM, headers=headers)
+
     @app.get("/api/v1/health", tags=["meta"])
     def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -81,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         codebases_router,
     ):
         app.include_router(router, prefix="/api/v1")
+    openapi.install(app)
     # The participant page: static files that use the API above, nothing server-rendered.
     app.mount("/", StaticFiles(directory=WEB, html=True), name="web")
     return app

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # Intake of T2 image archives.
     max_image_archive_bytes: int = 20 * 1024**3
     max_image_bytes: int = 20 * 1024**3
+    # Refused while the archive is read, before the engine unpacks anything (gzip bombs):
+    # what its layers expand to in all, and bytes out per compressed byte in.
+    max_image_expanded_bytes: int = 20 * 1024**3
+    max_image_compression_ratio: int = 50
 
     # T3 codebases.
     allowed_local_repo_roots: list[Path] = Field(default_factory=list)

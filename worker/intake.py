@@ -16,14 +16,18 @@ itself, which confines them to the layer directory.
 
 from __future__ import annotations
 
+import bz2
 import hashlib
+import io
 import itertools
 import json
 import logging
+import lzma
 import posixpath
 import shutil
 import tarfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +59,13 @@ class IntakeLimits:
     max_image_bytes: int = 10 * 1000**3  # the loaded image, as grand-challenge caps it
     max_members: int = 100_000
     max_metadata_bytes: int = 4 * MiB  # manifest.json / index.json
+    # What the engine would unpack: uncompressed members at their size, compressed layers
+    # (gzip, bzip2, xz) decompressed and counted while the archive is read.
+    max_expanded_bytes: int = 20 * GiB
+    # Bytes out per byte in, for the whole file and for each compressed layer; checked once
+    # more than ratio_floor_bytes came out (small, very compressible files are harmless).
+    max_compression_ratio: int = 50
+    ratio_floor_bytes: int = 64 * MiB
 
 
 class IntakeError(Exception):
@@ -75,6 +86,7 @@ class ArchiveInfo:
     sha256: str  # of the file as uploaded
     archive_bytes: int
     uncompressed_bytes: int
+    expanded_bytes: int  # what the engine would unpack (compressed layers decompressed)
     members: int
     layout: str  # "docker" (manifest.json, also written by Docker 25+) or "oci" (index.json)
     image_id: str | None  # "sha256:<config digest>" where the archive names it
@@ -139,6 +151,7 @@ def inspect_archive(path: Path, limits: IntakeLimits = IntakeLimits()) -> Archiv
     small_bytes = 0
     with open(path, "rb") as raw:
         reader = HashingReader(raw)
+        meter = _ExpansionMeter(limits, reader)
         members, total = 0, 0
         seen: set[str] = set()
         for member, tar in _members(reader):
@@ -157,16 +170,139 @@ def inspect_archive(path: Path, limits: IntakeLimits = IntakeLimits()) -> Archiv
                 )
             if name in _METADATA:
                 metadata[name] = _read_small(tar, member, limits.max_metadata_bytes)
+                meter.measure(io.BytesIO(metadata[name]), name)
             elif _maybe_config(name, member) and small_bytes < _SMALL_TOTAL:
                 small[name] = _read_small(tar, member, _SMALL_FILE)
                 small_bytes += member.size
+                meter.measure(io.BytesIO(small[name]), name)
+            elif member.isreg():
+                f = tar.extractfile(member)
+                assert f is not None
+                meter.measure(f, name)
         digest = reader.drain()
     layout, config_ref = _one_image(metadata)
     image_id, config = _image_config(layout, config_ref, small)
     if config is not None:
         # Refuse from the archive alone what the loaded image would be refused for.
         check_config(config.get("os"), config.get("architecture"), config.get("config") or {})
-    return ArchiveInfo(digest, size, total, members, layout, image_id)
+    return ArchiveInfo(digest, size, total, meter.total, members, layout, image_id)
+
+
+# ---------------------------------------------------------------------------------------
+# Expansion: gzip bombs are the participant's error, found before the engine unpacks them
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _Decompressor:
+    """zlib's, bz2's and lzma's incremental decompressors behind one bounded-output call;
+    concatenated streams (multi-member gzip, as the engine reads them) go on."""
+
+    def __init__(self, make: Callable[[], Any], *, is_zlib: bool = False) -> None:
+        self.make = make
+        self.is_zlib = is_zlib
+        self.d = make()
+
+    def feed(self, data: bytes) -> bytes:
+        """Up to _CHUNK bytes of output; call again with b"" while `more` is true."""
+        if self.d.eof:
+            data = bytes(self.d.unused_data) + data
+            if not data:
+                return b""
+            self.d = self.make()
+        if self.is_zlib:
+            data = self.d.unconsumed_tail + data
+        out: bytes = self.d.decompress(data, _CHUNK)
+        return out
+
+    @property
+    def more(self) -> bool:
+        """Output may be pending without more input."""
+        if self.d.eof:
+            return bool(self.d.unused_data)
+        if self.is_zlib:
+            return bool(self.d.unconsumed_tail)
+        return not self.d.needs_input
+
+
+def _read(f: IO[bytes], size: int) -> bytes:
+    try:
+        return f.read(size)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise IntakeError(
+            "The file is not a readable tar archive; upload the output of `docker save` "
+            "(optionally gzip-compressed)."
+        ) from e
+
+
+def _decompressor(head: bytes) -> _Decompressor | None:
+    if head.startswith(b"\x1f\x8b"):
+        return _Decompressor(lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), is_zlib=True)
+    if head.startswith(b"BZh"):
+        return _Decompressor(bz2.BZ2Decompressor)
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return _Decompressor(lzma.LZMADecompressor)
+    return None
+
+
+class _ExpansionMeter:
+    """Counts what each member would unpack to and refuses, as the participant's error,
+    an archive past `max_expanded_bytes` or `max_compression_ratio`, as soon as it is."""
+
+    def __init__(self, limits: IntakeLimits, reader: HashingReader) -> None:
+        self.limits = limits
+        self.reader = reader  # the file as uploaded: its bytes_read is the compressed side
+        self.total = 0
+
+    def measure(self, f: IO[bytes], name: str) -> None:
+        head = _read(f, 8)
+        if head.startswith(_ZSTD_MAGIC):
+            raise IntakeError(
+                f"The archive entry {name!r} is zstd-compressed, which heldout cannot check; "
+                "upload the output of `docker save` (optionally gzip-compressed)."
+            )
+        d = _decompressor(head)
+        if d is None:
+            self._add(len(head), name)
+            while chunk := _read(f, _CHUNK):
+                self._add(len(chunk), name)
+            return
+        consumed, produced, data = len(head), 0, head
+        while True:
+            try:
+                out = d.feed(data)
+            except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as e:
+                raise IntakeError(
+                    f"The archive entry {name!r} is a corrupt compressed stream."
+                ) from e
+            produced += len(out)
+            self._add(len(out), name)
+            self._check_ratio(produced, consumed, f"The archive entry {name!r}")
+            if d.more:
+                data = b""
+                continue
+            data = _read(f, _CHUNK)
+            if not data:
+                return
+            consumed += len(data)
+
+    def _add(self, n: int, name: str) -> None:
+        self.total += n
+        limit = self.limits.max_expanded_bytes
+        if self.total > limit:
+            raise IntakeError(
+                f"The image expands to more than {limit / GiB:.1f} GiB (at {name!r}), the "
+                "limit on an image's unpacked size; make the image smaller."
+            )
+        self._check_ratio(self.total, self.reader.bytes_read, "The archive")
+
+    def _check_ratio(self, produced: int, consumed: int, what: str) -> None:
+        ratio = self.limits.max_compression_ratio
+        if produced > self.limits.ratio_floor_bytes and produced > ratio * max(consumed, 1):
+            raise IntakeError(
+                f"{what} expands to more than {ratio} times its compressed size, the limit "
+                "on compression ratio (a decompression bomb); it was refused unpacked."
+            )
 
 
 def _maybe_config(name: str, member: tarfile.TarInfo) -> bool:
@@ -343,7 +479,7 @@ def load_image(
     A refused image is removed again, unless the engine already had it before.
     """
     info = inspect_archive(path, limits)
-    _check_free_disk(client, info.uncompressed_bytes)
+    _check_free_disk(client, info.expanded_bytes)
     # Without a known id assume it existed: never delete an image this call did not add.
     existed = info.image_id is None or _exists(client, info.image_id)
     try:

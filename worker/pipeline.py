@@ -546,6 +546,8 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
     limits = IntakeLimits(
         max_archive_bytes=settings.max_image_archive_bytes,
         max_image_bytes=settings.max_image_bytes,
+        max_expanded_bytes=settings.max_image_expanded_bytes,
+        max_compression_ratio=settings.max_image_compression_ratio,
     )
     try:
         loaded = load_image(

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from server.accounts import repository, service
 from server.accounts.schemas import TokenCreate, TokenCreated, TokenRead, UserCreate, UserRead
 from server.deps import CurrentUser, SessionDep
+from server.params import PathId
 
 router = APIRouter(tags=["accounts"])
 
@@ -32,5 +33,5 @@ def list_tokens(user: CurrentUser, session: SessionDep) -> object:
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, user: CurrentUser, session: SessionDep) -> None:
+def revoke_token(token_id: PathId, user: CurrentUser, session: SessionDep) -> None:
     service.revoke_token(session, user, token_id)

@@ -12,6 +12,7 @@ from server.challenges.models import Phase
 from server.datasets import repository as datasets_repo
 from server.deps import CurrentUser, SessionDep, StoreDep
 from server.errors import NotFound
+from server.params import BodyId
 from server.submissions import rules
 from server.uploads import service as uploads
 
@@ -157,7 +158,7 @@ def list_datasets(challenge: str, user: CurrentUser, session: SessionDep) -> lis
 
 class InviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    team_id: int
+    team_id: BodyId
 
 
 @router.post("/challenges/{challenge}/phases/{phase}/invitations", status_code=201)

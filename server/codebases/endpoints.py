@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.codebases import service
 from server.deps import CurrentUser, SessionDep, SettingsDep, StoreDep
+from server.params import PathId
 
 router = APIRouter(tags=["codebases"])
 
@@ -37,9 +38,18 @@ def link_repository(
     }
 
 
-@router.post("/webhooks/push/{link_id}")
+@router.post(
+    "/webhooks/push/{link_id}",
+    status_code=201,
+    responses={
+        202: {
+            "description": "not a tag push: nothing was submitted",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def push_webhook(
-    link_id: int,
+    link_id: PathId,
     request: Request,
     response: Response,
     session: SessionDep,
@@ -65,9 +75,13 @@ async def push_webhook(
     return {"submitted": True, "submission_id": sub.id, "commit_sha": sub.commit_sha}
 
 
-@router.get("/submissions/{submission_id}/artifacts", response_class=FileResponse)
+@router.get(
+    "/submissions/{submission_id}/artifacts",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/x-tar": {}}, "description": "a tar of /output"}},
+)
 def download_artifacts(
-    submission_id: int, user: CurrentUser, session: SessionDep, store: StoreDep
+    submission_id: PathId, user: CurrentUser, session: SessionDep, store: StoreDep
 ) -> FileResponse:
     """The trained /output of a codebase submission, as a tar (feedback rounds)."""
     digest = service.trained_artifacts(session, user, submission_id)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.challenges import service as challenges
 from server.deps import CurrentUser, SessionDep, StoreDep
 from server.jobs import logs, repository
+from server.params import PathId
 from server.submissions import service as submissions
 
 router = APIRouter(tags=["jobs"])
@@ -19,7 +20,9 @@ class ReleaseBody(BaseModel):
 
 
 @router.get("/submissions/{submission_id}/jobs")
-def list_jobs(submission_id: int, user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
+def list_jobs(
+    submission_id: PathId, user: CurrentUser, session: SessionDep
+) -> list[dict[str, Any]]:
     sub = submissions.get_visible(session, user, submission_id)
     return [
         {
@@ -40,7 +43,7 @@ def list_jobs(submission_id: int, user: CurrentUser, session: SessionDep) -> lis
 
 @router.get("/jobs/{job_id}/logs")
 def job_logs(
-    job_id: int, user: CurrentUser, session: SessionDep, store: StoreDep
+    job_id: PathId, user: CurrentUser, session: SessionDep, store: StoreDep
 ) -> dict[str, Any]:
     return logs.read(session, store, user, job_id)
 
@@ -53,13 +56,13 @@ def pending_reviews(challenge: str, user: CurrentUser, session: SessionDep) -> l
 
 @router.post("/jobs/{job_id}/logs/release")
 def release_logs(
-    job_id: int, body: ReleaseBody, user: CurrentUser, session: SessionDep, store: StoreDep
+    job_id: PathId, body: ReleaseBody, user: CurrentUser, session: SessionDep, store: StoreDep
 ) -> dict[str, Any]:
     job = logs.release(session, store, user, job_id, body.redactions)
     return {"job_id": job.id, "review": job.log_review}
 
 
 @router.post("/jobs/{job_id}/logs/refuse")
-def refuse_logs(job_id: int, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
+def refuse_logs(job_id: PathId, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
     job = logs.refuse(session, user, job_id)
     return {"job_id": job.id, "review": job.log_review}

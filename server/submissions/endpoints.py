@@ -10,6 +10,7 @@ from server.challenges.models import Challenge, Phase
 from server.deps import CurrentUser, SessionDep, SettingsDep
 from server.jobs import queue
 from server.jobs import service as jobs
+from server.params import PathId
 from server.submissions import repository, rules, service
 from server.submissions.models import Submission
 from server.submissions.schemas import JobSummary, SubmissionCreate, SubmissionRead, TransitionRead
@@ -74,17 +75,19 @@ def phase_rules(
 
 
 @router.get("/submissions/{submission_id}", response_model=SubmissionRead)
-def get_submission(submission_id: int, user: CurrentUser, session: SessionDep) -> SubmissionRead:
+def get_submission(submission_id: PathId, user: CurrentUser, session: SessionDep) -> SubmissionRead:
     return view(session, service.get_visible(session, user, submission_id), detail=True)
 
 
 @router.post("/submissions/{submission_id}/cancel", response_model=SubmissionRead)
-def cancel_submission(submission_id: int, user: CurrentUser, session: SessionDep) -> SubmissionRead:
+def cancel_submission(
+    submission_id: PathId, user: CurrentUser, session: SessionDep
+) -> SubmissionRead:
     return view(session, service.cancel(session, user, submission_id), detail=True)
 
 
 @router.post("/submissions/{submission_id}/renounce", response_model=SubmissionRead)
 def renounce_submission(
-    submission_id: int, user: CurrentUser, session: SessionDep
+    submission_id: PathId, user: CurrentUser, session: SessionDep
 ) -> SubmissionRead:
     return view(session, service.renounce(session, user, submission_id), detail=True)

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
@@ -11,13 +11,13 @@ from server.challenges import service as challenges
 from server.challenges.models import Challenge
 from server.deps import CurrentUser, SessionDep
 from server.errors import NotFound
+from server.params import PathId
 from server.teams import repository, service
 from server.teams.models import Team, TeamInvitation
 
 router = APIRouter(tags=["teams"])
 
-# Ids are database integers: larger values are refused as input, never looked up.
-Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Id = PathId
 
 
 class TeamCreate(BaseModel):

@@ -86,7 +86,11 @@ def append(
     upload_checksum: Annotated[
         str | None, Header(description="tus checksum extension: 'sha256 <base64 digest>'")
     ] = None,
-    content_length: Annotated[int | None, Header(ge=0, le=2**63 - 1)] = None,
+    # The transport's own header, not a parameter to document: a client sending one that
+    # disagrees with its body breaks HTTP framing before the app sees the request.
+    content_length: Annotated[
+        int | None, Header(ge=0, le=2**63 - 1, include_in_schema=False)
+    ] = None,
 ) -> dict[str, Any]:
     """Append the raw body at `offset`. A sync endpoint (in the threadpool): the body is
     streamed to disk and hashed there, never on the event loop and never whole in memory,

@@ -1,0 +1,82 @@
+"""The OpenAPI document declares every response the API gives: each operation's error
+statuses, all rendered as problem responses (application/problem+json, RFC 9457), and the
+503 a busy or unreachable database gets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+PROBLEM = "application/problem+json"
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["title", "status"],
+    "properties": {
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "field": {"type": ["string", "null"]},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+ERRORS = {
+    "400": "bad request (the detail names what was wrong)",
+    "401": "missing, unknown or revoked token, or a webhook signature that does not match",
+    "403": "the token's user may not do this",
+    "404": "no such resource (or not visible to this user)",
+    "409": "conflicts with the resource's current state",
+    "413": "payload too large",
+    "422": "invalid input: `field` and `errors` name each invalid parameter",
+    "429": "refused by a submission rule; Retry-After says when to try again",
+    "503": "the database is busy or unavailable; retry after Retry-After seconds",
+}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
+
+
+def install(app: FastAPI) -> None:
+    """Replace app.openapi with one that adds the error responses to every operation."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.setdefault("responses", {})
+                for code, description in ERRORS.items():
+                    entry: dict[str, Any] = {
+                        "description": description,
+                        "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                    }
+                    if code in ("429", "503"):
+                        entry["headers"] = RETRY_AFTER
+                    # FastAPI's own 422 (HTTPValidationError, application/json) is not what
+                    # the handler renders; the others keep a route's own description.
+                    if code == "422" or code not in responses:
+                        responses[code] = entry
+                    else:
+                        responses[code].setdefault("content", entry["content"])
+        schema["components"]["schemas"].pop("HTTPValidationError", None)
+        schema["components"]["schemas"].pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
