@@ -21,6 +21,7 @@ class ReleaseBody(BaseModel):
 @router.get("/submissions/{submission_id}/jobs")
 def list_jobs(submission_id: int, user: CurrentUser, session: SessionDep) -> list[dict[str, Any]]:
     sub = submissions.get_visible(session, user, submission_id)
+    operator = submissions.sees_operator_detail(session, user, sub)
     return [
         {
             "id": j.id,
@@ -29,6 +30,8 @@ def list_jobs(submission_id: int, user: CurrentUser, session: SessionDep) -> lis
             "attempt": j.attempt,
             "failure_code": j.failure_code,
             "failure_message": j.failure_message,
+            # Engine errors, evaluator output, private case names: organizers only.
+            "operator_detail": j.operator_detail if operator else None,
             "logs_held": j.logs_held,
             "log_review": j.log_review,
             "started_at": j.started_at,

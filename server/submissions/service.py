@@ -32,6 +32,7 @@ def transition(
     *,
     note: str = "",
     failure: tuple[str, str] | None = None,
+    operator_detail: str | None = None,
 ) -> None:
     """Move a submission to `target` if the table allows it from its current state. The
     UPDATE is guarded by the state read, so two workers cannot both move it."""
@@ -44,6 +45,7 @@ def transition(
     values: dict[str, object] = {"status": target.value, "updated_at": now}
     if failure is not None:
         values["failure_code"], values["failure_message"] = failure
+        values["operator_detail"] = operator_detail
     if target in FINAL:
         values["finished_at"] = now
     elif target is SubmissionStatus.evaluating:
@@ -69,8 +71,22 @@ def transition(
     session.refresh(submission)
 
 
-def fail(session: Session, submission: Submission, code: str, message: str) -> None:
-    transition(session, submission, SubmissionStatus.failed, note=code, failure=(code, message))
+def fail(
+    session: Session,
+    submission: Submission,
+    code: str,
+    message: str,
+    operator_detail: str | None = None,
+) -> None:
+    """`message` is what the participant reads; `operator_detail` organizers only."""
+    transition(
+        session,
+        submission,
+        SubmissionStatus.failed,
+        note=code,
+        failure=(code, message),
+        operator_detail=operator_detail,
+    )
 
 
 def create(
@@ -162,6 +178,13 @@ def get_visible(session: Session, user: User, submission_id: int) -> Submission:
         # 404, not 403: don't confirm that another team's submission exists.
         raise NotFound(f"no submission {submission_id}", field="submission")
     return submission
+
+
+def sees_operator_detail(session: Session, user: User, submission: Submission) -> bool:
+    """Organizers of the submission's challenge and admins read `operator_detail`."""
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    return accounts.is_organizer(session, user, phase.challenge_id)
 
 
 def list_visible(
