@@ -262,6 +262,9 @@ def check_json_value(value: Any, interface: Interface) -> str | None:
     if not ok:
         return f"expected a bare JSON {t.value}, got {got}"
     if t in (JsonValueType.number, JsonValueType.integer):
+        lo, hi = interface.minimum, interface.maximum
+        if lo is not None and hi is not None and not lo <= value <= hi:
+            return f"the value is outside [{lo:g}, {hi:g}]"
         if interface.minimum is not None and value < interface.minimum:
             return f"the value is below the minimum {interface.minimum:g}"
         if interface.maximum is not None and value > interface.maximum:
@@ -285,13 +288,13 @@ def _check_file(path: Path, interface: Interface, output_dir: Path) -> Any:
     kind = _file_kind(path)
     if kind is None:
         # The same slug with another extension: say so rather than "missing".
-        others = sorted(
-            p.name
+        # Never quote the name found: the algorithm chose it, and it may encode a case.
+        others = any(
+            p.name != path.name
             for p in output_dir.glob(f"{interface.slug}.*")  # slugs hold no glob characters
-            if p.name != path.name
         )
         if others:
-            return _Invalid(f"expected {path.name} but found {others[0]} (wrong extension)")
+            return _Invalid(f"expected {path.name} but found a file with another extension")
         return _Missing()
     if kind != "file":
         return _Invalid(f"{path.name} is a {kind}, not a file")

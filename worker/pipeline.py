@@ -58,9 +58,19 @@ MAX_LISTED_CASES = 10
 
 
 class StepFailed(Exception):
-    def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
+    """`message` is shown to the participant; `operator_detail` to organizers only."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        result: dict[str, Any] | None = None,
+        *,
+        operator_detail: str | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.result = code, message, result or {}
+        self.operator_detail = operator_detail
 
 
 class InfrastructureError(Exception):
@@ -144,7 +154,7 @@ def run_job(settings: Settings, job_id: int) -> None:
             log.warning("job %s attempt %s: infrastructure error: %s", job_id, ctx.attempt, exc)
             _record_infrastructure(settings, ctx, str(exc))
             return
-        except Exception:
+        except Exception as exc:
             log.exception("job %s failed unexpectedly", job_id)
             _record(
                 settings,
@@ -152,6 +162,7 @@ def run_job(settings: Settings, job_id: int) -> None:
                 failure=StepFailed(
                     "internal_error",
                     "The platform hit an unexpected error; the organizers have been told.",
+                    operator_detail=f"{type(exc).__name__}: {exc}"[:2000],
                 ),
                 platform_caused=True,
             )
@@ -298,6 +309,7 @@ def _record(
                 failure.message,
                 result={**failure.result, **used},
                 log_digest=log_digest,
+                operator_detail=failure.operator_detail,
             )
         _advance(session, settings, job, platform_caused=platform_caused)
 
@@ -321,6 +333,7 @@ def retry_or_fail(session: Session, settings: Settings, job: Job, reason: str) -
         "platform_error",
         f"The platform could not run this step after {job.attempt} attempts. "
         "It does not count against your team's limits.",
+        operator_detail=f"attempt {job.attempt} failed: {reason}",
     )
     _advance(session, settings, job, platform_caused=True)
 
@@ -367,6 +380,7 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
             job.failure_code or "failed",
             job.failure_message or "",
             platform_caused=platform_caused or job.failure_code in PLATFORM_FAILURES,
+            operator_detail=job.operator_detail,
         )
         if kind is JobKind.evaluate:
             leaderboards.rescore_if_stale(session, submission, job.result)
@@ -488,10 +502,28 @@ def _after_inference(session: Session, submission: Submission) -> None:
                 for j in infer_jobs
                 if j.status == JobStatus.failed.value
             ),
+            operator_detail=_case_details(session, infer_jobs),
         )
         return
     submissions.transition(session, submission, SubmissionStatus.evaluating)
     jobs.create(session, submission, JobKind.evaluate)
+
+
+def _case_details(session: Session, infer_jobs: list[Job]) -> str:
+    """Organizers' view of failed cases: the private case name and the full reason."""
+    lines = []
+    for j in infer_jobs:
+        if j.status == JobStatus.succeeded.value:
+            continue
+        if j.case_id is not None:
+            case = session.get(Case, j.case_id)
+            lines.append(f"{case.name if case else j.case_id}: {j.operator_detail or j.status}")
+        else:
+            lines.append(f"batch job {j.id}: {j.operator_detail or j.status}")
+            for name, entry in sorted(j.result.get("cases", {}).items()):
+                if entry.get("failure"):
+                    lines.append(f"  {name}: {entry['failure'].get('detail', '')}")
+    return "\n".join(lines[: 10 * MAX_LISTED_CASES])
 
 
 def case_failures(session: Session, infer_jobs: list[Job]) -> list[tuple[str, str]]:
@@ -638,9 +670,13 @@ def _store_outputs(
 
 
 def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.messages import operator_detail, private_failure
+    from worker.output_rules import scored_outputs
     from worker.runner import run_batch, run_case
 
     assert ctx.image_id is not None
+    # Canary cases are public and keep detailed messages; test cases are private.
+    private = ctx.kind is JobKind.infer
     executor = _executor(settings)
     executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
     work = _job_dir(settings, ctx)
@@ -650,7 +686,7 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         attempt=ctx.attempt,
         limits=ctx.phase.limits,
         inputs=ctx.phase.inputs,
-        outputs=ctx.phase.outputs,
+        outputs=scored_outputs(ctx.phase),
         work=work,
     )
     try:
@@ -681,7 +717,15 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         if not ctx.phase.batch_mode:
             (only,) = done.cases.values()
             if only.failure is not None:
-                raise StepFailed(only.failure.reason, only.failure.message, {**timing, "log": log})
+                code, message = only.failure.reason, only.failure.message
+                if private:
+                    code, message = private_failure(only.failure)
+                raise StepFailed(
+                    code,
+                    message,
+                    {**timing, "log": log},
+                    operator_detail=operator_detail(only.failure),
+                )
             outputs = _store_outputs(store, only.values, ctx.phase.outputs)
             return Outcome({**timing, "outputs": outputs}, log)
         ids = {c.public_name: c.id for c in ctx.cases}
@@ -689,7 +733,15 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         for name, res in done.cases.items():
             entry: dict[str, Any] = {"case_id": ids[name]}
             if res.failure is not None:
-                entry["failure"] = {"code": res.failure.reason, "message": res.failure.message}
+                code, message = res.failure.reason, res.failure.message
+                if private:
+                    code, message = private_failure(res.failure)
+                # job.result is never shown to participants; `detail` is for operators.
+                entry["failure"] = {
+                    "code": code,
+                    "message": message,
+                    "detail": operator_detail(res.failure),
+                }
             else:
                 entry["outputs"] = _store_outputs(store, res.values, ctx.phase.outputs)
             cases[name] = entry
@@ -788,15 +840,28 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
                 metrics = {}
         error = metrics.get("error")
         if isinstance(error, dict):
+            # The evaluator's message names private cases, ground-truth columns and output
+            # values: organizers read it; participants read fixed words and the slug.
             message = str(error.get("message", error))
+            detail = json.dumps(error)[:20000]
             if error.get("kind") == "invalid_predictions":
-                raise StepFailed("invalid_predictions", message)
+                slug = error.get("interface")
+                named = (
+                    f" for output {slug!r}" if slug in {i.slug for i in ctx.phase.outputs} else ""
+                )
+                raise StepFailed(
+                    "invalid_predictions",
+                    f"The predictions could not be scored{named}: the evaluation refused the "
+                    "values of one or more private cases. The organizers can see which.",
+                    operator_detail=detail,
+                )
             if error.get("kind") == "configuration":
                 # The organizers' metric config or ground truth is wrong, not the team.
                 raise StepFailed(
                     "evaluation_config_error",
                     "The phase's evaluation is misconfigured and the organizers have been "
-                    f"told; this does not count against your team's limits. ({message})",
+                    "told; this does not count against your team's limits.",
+                    operator_detail=detail,
                 )
             raise InfrastructureError(f"evaluator error: {message}")
         if result.failure is not None or "aggregates" not in metrics:

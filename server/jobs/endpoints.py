@@ -24,6 +24,7 @@ def list_jobs(
     submission_id: PathId, user: CurrentUser, session: SessionDep
 ) -> list[dict[str, Any]]:
     sub = submissions.get_visible(session, user, submission_id)
+    operator = submissions.sees_operator_detail(session, user, sub)
     return [
         {
             "id": j.id,
@@ -32,6 +33,8 @@ def list_jobs(
             "attempt": j.attempt,
             "failure_code": j.failure_code,
             "failure_message": j.failure_message,
+            # Engine errors, evaluator output, private case names: organizers only.
+            "operator_detail": j.operator_detail if operator else None,
             "logs_held": j.logs_held,
             "log_review": j.log_review,
             "started_at": j.started_at,

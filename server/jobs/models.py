@@ -28,6 +28,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failure_code: Mapped[str | None] = mapped_column(String(200))
     failure_message: Mapped[str | None] = mapped_column(Text)
+    # What went wrong in full (evaluator output, engine errors, host names, private case
+    # names): shown to the challenge's organizers and admins only, never to participants.
+    operator_detail: Mapped[str | None] = mapped_column(Text)
     # Output values, timings, image digests: whatever the step produced, as JSON.
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     log_digest: Mapped[str | None] = mapped_column(String(71))

@@ -127,13 +127,16 @@ def fail(
     *,
     result: dict[str, Any] | None = None,
     log_digest: str | None = None,
+    operator_detail: str | None = None,
 ) -> None:
+    """`message` is what the participant reads; `operator_detail` what organizers read."""
     set_status(
         session,
         job,
         JobStatus.failed,
         failure_code=code,
         failure_message=message,
+        operator_detail=operator_detail,
         result=result if result is not None else job.result,
         log_digest=log_digest,
         finished_at=utcnow(),
@@ -162,8 +165,15 @@ def _notify_organizers(session: Session, job: Job, code: str, message: str) -> N
     )
 
 
+RETRIED_MESSAGE = (
+    "retried: the platform could not complete this step and runs it again; "
+    "this does not count against your team's limits."
+)
+
+
 def retry(session: Session, job: Job, reason: str) -> None:
-    """An infrastructure failure: back to pending and onto the queue again."""
+    """An infrastructure failure: back to pending and onto the queue again. The reason
+    (engine errors, evaluator stderr, worker host names) is for operators only."""
     set_status(
         session,
         job,
@@ -171,7 +181,8 @@ def retry(session: Session, job: Job, reason: str) -> None:
         worker_id=None,
         heartbeat_at=None,
         deadline_at=None,
-        failure_message=f"retried: {reason}",
+        failure_message=RETRIED_MESSAGE,
+        operator_detail=f"attempt {job.attempt} retried: {reason}",
     )
     requeue(session, job)
 

@@ -19,17 +19,23 @@ from server.teams.models import Team
 router = APIRouter(tags=["submissions"])
 
 
-def view(session: Session, submission: Submission, *, detail: bool = False) -> SubmissionRead:
+def view(
+    session: Session, submission: Submission, *, detail: bool = False, operator: bool = False
+) -> SubmissionRead:
+    """operator: the viewer organizes the challenge (or is an admin) and reads the
+    operator-only failure detail."""
     phase = session.get(Phase, submission.phase_id)
     assert phase is not None
     challenge = session.get(Challenge, phase.challenge_id)
     team = session.get(Team, submission.team_id)
     assert challenge is not None and team is not None
-    computed = {"challenge", "phase", "team", "transitions", "jobs", "queue"}
+    computed = {"challenge", "phase", "team", "transitions", "jobs", "queue", "operator_detail"}
     data: dict[str, Any] = {
         c: getattr(submission, c) for c in SubmissionRead.model_fields if c not in computed
     }
     data.update(challenge=challenge.slug, phase=phase.slug, team=team.name)
+    if operator:
+        data["operator_detail"] = submission.operator_detail
     if detail:
         data["transitions"] = [
             TransitionRead.model_validate(t) for t in repository.transitions(session, submission.id)
@@ -63,7 +69,9 @@ def list_submissions(
     challenge: str, phase: str, user: CurrentUser, session: SessionDep
 ) -> list[SubmissionRead]:
     row, ph = challenges.get_phase(session, challenge, phase)
-    return [view(session, s) for s in service.list_visible(session, user, row, ph)]
+    rows = service.list_visible(session, user, row, ph)
+    operator = bool(rows) and service.sees_operator_detail(session, user, rows[0])
+    return [view(session, s, operator=operator) for s in rows]
 
 
 @router.get("/challenges/{challenge}/phases/{phase}/rules")
@@ -76,7 +84,10 @@ def phase_rules(
 
 @router.get("/submissions/{submission_id}", response_model=SubmissionRead)
 def get_submission(submission_id: PathId, user: CurrentUser, session: SessionDep) -> SubmissionRead:
-    return view(session, service.get_visible(session, user, submission_id), detail=True)
+    sub = service.get_visible(session, user, submission_id)
+    return view(
+        session, sub, detail=True, operator=service.sees_operator_detail(session, user, sub)
+    )
 
 
 @router.post("/submissions/{submission_id}/cancel", response_model=SubmissionRead)

@@ -24,6 +24,8 @@ class Submission(Base):
     # safe to show the participant.
     failure_code: Mapped[str | None] = mapped_column(String(200))
     failure_message: Mapped[str | None] = mapped_column(Text)
+    # The failure in full, for organizers and admins only (see Job.operator_detail).
+    operator_detail: Mapped[str | None] = mapped_column(Text)
     # False when the platform caused the failure or the participant cancelled early: such a
     # submission never counts against the team's limits.
     charged: Mapped[bool] = mapped_column(Boolean, default=True)

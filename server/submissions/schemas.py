@@ -50,6 +50,8 @@ class SubmissionRead(BaseModel):
     status: str
     failure_code: str | None
     failure_message: str | None
+    # Organizers and admins only; None for participants.
+    operator_detail: str | None = None
     charged: bool
     renounced: bool
     comment: str

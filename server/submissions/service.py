@@ -33,6 +33,7 @@ def transition(
     note: str = "",
     failure: tuple[str, str] | None = None,
     platform_caused: bool = False,
+    operator_detail: str | None = None,
 ) -> None:
     """Move a submission to `target` if the table allows it from its current state. The
     UPDATE is guarded by the state read, so two workers cannot both move it.
@@ -48,9 +49,11 @@ def transition(
     values: dict[str, object] = {"status": target.value, "updated_at": now}
     if failure is not None:
         values["failure_code"], values["failure_message"] = failure
+        values["operator_detail"] = operator_detail
     elif target is SubmissionStatus.succeeded:
         # A success (a re-score after a fixed config, say) leaves no stale failure behind.
         values["failure_code"] = values["failure_message"] = None
+        values["operator_detail"] = None
     if target in FINAL:
         values["finished_at"] = now
         if not repository.has_finished(session, submission.id):
@@ -88,9 +91,11 @@ def fail(
     message: str,
     *,
     platform_caused: bool = False,
+    operator_detail: str | None = None,
 ) -> None:
-    """Fail a submission; `platform_caused` when the code alone does not say the platform
-    is to blame (it then never counts against the team)."""
+    """Fail a submission; `message` is what the participant reads, `operator_detail` is for
+    organizers only. `platform_caused` when the code alone does not say the platform is to
+    blame (it then never counts against the team)."""
     note = f"{code} {charging.PLATFORM_NOTE}" if platform_caused else code
     transition(
         session,
@@ -99,6 +104,7 @@ def fail(
         note=note,
         failure=(code, message),
         platform_caused=platform_caused,
+        operator_detail=operator_detail,
     )
 
 
@@ -191,6 +197,13 @@ def get_visible(session: Session, user: User, submission_id: int) -> Submission:
         # 404, not 403: don't confirm that another team's submission exists.
         raise NotFound(f"no submission {submission_id}", field="submission")
     return submission
+
+
+def sees_operator_detail(session: Session, user: User, submission: Submission) -> bool:
+    """Organizers of the submission's challenge and admins read `operator_detail`."""
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    return accounts.is_organizer(session, user, phase.challenge_id)
 
 
 def list_visible(

@@ -173,9 +173,9 @@ class Failure:
     """A classified failure.
 
     `reason` is the machine-readable contract string (`exit_code:1`,
-    `missing_output:<slug>`, ...). `message` is one sentence a participant may read even
-    for a run on sequestered data: it is built from limits, slugs and exit codes only,
-    never from log content or output values.
+    `missing_output:<slug>`, ...). `message` is one sentence built from limits, slugs and
+    exit codes only, never from log content or output values. On private cases the exit
+    code and hint are still the code's choice: worker/messages.py maps them to fixed words.
     """
 
     kind: FailureKind
