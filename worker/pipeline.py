@@ -520,7 +520,7 @@ def _executor(settings: Settings) -> Any:
 
     work = (settings.data_dir / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    return DockerExecutor(_docker(), work)
+    return DockerExecutor(_docker(), work, allow_unsized_fallback=settings.allow_unsized_output)
 
 
 def _job_dir(settings: Settings, ctx: JobContext) -> Path:
@@ -627,6 +627,7 @@ def _store_outputs(
 
 
 def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.executor.base import runtime_for
     from worker.runner import run_batch, run_case
 
     assert ctx.image_id is not None
@@ -641,6 +642,7 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         inputs=ctx.phase.inputs,
         outputs=ctx.phase.outputs,
         work=work,
+        runtime=runtime_for(settings.container_runtime, ctx.phase.runtime, ctx.phase.limits.gpus),
     )
     try:
         with gpus_for(settings, ctx.phase.limits.gpus) as devices, classified_execution():
