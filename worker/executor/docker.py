@@ -60,6 +60,8 @@ _IMAGE_FAULTS = (
     "unable to find user",
     "no matching entries in passwd",
 )
+# Host threads gVisor itself needs on top of the phase's pids limit (see container_options).
+RUNSC_PIDS_HEADROOM = 256
 _LABELS_FILE = "labels.json"
 _MAX_OUTPUT_DEPTH = 32
 
@@ -154,6 +156,11 @@ def container_options(
     }
     if spec.runtime:
         opts["runtime"] = spec.runtime
+    if spec.runtime == "runsc":
+        # gVisor's own threads (sentry, gofer) count against the host's pids cgroup, while
+        # the algorithm's processes are tasks inside the sentry: a cgroup limit this low
+        # would hang the sandbox at start. The headroom keeps it bounded.
+        opts["pids_limit"] = lim.pids + RUNSC_PIDS_HEADROOM
     if spec.user:
         opts["user"] = spec.user
     if spec.cap_add:
