@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     # use. Otherwise an image the operator provides; its reference is the evaluator's key.
     evaluation_image: str = ""
     max_attempts: int = 3
+    # Development only: where no size-capped (loop-mounted) /output can be made, run with a
+    # plain directory checked after the run. Off: the worker refuses to start instead.
+    allow_unsized_output: bool = False
+    # Runtime of CPU containers when the phase names none: "runc", or "runsc" (gVisor,
+    # registered in the engine with --network=none). GPU containers always use runc.
+    container_runtime: Literal["runc", "runsc"] = "runc"
 
     @model_validator(mode="after")
     def _production_guard(self) -> Settings:
@@ -112,6 +118,8 @@ def production_problems(settings: Settings) -> list[str]:
             problems.append(f"HELDOUT_DATABASE_URL: the database password is {what}")
     if settings.allow_loopback_repos:
         problems.append("HELDOUT_ALLOW_LOOPBACK_REPOS: loopback repositories are for tests")
+    if settings.allow_unsized_output:
+        problems.append("HELDOUT_ALLOW_UNSIZED_OUTPUT: an uncapped /output is for development")
     return problems
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from kombu import Queue
 
 from server.config import get_settings
@@ -33,6 +33,22 @@ app.conf.update(
     # A lost worker's message comes back after this; the reaper acts much sooner.
     broker_transport_options={"visibility_timeout": 3600},
 )
+
+
+@worker_init.connect
+def _preflight(**_: Any) -> None:
+    """Refuse to start (SystemExit passes Celery's signal dispatch) rather than run
+    containers without the sandbox's guarantees; the message is for the operator."""
+    import logging
+
+    from worker.preflight import PreflightError, check_worker
+
+    try:
+        check_worker(settings)
+    except PreflightError as e:
+        message = f"heldout worker refuses to start: {e}"
+        logging.getLogger("worker.preflight").critical(message)
+        raise SystemExit(message) from e
 
 
 @worker_ready.connect

@@ -144,6 +144,7 @@ def _train(
         data=files,
         labels=data / "labels.csv",
         work=work / "train",
+        runtime=spec.runtime,
     )
     out["training"] = {
         "duration_s": result.duration_s,
@@ -216,7 +217,9 @@ def run_local(
     samples = _cases(cases, spec)
     client = docker.from_env()
     work = Path(tempfile.mkdtemp(prefix="heldout-local-"))
-    executor = DockerExecutor(client, work / "executor")
+    # A participant's own machine may not allow loop mounts: /output is then checked for
+    # size after each run (logged), where the platform's workers refuse to run at all.
+    executor = DockerExecutor(client, work / "executor", allow_unsized_fallback=True)
     out: dict[str, Any] = {"phase": spec.slug, "cases": {}}
     run_key = f"local-{uuid.uuid4().hex[:8]}"  # concurrent local runs never share a name
     try:
@@ -241,6 +244,7 @@ def run_local(
                 case=case,
                 files=files,
                 work=work / f"case-{i}",
+                runtime=spec.runtime,
             )
             res = done.cases[case]
             out["cases"][case] = {

@@ -561,7 +561,7 @@ def _executor(settings: Settings) -> Any:
 
     work = (settings.data_dir / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    return DockerExecutor(_docker(), work)
+    return DockerExecutor(_docker(), work, allow_unsized_fallback=settings.allow_unsized_output)
 
 
 def _job_dir(settings: Settings, ctx: JobContext) -> Path:
@@ -670,6 +670,7 @@ def _store_outputs(
 
 
 def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.executor.base import runtime_for
     from worker.messages import operator_detail, private_failure
     from worker.output_rules import scored_outputs
     from worker.runner import run_batch, run_case
@@ -688,6 +689,7 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         inputs=ctx.phase.inputs,
         outputs=scored_outputs(ctx.phase),
         work=work,
+        runtime=runtime_for(settings.container_runtime, ctx.phase.runtime, ctx.phase.limits.gpus),
     )
     try:
         with gpus_for(settings, ctx.phase.limits.gpus) as devices, classified_execution():

@@ -49,6 +49,7 @@ def run_case(
     files: Mapping[str, Path],
     work: Path,
     gpu_device_ids: Sequence[str] = (),
+    runtime: str | None = None,
 ) -> RunOutcome:
     """One container for one case: /input/images/<slug>/<uuid><ext> in, /output checked.
     Raises ExecutionError when the container cannot run at all."""
@@ -60,6 +61,7 @@ def run_case(
         inputs=work / "input",
         limits=limits,
         gpu_device_ids=gpu_device_ids,
+        runtime=runtime,
     )
     result = executor.run(spec, work / "output")
     failure = result.failure
@@ -87,6 +89,7 @@ def run_batch(
     cases: Mapping[str, Mapping[str, Path]],
     work: Path,
     gpu_device_ids: Sequence[str] = (),
+    runtime: str | None = None,
 ) -> RunOutcome:
     """One container for many cases (contracts.md batch mode): /input/<case>/... in,
     /output/<case>/... checked per case. The wall-time limit scales with the cases."""
@@ -99,6 +102,7 @@ def run_batch(
         inputs=work / "input",
         limits=limits,
         gpu_device_ids=gpu_device_ids,
+        runtime=runtime,
     )
     result = executor.run(spec, work / "output")
     per_case = validate_batch_outputs(work / "output", list(staged), outputs)
@@ -138,6 +142,7 @@ def run_training(
     labels: Path,
     work: Path,
     gpu_device_ids: Sequence[str] = (),
+    runtime: str | None = None,
 ) -> RunResult:
     """The training container (STOIC final phase): read-only /input, /output for the
     trained artifacts, /scratch, a size-capped writable layer, SYS_NICE, no network."""
@@ -149,6 +154,7 @@ def run_training(
         inputs=work / "input",
         limits=limits,
         gpu_device_ids=gpu_device_ids,
+        runtime=runtime,
         writable_rootfs=True,
         scratch=True,
         cap_add=("SYS_NICE",),

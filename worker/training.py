@@ -10,7 +10,7 @@ from pathlib import Path
 
 from server.config import Settings
 from server.storage import ArtifactStore, extract_tar
-from worker.executor.base import LABEL_JOB
+from worker.executor.base import LABEL_JOB, runtime_for
 from worker.pipeline import (
     JobContext,
     Outcome,
@@ -159,6 +159,7 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                 labels=store.path(ctx.labels_digest),
                 work=work,
                 gpu_device_ids=gpus,
+                runtime=runtime_for(settings.container_runtime, ctx.phase.runtime, limits.gpus),
             )
         log = _logs(result)
         if result.failure is not None:

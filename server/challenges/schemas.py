@@ -169,6 +169,9 @@ class PhaseSpec(StrictModel):
     # Codebase phases: where the two Dockerfiles live inside the repository.
     training_dir: str = Field("training", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     inference_dir: str = Field("inference", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    # Container runtime of this phase's algorithm and training runs; None: the
+    # installation's HELDOUT_CONTAINER_RUNTIME. "runsc" (gVisor) is for CPU phases only.
+    runtime: Literal["runc", "runsc"] | None = None
 
     @field_validator("training_dir", "inference_dir")
     @classmethod
@@ -202,6 +205,12 @@ class PhaseSpec(StrictModel):
                     f"phase {self.slug!r}: metric {m.name!r} reads output {m.output!r}, "
                     f"which is not among the phase outputs {sorted(out_slugs)}"
                 )
+        gpus = max(self.limits.gpus, self.training_limits.gpus if self.training_limits else 0)
+        if self.runtime == "runsc" and gpus:
+            raise ValueError(
+                f"phase {self.slug!r}: runtime 'runsc' (gVisor) cannot run GPU containers, and "
+                f"this phase asks for {gpus} GPU(s); use runtime 'runc' or set gpus to 0"
+            )
         if self.kind is PhaseKind.codebase and not self.training_dataset:
             raise ValueError(f"phase {self.slug!r}: a codebase phase needs a training_dataset")
         return self

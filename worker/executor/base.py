@@ -39,6 +39,9 @@ RESERVED_LABELS = frozenset({LABEL_MANAGED, LABEL_JOB, LABEL_ATTEMPT, LABEL_INDE
 # Capabilities a phase may add back after cap_drop=ALL (STOIC training uses SYS_NICE).
 ALLOWED_EXTRA_CAPS = frozenset({"SYS_NICE"})
 
+# Container runtimes a run may name (the engine must have them registered).
+RUNTIMES = frozenset({"runc", "runsc"})
+
 # Paths the executor itself mounts; extra mounts may not shadow them.
 PLATFORM_PATHS = frozenset({"/", "/input", "/output", "/tmp", "/scratch", "/dev", "/proc"})
 
@@ -73,6 +76,9 @@ class RunSpec:
     cap_add: Sequence[str] = ()  # subset of ALLOWED_EXTRA_CAPS
     labels: Mapping[str, str] = field(default_factory=dict)  # extra labels
     user: str | None = None  # None: the image's own USER (the normal case)
+    # Container runtime by engine name: None for the engine's default, "runc", or "runsc"
+    # (gVisor, a user-space kernel: CPU runs only, it cannot pass GPUs through).
+    runtime: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_PART.match(self.job_id):
@@ -85,6 +91,12 @@ class RunSpec:
             )
         if self.limits.gpus and not self.gpu_device_ids:
             raise ValueError(f"limits.gpus={self.limits.gpus} but no GPU ids were assigned")
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r} is not one of {sorted(RUNTIMES)}")
+        if self.runtime == "runsc" and self.gpu_device_ids:
+            raise ValueError(
+                "runtime 'runsc' (gVisor) cannot run a container with GPUs; use 'runc'"
+            )
         bad_caps = set(self.cap_add) - ALLOWED_EXTRA_CAPS
         if bad_caps:
             raise ValueError(f"capabilities {sorted(bad_caps)} may not be added")
@@ -110,6 +122,14 @@ class RunSpec:
             LABEL_ATTEMPT: str(self.attempt),
             LABEL_INDEX: str(self.index),
         }
+
+
+def runtime_for(default: str, phase_runtime: str | None, gpus: int) -> str:
+    """The runtime of one run: the phase's own choice, else the installation's default,
+    which applies to CPU runs only (gVisor cannot pass GPUs through)."""
+    if phase_runtime is not None:
+        return phase_runtime
+    return "runc" if gpus else default
 
 
 def container_name(job_id: str, attempt: int, index: int = 0) -> str:

@@ -4,8 +4,11 @@ Every container runs with no network, a read-only root (unless the phase allows 
 writable layer), all capabilities dropped, no-new-privileges, the image's own non-root
 user, pids/memory (swap off)/CPU/shm limits, an init process, no core dumps and no
 environment from the worker. /output (and /scratch) are SizedDirs: loop-mounted ext4 of
-fixed size that survive the container for collection. The wall-clock limit is enforced
-here, not by the engine.
+fixed size that survive the container for collection; a worker that cannot make them
+fails the run as a platform fault rather than run it unsized (unless the development
+fallback is explicitly allowed). The container runtime is the engine's default or the one
+the spec names (`runsc`: gVisor, CPU runs only). The wall-clock limit is enforced here,
+not by the engine.
 
 The worker must talk to an engine on the same host: bind-mount sources are host paths.
 """
@@ -46,7 +49,7 @@ from worker.executor.base import (
     RunResult,
     RunSpec,
 )
-from worker.executor.sized_dir import SizedDir, unmount_all_under
+from worker.executor.sized_dir import SizedDir, UnsizedError, unmount_all_under
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ _IMAGE_FAULTS = (
     "unable to find user",
     "no matching entries in passwd",
 )
+# Host threads gVisor itself needs on top of the phase's pids limit (see container_options).
+RUNSC_PIDS_HEADROOM = 256
 _LABELS_FILE = "labels.json"
 _MAX_OUTPUT_DEPTH = 32
 
@@ -149,6 +154,13 @@ def container_options(
         # Bounds the engine's log file on the host; the executor reads the output itself.
         "log_config": LogConfig(type="json-file", config={"max-size": "16m", "max-file": "1"}),
     }
+    if spec.runtime:
+        opts["runtime"] = spec.runtime
+    if spec.runtime == "runsc":
+        # gVisor's own threads (sentry, gofer) count against the host's pids cgroup, while
+        # the algorithm's processes are tasks inside the sentry: a cgroup limit this low
+        # would hang the sandbox at start. The headroom keeps it bounded.
+        opts["pids_limit"] = lim.pids + RUNSC_PIDS_HEADROOM
     if spec.user:
         opts["user"] = spec.user
     if spec.cap_add:
@@ -243,9 +255,11 @@ class DockerExecutor(Executor[DockerHandle]):
         *,
         log_tail_bytes: int = LOG_TAIL_BYTES,
         rootfs_poll_s: float = 2.0,
-        allow_unsized_fallback: bool = True,
+        allow_unsized_fallback: bool = False,
     ) -> None:
-        """`work_root`: host directory for per-run sized dirs (root-owned, not shared)."""
+        """`work_root`: host directory for per-run sized dirs (root-owned, not shared).
+        `allow_unsized_fallback`: development only; where no loop mount can be made,
+        /output and /scratch become plain directories checked for size after the run."""
         self.client = client
         self.work_root = work_root
         self.log_tail_bytes = log_tail_bytes
@@ -308,7 +322,16 @@ class DockerExecutor(Executor[DockerHandle]):
 
     def _sized(self, path: Path, size_mb: int) -> SizedDir:
         d = SizedDir(path, size_mb, allow_fallback=self.allow_unsized_fallback)
-        d.create()
+        try:
+            d.create()
+        except UnsizedError as e:
+            # The worker's fault, not the team's: never run with an uncapped directory.
+            log.error("%s; not running the container unsized", e)
+            raise ExecutionError(
+                Failure.engine_error(
+                    "The worker could not prepare a size-limited /output; the run will be retried."
+                )
+            ) from e
         return d
 
     def _create(self, handle: DockerHandle, image_id: str, mounts: list[Mount]) -> Container:
@@ -399,16 +422,9 @@ class DockerExecutor(Executor[DockerHandle]):
         state = container.attrs["State"]
         exit_code = int(state.get("ExitCode", -1))
         if disk_full is None:
-            # A full mounted dir only explains a failed run; an unmounted (fallback) one
-            # over its cap fails the run either way.
-            disk_full = next(
-                (
-                    where
-                    for where, d in handle.sized_dirs
-                    if (exit_code != 0 or not d.mounted) and d.is_full()
-                ),
-                None,
-            )
+            # A capped directory full at exit fails the run whatever the exit code: an
+            # algorithm that swallows ENOSPC and exits 0 still lost output to the cap.
+            disk_full = next((where for where, d in handle.sized_dirs if d.is_full()), None)
         return RunResult(
             exit_code=exit_code,
             timed_out=timed_out,

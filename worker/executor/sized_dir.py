@@ -4,8 +4,9 @@ tmpfs caps /tmp, but /output has to survive the container for collection, and th
 filesystem has no per-directory quota (overlay `storage_opt` needs xfs with pquota). So
 the directory is a fixed-size, sparse ext4 image loop-mounted in place: a filler gets
 ENOSPC instead of filling the host. Mounting needs root (or CAP_SYS_ADMIN); where it is
-not permitted, SizedDir falls back to a plain directory, logs that loudly, and the
-executor checks the size after the run instead.
+not permitted SizedDir raises `UnsizedError`, unless the caller explicitly allows the
+development fallback: a plain directory, logged loudly, whose size the executor checks
+only after the run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ _MKFS = ("mkfs.ext4", "-q", "-F", "-T", "default", "-m", "0", "-O", "^has_journa
          "-E", "nodiscard")  # fmt: skip
 
 
+class UnsizedError(RuntimeError):
+    """A size-capped directory could not be made (and the fallback is not allowed)."""
+
+
 def _run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 
@@ -43,7 +48,7 @@ class SizedDir:
     """`with SizedDir(path, 256) as d:` gives a directory at `path` that holds at most
     about 256 MiB; unmounted and deleted on exit. The image file sits next to it."""
 
-    def __init__(self, path: Path, size_mb: int, *, allow_fallback: bool = True) -> None:
+    def __init__(self, path: Path, size_mb: int, *, allow_fallback: bool = False) -> None:
         self.path = path
         self.size_mb = size_mb
         self.image = path.with_name(path.name + ".img")
@@ -79,10 +84,14 @@ class SizedDir:
             if self.mounted:
                 self._unmount()
             self.image.unlink(missing_ok=True)
+            detail = _detail(e)
             if not self.allow_fallback:
-                raise
-            stderr = getattr(e, "stderr", None)
-            detail = stderr.decode(errors="replace").strip() if isinstance(stderr, bytes) else e
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+                raise UnsizedError(
+                    f"cannot make a size-capped directory at {self.path} "
+                    f"(a loop-mounted ext4 image): {detail}"
+                ) from e
             log.warning(
                 "SizedDir %s: no loop-mounted image (%s); falling back to a plain directory "
                 "that is NOT size-capped while the container runs (checked afterwards only)",
@@ -123,6 +132,15 @@ class SizedDir:
             log.warning("SizedDir %s busy; lazy unmount", self.path)
             _run("umount", "-l", str(self.path))
         self.mounted = False
+
+
+def _detail(e: BaseException) -> str:
+    stderr = getattr(e, "stderr", None)
+    text = stderr.decode(errors="replace").strip() if isinstance(stderr, bytes) else ""
+    cmd = getattr(e, "cmd", None)
+    where = f"{cmd[0]}: " if isinstance(cmd, (list, tuple)) and cmd else ""
+    text = text or str(e)
+    return text if text.startswith(where) else where + text
 
 
 def image_bytes(size_mb: int) -> int:
