@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from server.db import session_scope
+from server.submissions.models import Submission
 from tests.integration.test_pipeline_t3 import (  # noqa: F401  (live is a fixture)
     DOCKERFILE,
     _jobs,
@@ -20,8 +22,6 @@ from tests.integration.test_pipeline_t3 import (  # noqa: F401  (live is a fixtu
     codebase,
     live,
 )
-from server.db import session_scope
-from server.submissions.models import Submission
 from tests.support import images
 from tests.support.factories import auth
 from tests.support.workers import celery_worker, wait_final
@@ -74,7 +74,8 @@ def _read(image: str, path: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("build_network", [None, "none"])
 def test_inference_build_steps_see_no_artifacts_or_training_data(
-    live: Any, build_network: str | None  # noqa: F811
+    live: Any,  # noqa: F811
+    build_network: str | None,
 ) -> None:
     settings, api, *_ = live
     env = {"HELDOUT_BUILD_NETWORK": build_network} if build_network else {}
