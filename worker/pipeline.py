@@ -419,6 +419,18 @@ def _after_canary(session: Session, submission: Submission) -> None:
     if any(JobStatus(j.status) not in JOB_FINAL for j in canaries):
         return
     failed = [j for j in canaries if j.status != JobStatus.succeeded.value]
+    if failed and submission.kind == "codebase":
+        # A T3 canary runs after training on the private training set: not free (else
+        # training runs on private data would be unlimited), and told in fixed words.
+        submissions.fail(
+            session,
+            submission,
+            f"canary:{failed[0].failure_code or 'failed'}",
+            "The trained algorithm failed on the phase's public check case(s) before the "
+            "test set ran. It trained on private data, so this counts against your team's "
+            "limits; the training job's log is held until the organizers review it.",
+        )
+        return
     if failed:
         submission.charged = False
         reasons = "; ".join(

@@ -119,3 +119,16 @@ def test_failure_after_training_has_fixed_wording(live: Any) -> None:  # noqa: F
     for path in (f"/api/v1/submissions/{final['id']}", f"/api/v1/submissions/{final['id']}/jobs"):
         text = api.get(path, headers=auth(alice)).text
         assert "P00" not in text and "telling" not in text and "MB" not in text, path
+
+
+def test_canary_failure_after_private_training_is_charged(live: Any) -> None:  # noqa: F811
+    settings, api, *_ = live
+    files = codebase()
+    files["inference/process.py"] = "print('canary telling line'); raise SystemExit(3)\n"
+    url, alice = _setup(live, files, canary_dataset="train")
+    with celery_worker(settings):
+        final = wait_final(api, alice, _submit(api, alice, url)["id"], timeout=400)
+    assert final["status"] == "failed" and final["failure_code"].startswith("canary:"), final
+    assert final["charged"] is True
+    assert "telling" not in final["failure_message"]
+    assert "counts against your team's limits" in final["failure_message"]
