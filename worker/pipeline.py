@@ -203,9 +203,9 @@ def _time_budget(settings: Settings, session: Session, job: Job) -> int:
     if kind is JobKind.validate:
         return max(INTAKE_WALL_S, settings.git_timeout_s)
     if kind is JobKind.build:
-        return settings.build_timeout_s
+        return 2 * settings.build_timeout_s  # the training and the inference image
     if kind is JobKind.train:
-        # Training, then the inference image's build.
+        # Training, then adding its artifacts to the inference image.
         return (spec.training_limits or spec.limits).wall_time_s + settings.build_timeout_s
     if kind is JobKind.evaluate:
         return EVALUATION_WALL_S + settings.build_timeout_s  # may build the evaluator first
