@@ -216,9 +216,9 @@ def _time_budget(settings: Settings, session: Session, job: Job) -> int:
     if kind is JobKind.validate:
         return max(INTAKE_WALL_S, settings.git_timeout_s)
     if kind is JobKind.build:
-        return settings.build_timeout_s
+        return 2 * settings.build_timeout_s  # the training and the inference image
     if kind is JobKind.train:
-        # Training, then the inference image's build.
+        # Training, then adding its artifacts to the inference image.
         return (spec.training_limits or spec.limits).wall_time_s + settings.build_timeout_s
     if kind is JobKind.evaluate:
         return EVALUATION_WALL_S + settings.build_timeout_s  # may build the evaluator first
@@ -444,6 +444,18 @@ def _after_canary(session: Session, submission: Submission) -> None:
     if any(JobStatus(j.status) not in JOB_FINAL for j in canaries):
         return
     failed = [j for j in canaries if j.status != JobStatus.succeeded.value]
+    if failed and submission.kind == "codebase":
+        # A T3 canary runs after training on the private training set: not free (else
+        # training runs on private data would be unlimited), and told in fixed words.
+        submissions.fail(
+            session,
+            submission,
+            f"canary:{failed[0].failure_code or 'failed'}",
+            "The trained algorithm failed on the phase's public check case(s) before the "
+            "test set ran. It trained on private data, so this counts against your team's "
+            "limits; the training job's log is held until the organizers review it.",
+        )
+        return
     if failed:
         reasons = "; ".join(
             f"public case {name}: {msg}" for name, msg in case_failures(session, failed)

@@ -1,6 +1,7 @@
-"""T3 steps: clone the codebase, build its training image, train on the sequestered
-training set, and build the inference image around the trained artifacts (contracts.md,
-STOIC Final phase). Inference and evaluation then run as for T2."""
+"""T3 steps: clone the codebase, build its training image and its inference image (without
+artifacts), train on the sequestered training set, then add the trained artifacts to the
+inference image in a platform-written, RUN-free, networkless build (worker.inference_image;
+contracts.md, STOIC Final phase). Inference and evaluation then run as for T2."""
 
 from __future__ import annotations
 
@@ -113,6 +114,11 @@ def _build(
 
 
 def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    """Both of the participant's images, before any private data exists: the training
+    image, and the inference image without its artifacts (worker.inference_image)."""
+    from worker.builder import ArtifactError, BuildError
+    from worker.inference_image import build_inference_base
+
     work = _job_dir(settings, ctx)
     try:
         repo = _untar(store, ctx.earlier["validate"]["source_digest"], work / "repo")
@@ -123,7 +129,34 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
             ctx,
             "training",
         )
-        return Outcome({"training_image_id": image_id}, log)
+        try:
+            base = build_inference_base(
+                _docker(),
+                repo,
+                ctx.phase.inference_dir,
+                work,
+                f"heldout/submission-{ctx.submission_id}-inference-base:latest",
+                timeout_s=settings.build_timeout_s,
+                max_image_bytes=settings.max_image_bytes,
+                network=settings.build_network,
+                labels={"heldout.submission": str(ctx.submission_id)},
+            )
+        except ArtifactError as exc:
+            raise StepFailed("missing_dockerfile", exc.message, {"log": log}) from exc
+        except BuildError as exc:
+            raise StepFailed(
+                "build_failed",
+                f"The inference image did not build: {exc.message}",
+                {"log": f"{log}\n--- inference image ---\n{exc.log}"},
+            ) from exc
+        return Outcome(
+            {
+                "training_image_id": image_id,
+                "inference_base_image_id": base.image_id,
+                "artifact_places": [p.as_dict() for p in base.places],
+            },
+            f"{log}\n--- inference image ---\n{base.log}",
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -138,7 +171,8 @@ def _stored(store: ArtifactStore, entry: dict[str, object], work: Path) -> Path:
 
 
 def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
-    from worker.builder import ArtifactError, assemble_inference_context
+    from worker.builder import ArtifactError, BuildError
+    from worker.inference_image import AFTER_TRAINING, add_artifacts
     from worker.runner import run_training
 
     limits = ctx.phase.training_limits or ctx.phase.limits
@@ -169,17 +203,28 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                 {"log": log, "duration_s": result.duration_s},
             )
         artifacts = _tar_tree(store, work / "output")
-
-        repo = _untar(store, ctx.earlier["validate"]["source_digest"], work / "repo")
+        # Participant code saw private data: from here on, fixed words only (the detail
+        # goes to this job's log, held for review).
+        built = ctx.earlier["build"]
         try:
-            context = assemble_inference_context(
-                repo, ctx.phase.inference_dir, work / "output", work / "inference"
+            image_id, build_log = add_artifacts(
+                _docker(),
+                built["inference_base_image_id"],
+                built["artifact_places"],
+                work / "output",
+                work,
+                f"heldout/submission-{ctx.submission_id}:latest",
+                timeout_s=settings.build_timeout_s,
+                max_image_bytes=settings.max_image_bytes,
+                labels={"heldout.submission": str(ctx.submission_id)},
             )
-        except ArtifactError as exc:
-            raise StepFailed("invalid_artifacts", exc.message, {"log": log}) from exc
-        image_id, build_log = _build(
-            settings, context, f"heldout/submission-{ctx.submission_id}:latest", ctx, "inference"
-        )
+        except (ArtifactError, BuildError) as exc:
+            detail = f"{log}\n--- adding the trained artifacts ---\n{exc.message}\n"
+            raise StepFailed(
+                "invalid_artifacts",
+                AFTER_TRAINING,
+                {"log": detail + getattr(exc, "log", ""), "duration_s": result.duration_s},
+            ) from exc
         return Outcome(
             {
                 "artifacts_digest": artifacts,
