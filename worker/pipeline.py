@@ -131,6 +131,23 @@ def run_job(settings: Settings, job_id: int) -> None:
             return
         ctx = _context(session, job)
 
+    try:
+        _run_step(settings, ctx, job_id, me)
+    finally:
+        release_images_of(settings, ctx.submission_id)
+
+
+def release_images_of(settings: Settings, submission_id: int) -> None:
+    """The submission's images leave the engine once it is over (the reaper retries)."""
+    from worker.images import release_images
+
+    try:
+        release_images(settings, [submission_id])
+    except Exception:
+        log.exception("could not remove the images of submission %s", submission_id)
+
+
+def _run_step(settings: Settings, ctx: JobContext, job_id: int, me: str) -> None:
     store = ArtifactStore(settings.artifacts_path)
     with Heartbeat(settings, job_id, me):
         try:
@@ -531,6 +548,7 @@ def _job_dir(settings: Settings, ctx: JobContext) -> Path:
 
 
 def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.images import submission_tag
     from worker.intake import IntakeError, IntakeLimits, load_image
 
     assert ctx.archive_digest is not None
@@ -542,7 +560,7 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
         loaded = load_image(
             _docker(),
             store.path(ctx.archive_digest),
-            tag=f"heldout/submission-{ctx.submission_id}:latest",
+            tag=submission_tag(settings, ctx.submission_id, "image"),
             limits=limits,
         )
     except IntakeError as exc:

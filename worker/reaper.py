@@ -20,6 +20,7 @@ from server.db import session_scope, utcnow
 from server.errors import NotFound
 from server.jobs.models import Job
 from server.jobs.states import JobStatus
+from worker.images import release_images
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -150,6 +151,7 @@ def _loop(settings: Settings) -> None:
             reap(settings)
             resend_lost(settings)
             stop_cancelled(settings)
+            release_images(settings)
         except Exception:  # the next pass tries again
             log.exception("reaper pass failed")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from server.config import Settings
 from server.storage import ArtifactStore, extract_tar
 from worker.executor.base import LABEL_JOB
+from worker.images import submission_tag
 from worker.pipeline import (
     JobContext,
     Outcome,
@@ -69,6 +70,8 @@ def step_clone(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                     "missing_dockerfile",
                     f"The repository has no {rel}/Dockerfile at commit {ctx.commit_sha[:12]}.",
                 )
+            # Both, now: an inference Dockerfile refused after training would waste it.
+            _vet(settings, ctx, work / "repo" / rel / "Dockerfile", f"{rel}/Dockerfile")
         source = _tar_tree(store, work / "repo", exclude=".git")
         log = (
             f"cloned {ctx.repository_url} at {res.commit} ({res.tree_bytes} bytes, "
@@ -89,11 +92,22 @@ def step_clone(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _vet(settings: Settings, ctx: JobContext, dockerfile: Path, shown: str) -> None:
+    from worker.images import BaseImageError, vet_dockerfile
+
+    try:
+        vet_dockerfile(_docker(), settings, ctx.phase, dockerfile, shown)
+    except BaseImageError as exc:
+        raise StepFailed(exc.code, exc.message) from exc
+
+
 def _build(
     settings: Settings, context: Path, tag: str, ctx: JobContext, what: str
 ) -> tuple[str, str]:
     from worker.builder import BuildError, build_image
 
+    dir_ = ctx.phase.training_dir if what == "training" else ctx.phase.inference_dir
+    _vet(settings, ctx, context / "Dockerfile", f"{dir_}/Dockerfile")
     try:
         res = build_image(
             _docker(),
@@ -119,7 +133,7 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         image_id, log = _build(
             settings,
             repo / ctx.phase.training_dir,
-            f"heldout/submission-{ctx.submission_id}-training:latest",
+            submission_tag(settings, ctx.submission_id, "training"),
             ctx,
             "training",
         )
@@ -177,7 +191,11 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         except ArtifactError as exc:
             raise StepFailed("invalid_artifacts", exc.message, {"log": log}) from exc
         image_id, build_log = _build(
-            settings, context, f"heldout/submission-{ctx.submission_id}:latest", ctx, "inference"
+            settings,
+            context,
+            submission_tag(settings, ctx.submission_id, "inference"),
+            ctx,
+            "inference",
         )
         return Outcome(
             {

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from server.codebases.baseimages import parse_allowed
+
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Slug = Annotated[str, Field(pattern=SLUG_RE, description="lower-case letters, digits, '-'")]
 
@@ -169,6 +171,14 @@ class PhaseSpec(StrictModel):
     # Codebase phases: where the two Dockerfiles live inside the repository.
     training_dir: str = Field("training", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     inference_dir: str = Field("inference", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    # Narrows the installation's HELDOUT_ALLOWED_BASE_IMAGES for this phase: a base must be
+    # allowed by both (each entry a name, optionally pinned with @sha256:<image id>).
+    allowed_base_images: list[str] | None = None
+
+    @field_validator("allowed_base_images")
+    @classmethod
+    def _base_images(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [str(ref) for ref in parse_allowed(value)]
 
     @field_validator("training_dir", "inference_dir")
     @classmethod

@@ -36,4 +36,6 @@ FINAL = frozenset({J.succeeded, J.failed, J.cancelled})
 
 # Failure codes that mean the platform or the organizers, not the algorithm, failed:
 # never charged.
-PLATFORM_FAILURES = frozenset({"platform_error", "internal_error", "evaluation_config_error"})
+PLATFORM_FAILURES = frozenset(
+    {"platform_error", "internal_error", "evaluation_config_error", "base_image_mismatch"}
+)
