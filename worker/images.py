@@ -14,6 +14,7 @@ import hmac
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 # Without HELDOUT_IMAGE_TAG_KEY: tags are only written, never looked up again (jobs use
 # image ids; removal reads the submission id from the tag), so a per-process key will do.
 _PROCESS_KEY = secrets.token_bytes(32)
+REMOVE_TIMEOUT_S = 900
+_sweep: threading.Thread | None = None
 _TAG_RE = re.compile(r"^heldout-([0-9a-f]{8})/sub-([0-9]+)-[0-9a-f]{32}:[a-z]+$")
 
 
@@ -106,7 +109,8 @@ def vet_dockerfile(
 def release_images(settings: Settings, submission_ids: Iterable[int] | None = None) -> list[str]:
     """Remove the tags of this installation's submissions that are over with no open job
     (all such submissions, or those of `submission_ids`); returns the tags removed."""
-    client = docker.from_env()
+    # Deleting layers can take minutes on a busy engine.
+    client = docker.from_env(timeout=REMOVE_TIMEOUT_S)
     inst = installation_id(settings)
     wanted = None if submission_ids is None else set(submission_ids)
     tags: dict[int, list[str]] = {}
@@ -144,3 +148,23 @@ def release_images(settings: Settings, submission_ids: Iterable[int] | None = No
             except docker.errors.APIError as exc:  # a container still uses it: next pass
                 log.info("image %s of submission %s stays for now: %s", tag, submission_id, exc)
     return removed
+
+
+def release_in_background(settings: Settings, submission_id: int | None = None) -> None:
+    """`release_images` off the caller's thread (a slow engine must not hold up a job or the
+    reaper): for one submission, or a sweep of all unless one is still going."""
+    global _sweep
+
+    def work() -> None:
+        try:
+            release_images(settings, None if submission_id is None else [submission_id])
+        except Exception:  # the reaper's next sweep tries again
+            log.exception("could not remove finished submissions' images")
+
+    if submission_id is None:
+        if _sweep is not None and _sweep.is_alive():
+            return
+        _sweep = thread = threading.Thread(target=work, daemon=True, name="release-images")
+    else:
+        thread = threading.Thread(target=work, daemon=True, name=f"release-{submission_id}")
+    thread.start()

@@ -134,17 +134,10 @@ def run_job(settings: Settings, job_id: int) -> None:
     try:
         _run_step(settings, ctx, job_id, me)
     finally:
-        release_images_of(settings, ctx.submission_id)
+        # Once the submission is over (and no job open) its images leave the engine.
+        from worker.images import release_in_background
 
-
-def release_images_of(settings: Settings, submission_id: int) -> None:
-    """The submission's images leave the engine once it is over (the reaper retries)."""
-    from worker.images import release_images
-
-    try:
-        release_images(settings, [submission_id])
-    except Exception:
-        log.exception("could not remove the images of submission %s", submission_id)
+        release_in_background(settings, ctx.submission_id)
 
 
 def _run_step(settings: Settings, ctx: JobContext, job_id: int, me: str) -> None:

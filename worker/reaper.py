@@ -20,7 +20,7 @@ from server.db import session_scope, utcnow
 from server.errors import NotFound
 from server.jobs.models import Job
 from server.jobs.states import JobStatus
-from worker.images import release_images
+from worker.images import release_in_background
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -151,7 +151,7 @@ def _loop(settings: Settings) -> None:
             reap(settings)
             resend_lost(settings)
             stop_cancelled(settings)
-            release_images(settings)
+            release_in_background(settings)
         except Exception:  # the next pass tries again
             log.exception("reaper pass failed")
 
