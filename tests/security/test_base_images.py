@@ -161,6 +161,9 @@ def test_submission_images_are_unguessable_and_removed_at_the_end(live: Any) -> 
 
         # Deleting layers takes minutes on a busy shared engine.
         wait_for(gone, 480, f"the images of submission {sid} to leave the engine")
-    # No tag names a submission by its plain id any more.
-    tags = [t for image in client.images.list() for t in image.tags]
-    assert not [t for t in tags if re.fullmatch(rf"heldout/submission-{sid}(-\w+)?:.*", t)]
+    # The engine tagged what it built with the keyed name, not the submission's plain id.
+    build_log = api.get(f"/api/v1/jobs/{_jobs(api, alice, sid)['build']['id']}/logs",
+                        headers=auth(alice)).json()["log"]  # fmt: skip
+    assert re.search(r"Successfully tagged heldout-[0-9a-f]{8}/sub-\d+-[0-9a-f]{32}:training",
+                     build_log), build_log[-500:]  # fmt: skip
+    assert "heldout/submission-" not in build_log
