@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, IPvAnyNetwork, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.codebases.baseimages import DEFAULT_ALLOWED_BASE_IMAGES, parse_allowed
 
 # Passwords that ship in this repository (tests, scripts): never a production one.
 DEFAULT_PASSWORDS = frozenset({"", "heldout"})
@@ -58,6 +60,15 @@ class Settings(BaseSettings):
     # Docker build network: None for the engine's default, "host" where builds must reach
     # a package index (contracts.md: builds have network access; runs never do).
     build_network: str | None = None
+    # Every FROM and COPY --from of a codebase's Dockerfiles must name one of these (or an
+    # earlier stage); `name@sha256:<image id>` also pins the image the engine holds under
+    # the name. A phase may narrow the list (PhaseSpec.allowed_base_images).
+    allowed_base_images: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_BASE_IMAGES)
+    )
+    # Keys submission image tags (heldout-<installation>/sub-<id>-<hmac>) so no team can
+    # guess another's; unset: a random key per worker process (tags are never looked up).
+    image_tag_key: SecretStr | None = None
 
     # Worker.
     worker_concurrency: int = 2
@@ -77,6 +88,11 @@ class Settings(BaseSettings):
     # Runtime of CPU containers when the phase names none: "runc", or "runsc" (gVisor,
     # registered in the engine with --network=none). GPU containers always use runc.
     container_runtime: Literal["runc", "runsc"] = "runc"
+
+    @field_validator("allowed_base_images")
+    @classmethod
+    def _base_images(cls, value: list[str]) -> list[str]:
+        return [str(ref) for ref in parse_allowed(value)]
 
     @model_validator(mode="after")
     def _production_guard(self) -> Settings:

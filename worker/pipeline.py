@@ -143,6 +143,16 @@ def run_job(settings: Settings, job_id: int) -> None:
             return
         ctx = _context(session, job)
 
+    try:
+        _run_step(settings, ctx, job_id, me)
+    finally:
+        # Once the submission is over (and no job open) its images leave the engine.
+        from worker.images import release_in_background
+
+        release_in_background(settings, ctx.submission_id)
+
+
+def _run_step(settings: Settings, ctx: JobContext, job_id: int, me: str) -> None:
     store = ArtifactStore(settings.artifacts_path)
     with Heartbeat(settings, job_id, me):
         try:
@@ -584,6 +594,7 @@ def _job_dir(settings: Settings, ctx: JobContext) -> Path:
 
 
 def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from worker.images import submission_tag
     from worker.intake import IntakeError, IntakeLimits, load_image
 
     assert ctx.archive_digest is not None
@@ -597,7 +608,7 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
         loaded = load_image(
             _docker(),
             store.path(ctx.archive_digest),
-            tag=f"heldout/submission-{ctx.submission_id}:latest",
+            tag=submission_tag(settings, ctx.submission_id, "image"),
             limits=limits,
         )
     except IntakeError as exc:

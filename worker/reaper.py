@@ -20,6 +20,7 @@ from server.db import session_scope, utcnow
 from server.errors import NotFound
 from server.jobs.models import Job
 from server.jobs.states import JobStatus
+from worker.images import release_in_background
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -160,7 +161,7 @@ def _remove_containers(settings: Settings, job_id: int) -> None:
 def run_pass(settings: Settings) -> None:
     """One pass of every step, each on its own: a broker or database error in one is logged
     and the others still run; the next pass tries again."""
-    for step in (reap, resend_lost, stop_cancelled):
+    for step in (reap, resend_lost, stop_cancelled, release_in_background):
         try:
             step(settings)
         except Exception:

@@ -12,6 +12,7 @@ from pathlib import Path
 from server.config import Settings
 from server.storage import ArtifactStore, extract_tar
 from worker.executor.base import LABEL_JOB, runtime_for
+from worker.images import submission_tag
 from worker.pipeline import (
     JobContext,
     Outcome,
@@ -70,6 +71,8 @@ def step_clone(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                     "missing_dockerfile",
                     f"The repository has no {rel}/Dockerfile at commit {ctx.commit_sha[:12]}.",
                 )
+            # Both, now: an inference Dockerfile refused after training would waste it.
+            _vet(settings, ctx, work / "repo" / rel / "Dockerfile", f"{rel}/Dockerfile")
         source = _tar_tree(store, work / "repo", exclude=".git")
         log = (
             f"cloned {ctx.repository_url} at {res.commit} ({res.tree_bytes} bytes, "
@@ -90,11 +93,22 @@ def step_clone(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _vet(settings: Settings, ctx: JobContext, dockerfile: Path, shown: str) -> None:
+    from worker.images import BaseImageError, vet_dockerfile
+
+    try:
+        vet_dockerfile(_docker(), settings, ctx.phase, dockerfile, shown)
+    except BaseImageError as exc:
+        raise StepFailed(exc.code, exc.message) from exc
+
+
 def _build(
     settings: Settings, context: Path, tag: str, ctx: JobContext, what: str
 ) -> tuple[str, str]:
     from worker.builder import BuildError, build_image
 
+    dir_ = ctx.phase.training_dir if what == "training" else ctx.phase.inference_dir
+    _vet(settings, ctx, context / "Dockerfile", f"{dir_}/Dockerfile")
     try:
         res = build_image(
             _docker(),
@@ -125,7 +139,7 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         image_id, log = _build(
             settings,
             repo / ctx.phase.training_dir,
-            f"heldout/submission-{ctx.submission_id}-training:latest",
+            submission_tag(settings, ctx.submission_id, "training"),
             ctx,
             "training",
         )
@@ -135,7 +149,7 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                 repo,
                 ctx.phase.inference_dir,
                 work,
-                f"heldout/submission-{ctx.submission_id}-inference-base:latest",
+                submission_tag(settings, ctx.submission_id, "inference-base"),
                 timeout_s=settings.build_timeout_s,
                 max_image_bytes=settings.max_image_bytes,
                 network=settings.build_network,
@@ -213,7 +227,7 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                 built["artifact_places"],
                 work / "output",
                 work,
-                f"heldout/submission-{ctx.submission_id}:latest",
+                submission_tag(settings, ctx.submission_id, "inference"),
                 timeout_s=settings.build_timeout_s,
                 max_image_bytes=settings.max_image_bytes,
                 labels={"heldout.submission": str(ctx.submission_id)},

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from server.codebases.baseimages import parse_allowed
+
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Slug = Annotated[str, Field(pattern=SLUG_RE, description="lower-case letters, digits, '-'")]
 
@@ -172,6 +174,15 @@ class PhaseSpec(StrictModel):
     # Container runtime of this phase's algorithm and training runs; None: the
     # installation's HELDOUT_CONTAINER_RUNTIME. "runsc" (gVisor) is for CPU phases only.
     runtime: Literal["runc", "runsc"] | None = None
+
+    # Narrows the installation's HELDOUT_ALLOWED_BASE_IMAGES for this phase: a base must be
+    # allowed by both (each entry a name, optionally pinned with @sha256:<image id>).
+    allowed_base_images: list[str] | None = None
+
+    @field_validator("allowed_base_images")
+    @classmethod
+    def _base_images(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [str(ref) for ref in parse_allowed(value)]
 
     @field_validator("training_dir", "inference_dir")
     @classmethod

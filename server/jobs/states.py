@@ -36,7 +36,9 @@ FINAL = frozenset({J.succeeded, J.failed, J.cancelled})
 
 # Failure codes that mean the platform or the organizers, not the algorithm, failed:
 # never charged.
-PLATFORM_FAILURES = frozenset({"platform_error", "internal_error", "evaluation_config_error"})
+PLATFORM_FAILURES = frozenset(
+    {"platform_error", "internal_error", "evaluation_config_error", "base_image_mismatch"}
+)
 # Failures whose participant message says the organizers have been told: each is recorded
 # as an organizer event (server.challenges.events).
 NOTIFIED_FAILURES = frozenset({"evaluation_config_error", "internal_error"})
