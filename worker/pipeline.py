@@ -464,6 +464,7 @@ def _after_canary(session: Session, submission: Submission) -> None:
             "The trained algorithm failed on the phase's public check case(s) before the "
             "test set ran. It trained on private data, so this counts against your team's "
             "limits; the training job's log is held until the organizers review it.",
+            team_caused=True,
         )
         return
     if failed:

@@ -4,7 +4,9 @@ The rule: a submission counts from the moment it is accepted, and keeps counting
 *first* run ended in one of these ways:
 - cancelled before any work on private data (still `received` or `validating`);
 - failed for a reason the platform or the organizers caused (a platform failure code, a
-  failed public canary, or every failed case failing for the platform's reasons).
+  failed public canary, or every failed case failing for the platform's reasons). A T3
+  canary is the exception: it runs after training on private data, so its failure counts
+  (else training runs on private data would be free and unlimited).
 
 Only the first entry into a final state decides. Re-evaluations (a finished submission
 going back to `evaluating` for a new metric config or ground truth) never change it, in
@@ -27,12 +29,19 @@ EARLY = frozenset({S.received, S.validating})
 # Recorded in a transition's note when the caller knows the platform caused a failure
 # whose code alone does not say so (e.g. "cases_failed" with only platform causes).
 PLATFORM_NOTE = "platform-caused"
+# Recorded when a failure whose code would be free is the team's (a T3 canary after training).
+TEAM_NOTE = "team-caused"
 
 
-def is_platform_failure(code: str | None, *, platform_caused: bool = False) -> bool:
-    return (
-        platform_caused or (code or "") in PLATFORM_FAILURES or (code or "").startswith("canary:")
-    )
+def is_platform_failure(
+    code: str | None, *, platform_caused: bool = False, team_caused: bool = False
+) -> bool:
+    code = code or ""
+    if platform_caused or code in PLATFORM_FAILURES:
+        return True
+    if code.startswith("canary:"):
+        return not team_caused or code.removeprefix("canary:") in PLATFORM_FAILURES
+    return False
 
 
 def decide(
@@ -41,12 +50,15 @@ def decide(
     code: str | None,
     *,
     platform_caused: bool = False,
+    team_caused: bool = False,
 ) -> bool:
     """The charge for a first run that goes from `current` to the final state `target`."""
     if target is S.cancelled:
         return current not in EARLY
     if target is S.failed:
-        return not is_platform_failure(code, platform_caused=platform_caused)
+        return not is_platform_failure(
+            code, platform_caused=platform_caused, team_caused=team_caused
+        )
     return True
 
 
@@ -64,5 +76,11 @@ def charged_from_history(steps: Sequence[Step]) -> bool:
         if target in FINAL:
             current = S(step.from_status) if step.from_status else S.received
             code, _, flag = step.note.partition(" ")
-            return decide(current, target, code, platform_caused=flag == PLATFORM_NOTE)
+            return decide(
+                current,
+                target,
+                code,
+                platform_caused=flag == PLATFORM_NOTE,
+                team_caused=flag == TEAM_NOTE,
+            )
     return True  # still running: it counts

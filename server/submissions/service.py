@@ -33,6 +33,7 @@ def transition(
     note: str = "",
     failure: tuple[str, str] | None = None,
     platform_caused: bool = False,
+    team_caused: bool = False,
     operator_detail: str | None = None,
 ) -> None:
     """Move a submission to `target` if the table allows it from its current state. The
@@ -59,7 +60,7 @@ def transition(
         if not repository.has_finished(session, submission.id):
             code = failure[0] if failure else None
             values["charged"] = charging.decide(
-                current, target, code, platform_caused=platform_caused
+                current, target, code, platform_caused=platform_caused, team_caused=team_caused
             )
     elif target is SubmissionStatus.evaluating:
         values["finished_at"] = None
@@ -91,12 +92,18 @@ def fail(
     message: str,
     *,
     platform_caused: bool = False,
+    team_caused: bool = False,
     operator_detail: str | None = None,
 ) -> None:
     """Fail a submission; `message` is what the participant reads, `operator_detail` is for
     organizers only. `platform_caused` when the code alone does not say the platform is to
-    blame (it then never counts against the team)."""
-    note = f"{code} {charging.PLATFORM_NOTE}" if platform_caused else code
+    blame (it then never counts against the team); `team_caused` when the code alone would
+    be free but the team is to blame (a T3 canary, after training on private data)."""
+    note = code
+    if platform_caused:
+        note = f"{code} {charging.PLATFORM_NOTE}"
+    elif team_caused:
+        note = f"{code} {charging.TEAM_NOTE}"
     transition(
         session,
         submission,
@@ -104,6 +111,7 @@ def fail(
         note=note,
         failure=(code, message),
         platform_caused=platform_caused,
+        team_caused=team_caused,
         operator_detail=operator_detail,
     )
 
