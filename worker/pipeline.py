@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from server.challenges.models import Phase
 from server.challenges.schemas import Interface, InterfaceKind, PhaseSpec
 from server.config import Settings
+from server.datasets import coverage
 from server.datasets import repository as datasets_repo
 from server.datasets.models import Case, Dataset
 from server.db import session_scope
@@ -505,7 +506,10 @@ def _after_inference(session: Session, submission: Submission) -> None:
     # Each finishing case gets here: count first, load the whole set only for the last one.
     if jobs_repo.count_open(session, submission.id, JobKind.infer.value):
         return
-    infer_jobs = jobs_repo.for_submission(session, submission.id, JobKind.infer.value)
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    # After a test set edit only the newest run of each present case counts.
+    infer_jobs = coverage.effective_infer_jobs(session, submission.id, phase.test_dataset_id)
     failures = case_failures(session, infer_jobs)
     if failures:
         total = sum(len(j.result.get("cases", {})) if j.case_id is None else 1 for j in infer_jobs)
@@ -785,7 +789,12 @@ def _predictions(
 ) -> None:
     """grand-challenge's /input/predictions.json plus each job's output files."""
     entries: list[dict[str, Any]] = []
-    infer_jobs = jobs_repo.for_submission(session, submission_id, JobKind.infer.value)
+    submission = session.get(Submission, submission_id)
+    assert submission is not None
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    current = coverage.current_case_ids(session, phase.test_dataset_id or 0)
+    infer_jobs = coverage.effective_infer_jobs(session, submission_id, phase.test_dataset_id)
     for j in infer_jobs:
         if j.case_id is not None:
             pairs = [(j.case_id, j.id, j.result.get("outputs", {}))]
@@ -795,6 +804,8 @@ def _predictions(
                 for i, e in enumerate(j.result.get("cases", {}).values())
             ]
         for case_id, pk, outputs in pairs:
+            if case_id not in current:
+                continue  # retired since the batch ran: not in the ground truth
             case = session.get(Case, case_id)
             assert case is not None
             inputs = [
