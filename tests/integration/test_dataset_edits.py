@@ -7,6 +7,7 @@ SQLite and PostgreSQL; jobs are claimed and recorded through the pipeline's reco
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,25 @@ def _infer_jobs(settings: Settings, sid: int) -> list[tuple[int | None, str]]:
         return [(j.case_id, j.status) for j in jobs_repo.for_submission(session, sid, "infer")]
 
 
+def _scored_inputs(settings: Settings, sid: int, dest: Path) -> dict[str, int]:
+    """What the evaluator would be given: case name -> the job whose outputs it scores."""
+    from server.challenges.models import Phase
+    from server.storage import ArtifactStore
+    from server.submissions.models import Submission
+    from worker import pipeline
+
+    dest.mkdir()
+    with session_scope(settings) as session:
+        sub = session.get(Submission, sid)
+        assert sub is not None
+        phase = session.get(Phase, sub.phase_id)
+        assert phase is not None
+        store = ArtifactStore(settings.artifacts_path)
+        pipeline._predictions(session, store, sid, phase.spec, dest)
+    entries = json.loads((dest / "predictions.json").read_text())
+    return {e["inputs"][0]["image"]["name"].split(".")[0]: e["pk"] for e in entries}
+
+
 def _rerun_and_score(api: TestClient, settings: Settings, alice: str, sid: int) -> None:
     for ctx in drive.claim(settings, sid, "infer"):
         drive.ok(settings, ctx)
@@ -82,6 +102,7 @@ def test_removing_a_case_retires_it_and_the_board_answers(
     assert body["rescored"] == [sid] and body["reinferred"] == []
     assert _board_ids(api, alice) == []  # the old result is stale, not shown
     assert all(status == "succeeded" for _, status in _infer_jobs(settings, sid))
+    assert sorted(_scored_inputs(settings, sid, tmp_path / "in")) == sorted(cases)
     drive.evaluate(settings, sid)
     assert _board_ids(api, alice) == [sid]
     assert _sub(api, alice, sid)["charged"] is True
@@ -121,7 +142,13 @@ def test_changing_a_case_image_reruns_that_case(
     new = _infer_jobs(settings, sid)[len(before) :]
     assert len(new) == 1 and new[0][1] == "pending"
     assert _sub(api, alice, sid)["status"] == "inferring"
-    _rerun_and_score(api, settings, alice, sid)
+    for ctx in drive.claim(settings, sid, "infer"):
+        drive.ok(settings, ctx)
+    scored = _scored_inputs(settings, sid, tmp_path / "in")
+    with session_scope(settings) as session:
+        newest = jobs_repo.for_submission(session, sid, "infer")[-1].id
+    assert len(scored) == 6 and scored["P002"] == newest  # the run on the new image
+    drive.evaluate(settings, sid)
     assert _board_ids(api, alice) == [sid]
 
 
