@@ -33,7 +33,8 @@ TRANSITIONS: dict[SubmissionStatus, frozenset[SubmissionStatus]] = {
     S.inferring: frozenset({S.evaluating, *_STOP}),
     # Re-evaluation (new metric config or ground truth) runs from a finished submission;
     # so does re-inference (new or changed test cases, another test set).
-    S.evaluating: frozenset({S.succeeded, S.failed}),
+    # Back to inference when the test set gains cases while an evaluation is open.
+    S.evaluating: frozenset({S.succeeded, S.failed, S.inferring}),
     S.succeeded: frozenset({S.evaluating, S.inferring}),
     S.failed: frozenset({S.evaluating, S.inferring}),
     S.cancelled: frozenset(),

@@ -209,3 +209,69 @@ def _upload(api: TestClient, token: str, root: Path) -> str:
     from tests.support.factories import tar_dir, upload_bytes
 
     return upload_bytes(api, token, tar_dir(root))
+
+
+def _started(api: TestClient, settings: Settings, tmp_path: Path) -> tuple[str, str, int]:
+    """A first run whose algorithm outputs are complete: it is `evaluating`."""
+    admin = stoic_challenge(api, settings, tmp_path)
+    alice = user_token(settings, "alice")
+    r = submit_blob(api, alice)
+    assert r.status_code == 201, r.text
+    sid = int(r.json()["id"])
+    drive.to_evaluation(settings, sid)
+    assert _sub(api, alice, sid)["status"] == "evaluating"
+    return admin, alice, sid
+
+
+def _evaluate_statuses(settings: Settings, sid: int) -> list[str]:
+    with session_scope(settings) as session:
+        return [j.status for j in jobs_repo.for_submission(session, sid, "evaluate")]
+
+
+def test_a_pending_evaluation_waits_for_the_new_cases(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    admin, alice, sid = _started(api, settings, tmp_path)
+    r = apply_bundle(
+        api, admin, stoic_bundle(), {"test": write_dataset(tmp_path / "v2", stoic_cases(8))}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["reinferred"] == [sid]
+    assert _evaluate_statuses(settings, sid) == ["cancelled"]
+    assert _sub(api, alice, sid)["status"] == "inferring"
+    _rerun_and_score(api, settings, alice, sid)
+    assert _board_ids(api, alice) == [sid]
+
+
+def test_an_evaluation_running_through_an_edit_decides_nothing(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    admin, alice, sid = _started(api, settings, tmp_path)
+    (running,) = drive.claim(settings, sid, "evaluate")
+    r = apply_bundle(
+        api, admin, stoic_bundle(), {"test": write_dataset(tmp_path / "v2", stoic_cases(8))}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["reinferred"] == [sid]
+    # It scored the old outputs against cases they lack: not a failure, not a charge.
+    drive.fail(settings, running, "invalid_predictions")
+    s = _sub(api, alice, sid)
+    assert s["status"] == "inferring" and s["failure_code"] is None, s
+    _rerun_and_score(api, settings, alice, sid)
+    assert _board_ids(api, alice) == [sid]
+
+
+def test_labels_changed_during_an_evaluation_are_scored_again(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    admin, alice, sid = _started(api, settings, tmp_path)
+    (running,) = drive.claim(settings, sid, "evaluate")
+    cases = stoic_cases()
+    cases["P001"]["probSevere"] = 1
+    r = apply_bundle(api, admin, stoic_bundle(), {"test": write_dataset(tmp_path / "v2", cases)})
+    assert r.status_code == 200, r.text
+    drive.ok(settings, running)
+    assert _board_ids(api, alice) == []  # scored on the old labels: not current
+    assert _sub(api, alice, sid)["status"] == "evaluating"
+    drive.evaluate(settings, sid)
+    assert _board_ids(api, alice) == [sid]
