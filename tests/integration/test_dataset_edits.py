@@ -275,3 +275,35 @@ def test_labels_changed_during_an_evaluation_are_scored_again(
     assert _sub(api, alice, sid)["status"] == "evaluating"
     drive.evaluate(settings, sid)
     assert _board_ids(api, alice) == [sid]
+
+
+def _batch_ok(settings: Settings, sid: int) -> None:
+    from worker import pipeline
+
+    for ctx in drive.claim(settings, sid, "infer"):
+        cases = {c.public_name: {"case_id": c.id, "outputs": {}} for c in ctx.cases}
+        pipeline._record(settings, ctx, outcome=pipeline.Outcome({"cases": cases}))
+
+
+def test_a_batch_phase_reruns_one_batch_on_the_new_case_set(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    admin = stoic_challenge(api, settings, tmp_path, extra_phase={"batch_mode": True})
+    alice = user_token(settings, "alice")
+    sid = int(submit_blob(api, alice).json()["id"])
+    for ctx in drive.claim(settings, sid, "validate"):
+        drive.ok(settings, ctx)
+    _batch_ok(settings, sid)
+    drive.evaluate(settings, sid)
+    cases = stoic_cases(8)
+    del cases["P000"]
+    bundle = stoic_bundle(extra_phase={"batch_mode": True})
+    r = apply_bundle(api, admin, bundle, {"test": write_dataset(tmp_path / "v2", cases)})
+    assert r.status_code == 200, r.text
+    assert r.json()["reinferred"] == [sid]
+    assert [c for c, _ in _infer_jobs(settings, sid)] == [None, None]
+    _batch_ok(settings, sid)
+    assert sorted(_scored_inputs(settings, sid, tmp_path / "in")) == sorted(cases)
+    drive.evaluate(settings, sid)
+    assert _board_ids(api, alice) == [sid]
+    assert _sub(api, alice, sid)["charged"] is True
