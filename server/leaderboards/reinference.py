@@ -62,15 +62,15 @@ def reinfer(
     queued: list[int] = []
     for sub in submissions_repo.list_for_phase(session, phase.id):
         status = S(sub.status)
-        if status is S.inferring and not batch:
+        if status is S.inferring:
             pending = {
                 j.case_id
                 for j in jobs_repo.for_submission(session, sub.id, JobKind.infer.value)
                 if j.status == JobStatus.pending.value
             }
-            # A pending job reads its case when claimed; others need a new run.
+            # A pending job reads its case(s) when claimed; others need a new run.
             todo = sorted(wanted - pending)
-            if todo:
+            if todo and not (batch and None in pending):
                 queued.append(sub.id)
                 if not dry_run:
                     _create(session, sub, phase, todo)

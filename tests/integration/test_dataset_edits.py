@@ -307,3 +307,25 @@ def test_a_batch_phase_reruns_one_batch_on_the_new_case_set(
     drive.evaluate(settings, sid)
     assert _board_ids(api, alice) == [sid]
     assert _sub(api, alice, sid)["charged"] is True
+
+
+def test_cases_added_while_inferring_are_run_before_the_evaluation(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    admin = stoic_challenge(api, settings, tmp_path)
+    alice = user_token(settings, "alice")
+    sid = int(submit_blob(api, alice).json()["id"])
+    for ctx in drive.claim(settings, sid, "validate"):
+        drive.ok(settings, ctx)
+    running = drive.claim(settings, sid, "infer")  # six cases started on the old set
+    r = apply_bundle(
+        api, admin, stoic_bundle(), {"test": write_dataset(tmp_path / "v2", stoic_cases(7))}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["reinferred"] == [sid]
+    for ctx in running:
+        drive.ok(settings, ctx)
+    assert _sub(api, alice, sid)["status"] == "inferring"  # the new case is still to run
+    _rerun_and_score(api, settings, alice, sid)
+    assert len(_scored_inputs(settings, sid, tmp_path / "in")) == 7
+    assert _board_ids(api, alice) == [sid]
