@@ -301,6 +301,10 @@ def challenge_apply(
         label = "would re-evaluate" if plan else "re-evaluating"
         ids = ", ".join(str(i) for i in result["rescored"])
         out.print(f"  {label} submissions {ids}")
+    if result.get("reinferred"):
+        label = "would re-run" if plan else "re-running"
+        ids = ", ".join(str(i) for i in result["reinferred"])
+        out.print(f"  {label} submissions {ids} on the changed test cases (not charged)")
 
 
 @challenge_app.command("events")

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from server.challenges.models import Phase
 from server.challenges.schemas import Interface, InterfaceKind, PhaseSpec
 from server.config import Settings
+from server.datasets import coverage
 from server.datasets import repository as datasets_repo
 from server.datasets.models import Case, Dataset
 from server.db import session_scope
@@ -44,6 +45,7 @@ from server.jobs import service as jobs
 from server.jobs.models import Job
 from server.jobs.states import FINAL as JOB_FINAL
 from server.jobs.states import PLATFORM_FAILURES, JobKind, JobStatus
+from server.leaderboards import reinference
 from server.leaderboards import service as leaderboards
 from server.storage import ArtifactStore
 from server.submissions import service as submissions
@@ -103,6 +105,9 @@ class JobContext:
     labels_digest: str | None = None
     # The phase's metric config version, read with `phase` at claim time.
     metrics_version: int = 0
+    # An evaluation's test set digest (claim time, then what it read): a result computed on
+    # a test set since edited is stored under the old digest and caught up.
+    ground_truth: str | None = None
 
 
 @dataclass
@@ -255,6 +260,8 @@ def _context(session: Session, job: Job) -> JobContext:
         commit_sha=submission.commit_sha,
         metrics_version=phase.metrics_version,
     )
+    if ctx.kind is JobKind.evaluate:
+        ctx.ground_truth = leaderboards.ground_truth_digest(session, phase)
     # Build and training read what the clone and the build produced; case runs need
     # nothing earlier, and loading every job of a large test set per case would be quadratic.
     if ctx.kind in (JobKind.build, JobKind.train):
@@ -307,7 +314,9 @@ def _record(
         job.logs_held = bool(log_digest) and logs.held_for(ctx.kind, phase)
         job.log_review = logs.PENDING if job.logs_held else None
         # An evaluation's result is stamped with the metric config it ran with.
-        used = {"metrics_version": ctx.metrics_version} if ctx.kind is JobKind.evaluate else {}
+        used: dict[str, Any] = {}
+        if ctx.kind is JobKind.evaluate:
+            used = {"metrics_version": ctx.metrics_version, "ground_truth": ctx.ground_truth}
         if failure is None:
             assert outcome is not None
             jobs.succeed(session, job, {**outcome.result, **used}, log_digest)
@@ -383,6 +392,14 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
     kind = JobKind(job.kind)
     failed = JobStatus(job.status) is JobStatus.failed
 
+    if kind is JobKind.evaluate and reinference.outdated(session, submission, job.result):
+        # The test set was edited while this evaluation ran: its outcome decides nothing
+        # (no charge, no failure); the work the edit needs is scheduled instead.
+        if not failed:
+            _record_result(session, submission, job)
+        reinference.catch_up(session, submission)
+        return
+
     if failed and kind not in (JobKind.infer, JobKind.canary):
         submissions.fail(
             session,
@@ -420,21 +437,26 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
     elif kind is JobKind.infer:
         _after_inference(session, submission)
     elif kind is JobKind.evaluate:
-        phase = session.get(Phase, submission.phase_id)
-        assert phase is not None
-        gt = leaderboards.ground_truth_digest(session, phase)
-        assert gt is not None
-        leaderboards.record(
-            session,
-            submission,
-            phase,
-            job.result.get("evaluator_version", "?"),
-            gt,
-            job.result["metrics"],
-            metrics_version=job.result.get("metrics_version"),
-        )
+        _record_result(session, submission, job)
         submissions.transition(session, submission, SubmissionStatus.succeeded)
         leaderboards.rescore_if_stale(session, submission, job.result)
+
+
+def _record_result(session: Session, submission: Submission, job: Job) -> None:
+    """Store an evaluation's result under the ground truth it ran on."""
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    gt = job.result.get("ground_truth") or leaderboards.ground_truth_digest(session, phase)
+    assert gt is not None
+    leaderboards.record(
+        session,
+        submission,
+        phase,
+        job.result.get("evaluator_version", "?"),
+        gt,
+        job.result["metrics"],
+        metrics_version=job.result.get("metrics_version"),
+    )
 
 
 def start_canary(session: Session, submission: Submission) -> bool:
@@ -506,7 +528,10 @@ def _after_inference(session: Session, submission: Submission) -> None:
     # Each finishing case gets here: count first, load the whole set only for the last one.
     if jobs_repo.count_open(session, submission.id, JobKind.infer.value):
         return
-    infer_jobs = jobs_repo.for_submission(session, submission.id, JobKind.infer.value)
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    # After a test set edit only the newest run of each present case counts.
+    infer_jobs = coverage.effective_infer_jobs(session, submission.id, phase.test_dataset_id)
     failures = case_failures(session, infer_jobs)
     if failures:
         total = sum(len(j.result.get("cases", {})) if j.case_id is None else 1 for j in infer_jobs)
@@ -786,7 +811,12 @@ def _predictions(
 ) -> None:
     """grand-challenge's /input/predictions.json plus each job's output files."""
     entries: list[dict[str, Any]] = []
-    infer_jobs = jobs_repo.for_submission(session, submission_id, JobKind.infer.value)
+    submission = session.get(Submission, submission_id)
+    assert submission is not None
+    phase = session.get(Phase, submission.phase_id)
+    assert phase is not None
+    current = coverage.current_case_ids(session, phase.test_dataset_id or 0)
+    infer_jobs = coverage.effective_infer_jobs(session, submission_id, phase.test_dataset_id)
     for j in infer_jobs:
         if j.case_id is not None:
             pairs = [(j.case_id, j.id, j.result.get("outputs", {}))]
@@ -796,6 +826,8 @@ def _predictions(
                 for i, e in enumerate(j.result.get("cases", {}).values())
             ]
         for case_id, pk, outputs in pairs:
+            if case_id not in current:
+                continue  # retired since the batch ran: not in the ground truth
             case = session.get(Case, case_id)
             assert case is not None
             inputs = [
@@ -835,6 +867,7 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             dataset = session.get(Dataset, phase.test_dataset_id)
             assert dataset is not None
             store.copy_to(dataset.labels_digest, gt / "labels.csv")
+            ctx.ground_truth = dataset.digest
         (gt / "metrics.json").write_text(ctx.phase.metrics.model_dump_json())
         for path in [work / "input", gt, *gt.iterdir(), *(work / "input").rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)

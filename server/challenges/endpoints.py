@@ -35,6 +35,7 @@ class ApplyResult(BaseModel):
     updated: list[str]
     unchanged: list[str]
     rescored: list[int]
+    reinferred: list[int] = []
     details: list[str] = []
     plan: bool = False
     warnings: list[str] = []
@@ -87,6 +88,7 @@ def apply_bundle(
         updated=report.updated,
         unchanged=report.unchanged,
         rescored=report.rescored,
+        reinferred=report.reinferred,
         details=report.details,
         plan=report.plan,
         warnings=report.warnings,

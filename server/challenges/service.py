@@ -18,6 +18,7 @@ from server.challenges.schemas import ChallengeSpec
 from server.datasets import repository as datasets_repo
 from server.datasets import service as datasets
 from server.datasets.models import Dataset
+from server.datasets.service import CaseChanges
 from server.db import utcnow
 from server.errors import InvalidInput, NotFound, NotPermitted
 from server.storage import ArtifactStore
@@ -34,6 +35,9 @@ class ApplyReport:
     unchanged: list[str] = field(default_factory=list)
     # Submissions queued for re-scoring because metrics or ground truth changed.
     rescored: list[int] = field(default_factory=list)
+    # Submissions whose algorithm runs again (never charged): new or changed test cases, or
+    # a phase pointed at another test set. They are evaluated after, not listed in rescored.
+    reinferred: list[int] = field(default_factory=list)
     # What changed in each updated phase ("phase p: metrics (v1 -> v2)").
     details: list[str] = field(default_factory=list)
     # A plan: nothing was changed; the lists say what applying would do.
@@ -153,7 +157,10 @@ def apply_spec(
             report.record(f"organizer {username}", "created")
 
     dataset_ids: dict[str, int] = {}
+    case_changes: dict[str, CaseChanges] = {}
     rescore: list[Phase] = []
+    # Phase -> the test cases needing new outputs (None: all, another test set).
+    reinfer: dict[Phase, set[int] | None] = {}
     for ds in spec.datasets:
         source = sources.get(ds.slug)
         if source is None:
@@ -163,9 +170,9 @@ def apply_spec(
                     f"dataset {ds.slug!r} has no content yet: give its path or upload it",
                     field=f"datasets.{ds.slug}",
                 )
-            dataset, outcome = existing, "unchanged"
+            dataset, outcome, changes = existing, "unchanged", CaseChanges()
         elif isinstance(source, Path):
-            dataset, outcome = datasets.ingest_directory(
+            dataset, outcome, changes = datasets.ingest_directory(
                 session,
                 store,
                 challenge_id=challenge.id,
@@ -175,7 +182,7 @@ def apply_spec(
                 public=ds.public,
             )
         else:
-            dataset, outcome = datasets.ingest_archive(
+            dataset, outcome, changes = datasets.ingest_archive(
                 session,
                 store,
                 archive_digest=source,
@@ -185,6 +192,7 @@ def apply_spec(
                 public=ds.public,
             )
         dataset_ids[ds.slug] = dataset.id
+        case_changes[ds.slug] = changes
         report.record(f"dataset {ds.slug}", outcome)
 
     report.warnings = _check_metrics(session, store, spec, dataset_ids)
@@ -207,8 +215,14 @@ def apply_spec(
             )
         phase = repository.get_phase(session, challenge.id, phase_spec.slug)
         name = f"phase {phase_spec.slug}"
-        if phase is not None and f"dataset {phase_spec.test_dataset}" in report.updated:
-            rescore.append(phase)  # new ground truth
+        if phase is not None and phase.test_dataset_id is not None:
+            changes = case_changes.get(phase_spec.test_dataset or "", CaseChanges())
+            if ids["test_dataset_id"] not in (None, phase.test_dataset_id):
+                reinfer[phase] = None  # another test set: every case runs again
+            elif changes.needs_inference:
+                reinfer[phase] = changes.needs_inference  # new or changed case images
+            elif changes.content:
+                rescore.append(phase)  # new labels, or fewer cases: outputs still hold
         if phase is None:
             session.add(
                 Phase(
@@ -250,11 +264,20 @@ def apply_spec(
         phase.updated_at = utcnow()
         report.record(name, "updated")
     session.flush()
+    if reinfer:
+        from server.leaderboards import reinference
+
+        for phase, cases in reinfer.items():
+            report.reinferred += reinference.reinfer(session, phase, cases, dry_run=plan)
     if rescore:
         from server.leaderboards import service as leaderboards
 
         for phase in dict.fromkeys(rescore):
-            report.rescored += leaderboards.reevaluate(session, phase, dry_run=plan)
+            report.rescored += [
+                sid
+                for sid in leaderboards.reevaluate(session, phase, dry_run=plan)
+                if sid not in report.reinferred
+            ]
     report.plan = plan
     return report
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db import Base, UTCDateTime, utcnow
@@ -50,3 +50,6 @@ class Case(Base):
     public_name: Mapped[str] = mapped_column(String(36), unique=True)
     # {interface slug: {"digest": "sha256:...", "ext": ".mha", "size": n}}
     files: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # A case a newer version of its dataset no longer has: kept (jobs that ran on it refer
+    # to it), never listed, run or scored again; it comes back if a later version has it.
+    retired: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

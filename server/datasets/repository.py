@@ -16,7 +16,9 @@ def list_datasets(session: Session, challenge_id: int) -> list[Dataset]:
     return list(session.scalars(select(Dataset).where(Dataset.challenge_id == challenge_id)))
 
 
-def list_cases(session: Session, dataset_id: int) -> list[Case]:
-    return list(
-        session.scalars(select(Case).where(Case.dataset_id == dataset_id).order_by(Case.name))
-    )
+def list_cases(session: Session, dataset_id: int, *, retired: bool = False) -> list[Case]:
+    """The dataset's current cases; `retired`: also those a newer version removed."""
+    stmt = select(Case).where(Case.dataset_id == dataset_id)
+    if not retired:
+        stmt = stmt.where(Case.retired.is_(False))
+    return list(session.scalars(stmt.order_by(Case.name)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tarfile
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -18,6 +19,22 @@ from server.errors import InvalidInput
 from server.storage import ArtifactStore, extract_tar
 
 
+@dataclass
+class CaseChanges:
+    """What an ingest did to a dataset's cases (ids). `content`: the digest changed (cases,
+    images or labels). Added or changed cases need inference; removals and label edits only
+    need evaluation."""
+
+    added: set[int] = field(default_factory=set)
+    changed: set[int] = field(default_factory=set)
+    removed: set[int] = field(default_factory=set)
+    content: bool = False
+
+    @property
+    def needs_inference(self) -> set[int]:
+        return self.added | self.changed
+
+
 def ingest_directory(
     session: Session,
     store: ArtifactStore,
@@ -27,15 +44,16 @@ def ingest_directory(
     root: Path,
     title: str = "",
     public: bool = False,
-) -> tuple[Dataset, str]:
-    """Create or update a dataset from a directory. Returns it and 'created', 'updated' or
-    'unchanged' (same digest: nothing is written)."""
+) -> tuple[Dataset, str, CaseChanges]:
+    """Create or update a dataset from a directory. Returns it, 'created', 'updated' or
+    'unchanged' (same digest: nothing is written), and what happened to its cases. A case
+    the new version lacks is retired, never deleted: jobs that ran on it refer to it."""
     manifest = mf.scan(root)
     existing = repository.get_dataset(session, challenge_id, slug)
     if existing is not None and existing.digest == manifest.digest:
         changed = existing.title != title or existing.public != public
         existing.title, existing.public = title, public
-        return existing, "updated" if changed else "unchanged"
+        return existing, "updated" if changed else "unchanged", CaseChanges()
 
     store.put_file(root / "labels.csv")
     for per in manifest.files.values():
@@ -59,7 +77,9 @@ def ingest_directory(
     session.flush()
 
     # Keep each case's public UUID across versions so re-uploads don't reshuffle names.
-    old = {c.name: c for c in repository.list_cases(session, dataset.id)}
+    changes = CaseChanges(content=True)
+    old = {c.name: c for c in repository.list_cases(session, dataset.id, retired=True)}
+    added: list[Case] = []
     for name in manifest.rows:
         files = {
             slug: {"digest": f.digest, "ext": f.ext, "size": f.size}
@@ -67,15 +87,24 @@ def ingest_directory(
         }
         case = old.pop(name, None)
         if case is None:
-            session.add(
-                Case(dataset_id=dataset.id, name=name, public_name=str(uuid.uuid4()), files=files)
+            case = Case(
+                dataset_id=dataset.id, name=name, public_name=str(uuid.uuid4()), files=files
             )
-        else:
+            session.add(case)
+            added.append(case)
+        elif case.retired:
+            case.retired, case.files = False, files
+            changes.added.add(case.id)
+        elif case.files != files:
             case.files = files
+            changes.changed.add(case.id)
     for gone in old.values():
-        session.delete(gone)
+        if not gone.retired:
+            gone.retired = True
+            changes.removed.add(gone.id)
     session.flush()
-    return dataset, outcome
+    changes.added |= {c.id for c in added}
+    return dataset, outcome, changes
 
 
 def ingest_archive(
@@ -87,7 +116,7 @@ def ingest_archive(
     slug: str,
     title: str = "",
     public: bool = False,
-) -> tuple[Dataset, str]:
+) -> tuple[Dataset, str, CaseChanges]:
     """Ingest an uploaded tar (optionally gzip) archive of a dataset directory."""
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         dest = Path(tmp)

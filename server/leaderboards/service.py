@@ -21,6 +21,7 @@ from evaluation.metrics import MetricError
 from server.challenges.models import Phase
 from server.challenges.schemas import MetricKind, MetricSpec
 from server.config import get_settings
+from server.datasets import coverage
 from server.datasets.models import Dataset
 from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
@@ -327,9 +328,13 @@ def reevaluate(
             continue
         if status not in (SubmissionStatus.succeeded, SubmissionStatus.failed):
             continue
-        infer = jobs_repo.for_submission(session, sub.id, JobKind.infer.value)
-        if not infer or any(j.status != JobStatus.succeeded.value for j in infer):
-            continue  # it never produced a full set of outputs
+        infer = coverage.effective_infer_jobs(session, sub.id, phase.test_dataset_id)
+        if (
+            not infer
+            or any(j.status != JobStatus.succeeded.value for j in infer)
+            or coverage.uncovered_cases(session, sub.id, phase.test_dataset_id or 0)
+        ):
+            continue  # no full set of outputs on the present test cases: re-inference's
         if dry_run:
             queued.append(sub.id)
             continue

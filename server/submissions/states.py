@@ -31,10 +31,12 @@ TRANSITIONS: dict[SubmissionStatus, frozenset[SubmissionStatus]] = {
     S.training: frozenset({S.awaiting_log_review, S.inferring, *_STOP}),
     S.awaiting_log_review: frozenset({S.inferring, *_STOP}),
     S.inferring: frozenset({S.evaluating, *_STOP}),
-    # Re-evaluation (new metric config or ground truth) runs from a finished submission.
-    S.evaluating: frozenset({S.succeeded, S.failed}),
-    S.succeeded: frozenset({S.evaluating}),
-    S.failed: frozenset({S.evaluating}),
+    # Re-evaluation (new metric config or ground truth) runs from a finished submission;
+    # so does re-inference (new or changed test cases, another test set).
+    # Back to inference when the test set gains cases while an evaluation is open.
+    S.evaluating: frozenset({S.succeeded, S.failed, S.inferring}),
+    S.succeeded: frozenset({S.evaluating, S.inferring}),
+    S.failed: frozenset({S.evaluating, S.inferring}),
     S.cancelled: frozenset(),
 }
 

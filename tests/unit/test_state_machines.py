@@ -18,11 +18,12 @@ def test_every_submission_state_is_reachable_from_received() -> None:
     assert seen == set(SubmissionStatus)
 
 
-def test_no_way_back_from_cancelled_and_only_rescoring_from_finished() -> None:
+def test_no_way_back_from_cancelled_and_only_rerunning_from_finished() -> None:
     assert TRANSITIONS[SubmissionStatus.cancelled] == frozenset()
     for final in FINAL - {SubmissionStatus.cancelled}:
-        assert TRANSITIONS[final] == {SubmissionStatus.evaluating}
-    assert not can_transition(SubmissionStatus.succeeded, SubmissionStatus.inferring)
+        # Re-evaluation, or re-inference after a test set edit.
+        assert TRANSITIONS[final] == {SubmissionStatus.evaluating, SubmissionStatus.inferring}
+    assert not can_transition(SubmissionStatus.succeeded, SubmissionStatus.queued)
     assert not can_transition(SubmissionStatus.received, SubmissionStatus.succeeded)
     assert can_transition(SubmissionStatus.queued, SubmissionStatus.inferring)
     assert can_transition(SubmissionStatus.training, SubmissionStatus.awaiting_log_review)
