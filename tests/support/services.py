@@ -1,6 +1,6 @@
-"""Test-owned Redis, PostgreSQL and Docker engine instances that a fault test may restart, flush or stop
-without touching the shared services: each on a free loopback port, its files in a
-temporary directory that goes with it."""
+"""Test-owned Redis, PostgreSQL and Docker engine instances that a fault test may restart,
+flush, stop or kill without touching the shared services: each on a free loopback port or
+its own socket, its files in a temporary directory that goes with it."""
 
 from __future__ import annotations
 
