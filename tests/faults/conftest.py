@@ -167,7 +167,7 @@ def live_postgres(tmp_path: Path) -> Iterator[Live]:
 @dataclass
 class LiveEngine:
     live: Live
-    engine: DockerEngine  # the worker's, test-owned: HELDOUT workers reach it by DOCKER_HOST
+    engine: DockerEngine  # the worker's own, test-owned; the worker reaches it by DOCKER_HOST
 
 
 @pytest.fixture
