@@ -162,3 +162,22 @@ def test_engine_restarted_mid_run(live_own_engine: LiveEngine) -> None:
     with contextlib.suppress(AssertionError):
         wait_for(lambda: not leftovers(), 10, "mounts and loop devices to go", interval=0.2)
     assert leftovers() == []
+
+
+def test_kill_orphans_ends_what_a_container_cgroup_holds(live_sqlite: Live) -> None:
+    """What the engine-restart fix relies on: a container's processes are found by its
+    cgroup and killed (here a live container's, on the shared engine; after a crash, the
+    `runc init` left behind by a half-started one)."""
+    from worker.executor.docker import kill_orphans
+
+    live = live_sqlite
+    c = live.engine.containers.run(
+        "heldout/python:bookworm", ["sleep", "60"], detach=True, network_mode="none",
+        labels={"heldout.test": "kill-orphans"},
+    )  # fmt: skip
+    try:
+        killed = kill_orphans(c.id)
+        assert killed, "no process found in the container's cgroup"
+        assert c.wait(timeout=20)["StatusCode"] != 0
+    finally:
+        c.remove(force=True)
