@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -595,13 +596,24 @@ def case_failures(session: Session, infer_jobs: list[Job]) -> list[tuple[str, st
 # --- the steps -------------------------------------------------------------------------
 
 
+# How long a step waits for an unreachable engine (restarting, say) before it gives up on
+# this attempt: without the wait, the cases claimed while dockerd restarts would spend all
+# their attempts in a second and fail the submission.
+ENGINE_WAIT_S = 60.0
+
+
 def _docker() -> Any:
     import docker
 
-    try:
-        return docker.from_env(timeout=300)
-    except docker.errors.DockerException as exc:
-        raise InfrastructureError(f"Docker engine unavailable: {exc}") from exc
+    deadline = time.monotonic() + ENGINE_WAIT_S
+    while True:
+        try:
+            return docker.from_env(timeout=300)
+        except docker.errors.DockerException as exc:
+            if time.monotonic() >= deadline:
+                raise InfrastructureError(f"Docker engine unavailable: {exc}") from exc
+            log.warning("Docker engine unavailable (%s); waiting for it", exc)
+            time.sleep(1)
 
 
 def _executor(settings: Settings) -> Any:

@@ -27,8 +27,10 @@ from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
 from tests.support.services import (
     PG_BIN,
+    DockerEngine,
     PostgresCluster,
     RedisServer,
+    docker_engine,
     postgres_cluster,
     redis_server,
 )
@@ -86,10 +88,17 @@ class Live:
 
         wait_for(mid, 180, "inference to be under way", interval=0.2)
 
-    def finish(self, token: str, sub_id: int, fault_at: float, what: str) -> dict[str, Any]:
+    def finish(
+        self,
+        token: str,
+        sub_id: int,
+        fault_at: float,
+        what: str,
+        engine: docker.DockerClient | None = None,
+    ) -> dict[str, Any]:
         """Wait for the submission to end; print the time to recovery; check that every case
         was inferred and evaluated once, that it is charged by the rules and that no container
-        of it is left."""
+        of it is left (on `engine`, the worker's, when it is not the shared one)."""
         final = wait_final(self.api, token, sub_id, timeout=150)
         print(f"\n{what}: submission final ({final['status']}) {time.monotonic() - fault_at:.1f} s"
               " after the fault")  # fmt: skip
@@ -108,7 +117,8 @@ class Live:
             assert len(evaluate.result["metrics"]["case"]) == N_CASES
             ours = {container_key(self.settings, j.id) for j in jobs_repo.for_submission(
                 session, sub_id)}  # fmt: skip
-        left = self.engine.containers.list(all=True, filters={"label": "heldout.managed=1"})
+        managed = {"label": "heldout.managed=1"}
+        left = (engine or self.engine).containers.list(all=True, filters=managed)
         assert [c.name for c in left if c.labels.get("heldout.job") in ours] == []
         return final
 
@@ -152,3 +162,32 @@ def live_postgres(tmp_path: Path) -> Iterator[Live]:
         migrate(settings)
         with TestClient(create_app(settings)) as api:
             yield Live(settings, api, engine, rs, pg, tmp_path)
+
+
+@dataclass
+class LiveEngine:
+    live: Live
+    engine: DockerEngine  # the worker's own, test-owned; the worker reaches it by DOCKER_HOST
+
+
+@pytest.fixture
+def live_own_engine(tmp_path: Path) -> Iterator[LiveEngine]:
+    """SQLite, an own Redis and an own dockerd for the worker, holding a copy of the
+    evaluation image from the shared engine (built there on first use if missing)."""
+    from evaluation.build_image import build_evaluation_image, default_tag
+
+    _need_binaries()
+    need(shutil.which("dockerd") is not None and os.geteuid() == 0, "dockerd, as root")
+    shared = _engine()
+    try:
+        shared.images.get(default_tag())
+    except docker.errors.ImageNotFound:
+        build_evaluation_image(shared, tag=default_tag())
+    with redis_server() as rs, docker_engine() as own:
+        own.load(default_tag())
+        data = tmp_path / "data"
+        data.mkdir()
+        settings = Settings(data_dir=data, redis_url=rs.url, **FAST)
+        migrate(settings)
+        with TestClient(create_app(settings)) as api:
+            yield LiveEngine(Live(settings, api, shared, rs, None, tmp_path), own)

@@ -1,15 +1,18 @@
-"""Every job reaches a final state under one fault of Redis or the database, mid-run: the
+"""Every job reaches a final state under one fault of Redis, the database, the worker or the
+Docker engine, mid-run: the
 submission ends succeeded, every case inferred and evaluated once, charged by the rules,
 no container left; each prints its time to recovery."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
 import time
 
 import pytest
 
-from tests.faults.conftest import SLOW, WORKER_ENV, Live
+from tests.faults.conftest import SLOW, WORKER_ENV, Live, LiveEngine
 from tests.support.workers import celery_worker, start_worker, stop_worker, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow, pytest.mark.faults]
@@ -116,3 +119,65 @@ def test_cancel_while_redis_is_down(live_sqlite: Live) -> None:
         assert final["status"] == "cancelled" and final["charged"] is True
         assert all(set(j["by_status"]) <= {"succeeded", "cancelled"} for j in final["jobs"])
         live.redis.start()
+
+
+def test_engine_restarted_mid_run(live_own_engine: LiveEngine) -> None:
+    """The worker's dockerd is SIGKILLed while cases run and started again on the same data
+    root (the engine stops the orphaned containers as it restores them): the cases that
+    were running, or claimed while it was down, are retried; the submission ends succeeded,
+    every case inferred and evaluated once, charged by the rules, no container, mount or
+    loop device of it left."""
+    live, engine = live_own_engine.live, live_own_engine.engine
+    token, archive = live.setup_phase()
+    own = engine.client()
+
+    def running() -> bool:
+        managed = own.api.containers(filters={"label": "heldout.managed=1", "status": "running"})
+        return bool(managed)
+
+    with celery_worker(live.settings, DOCKER_HOST=engine.host, **WORKER_ENV):
+        sub = live.submit(token, archive)
+        live.wait_mid_run(token, sub)
+        wait_for(running, 60, "a case's container to run", interval=0.1)
+        fault = time.monotonic()
+        engine.kill()
+        time.sleep(2)
+        engine.start()
+        print(f"\nengine back {time.monotonic() - fault:.1f} s after the kill")
+        live.finish(token, sub, fault, "engine restarted", engine=own)
+    # No heldout container at all is left on the worker's engine.
+    assert own.containers.list(all=True, filters={"label": "heldout.managed=1"}) == []
+    # Nothing of the worker's /output and /scratch images is left mounted or attached (the
+    # kernel detaches an autoclear loop device shortly after its last mount goes).
+    data = str(live.settings.data_dir.resolve())
+
+    def leftovers() -> list[str]:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f]
+        loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
+        return [m for m in mounts if m.startswith(data)] + [
+            line for line in loops.stdout.splitlines() if data in line
+        ]
+
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not leftovers(), 10, "mounts and loop devices to go", interval=0.2)
+    assert leftovers() == []
+
+
+def test_kill_orphans_ends_what_a_container_cgroup_holds(live_sqlite: Live) -> None:
+    """What the engine-restart fix relies on: a container's processes are found by its
+    cgroup and killed (here a live container's, on the shared engine; after a crash, the
+    `runc init` left behind by a half-started one)."""
+    from worker.executor.docker import kill_orphans
+
+    live = live_sqlite
+    c = live.engine.containers.run(
+        "heldout/python:bookworm", ["sleep", "60"], detach=True, network_mode="none",
+        labels={"heldout.test": "kill-orphans"},
+    )  # fmt: skip
+    try:
+        killed = kill_orphans(c.id)
+        assert killed, "no process found in the container's cgroup"
+        assert c.wait(timeout=20)["StatusCode"] != 0
+    finally:
+        c.remove(force=True)

@@ -1,11 +1,13 @@
-"""Test-owned Redis and PostgreSQL instances that a fault test may restart, flush or stop
-without touching the shared services: each on a free loopback port, its files in a
-temporary directory that goes with it."""
+"""Test-owned Redis, PostgreSQL and Docker engine instances that a fault test may restart,
+flush, stop or kill without touching the shared services: each on a free loopback port or
+its own socket, its files in a temporary directory that goes with it."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import docker
 import redis
 
 from tests.support.workers import free_port, wait_for
@@ -148,3 +151,146 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+class DockerEngine:
+    """A second, test-owned dockerd (its own containerd, data root and socket) that a fault
+    test may SIGKILL and start again, never the shared engine. No bridge, no iptables: the
+    worker runs every container with network "none". The exec root lives under a short
+    path, since containerd's sockets under it must fit the 108-character limit."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="heldout-dockerd-"))
+        self.exec_root = Path(tempfile.mkdtemp(prefix="hd-", dir="/tmp")) / "x"
+        self.sock = self.dir / "docker.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.sock}"
+
+    def client(self, timeout: int = 60) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.host, timeout=timeout)
+
+    def start(self) -> None:
+        log = open(self.dir / "dockerd.log", "ab")  # noqa: SIM115 - lives with proc
+        self.proc = subprocess.Popen(
+            [
+                "dockerd",
+                "--host", self.host,
+                "--data-root", str(self.dir / "root"),
+                "--exec-root", str(self.exec_root),
+                "--pidfile", str(self.dir / "dockerd.pid"),
+                "--bridge=none", "--iptables=false", "--ip-masq=false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for(self._answers, 60, f"the test-owned dockerd on {self.sock}", interval=0.2)
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            tail = (self.dir / "dockerd.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"dockerd exited ({self.proc.returncode}):\n{tail}")
+        try:
+            return bool(self.client(timeout=5).ping())
+        except docker.errors.DockerException:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL dockerd alone, as a crash does: its containerd and shims stay."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+        # Its containerd dies with it (parent-death signal) but may linger unreaped as a
+        # zombie here, where PID 1 reaps slowly; a dockerd started meanwhile takes the pid
+        # file's zombie for a live containerd and times out waiting on its socket. Where
+        # systemd reaps at once the pid file names a dead process, as it does after this.
+        pidfile = self.exec_root / "containerd" / "containerd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text())
+            wait_for(lambda: _gone_or_zombie(pid), 20, f"containerd {pid} to exit", interval=0.1)
+            pidfile.unlink()
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.kill()
+        time.sleep(down_s)
+        self.start()
+
+    def load(self, *tags: str) -> None:
+        """Copy images from the shared engine into this one (docker save | docker load)."""
+        save = subprocess.Popen(["docker", "save", *tags], stdout=subprocess.PIPE)
+        subprocess.run(
+            ["docker", "-H", self.host, "load", "-q"],
+            stdin=save.stdout,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        assert save.wait() == 0, f"docker save {tags} failed"
+
+    def mounts(self) -> list[str]:
+        """Mount points left under this engine's directories (from /proc/mounts)."""
+        with open("/proc/mounts") as f:
+            points = [line.split()[1] for line in f]
+        roots = (str(self.dir), str(self.exec_root.parent))
+        return [p for p in points if p.startswith(roots)]
+
+    def close(self) -> None:
+        """Remove every container, stop dockerd (and its containerd), kill what is left,
+        unmount anything under its directories and delete them."""
+        with contextlib.suppress(docker.errors.DockerException):
+            if self.proc is not None and self.proc.poll() is None:
+                client = self.client(timeout=30)
+                for c in client.containers.list(all=True):
+                    c.remove(force=True, v=True)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        # containerd (and any shim) of this engine: started by dockerd with our exec root.
+        for pid in _pids_mentioning(str(self.exec_root)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for point in sorted(self.mounts(), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.exec_root.parent, ignore_errors=True)
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids: list[int] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@contextmanager
+def docker_engine() -> Iterator[DockerEngine]:
+    engine = DockerEngine()
+    try:
+        engine.start()
+        yield engine
+    finally:
+        engine.close()

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tarfile
 import threading
 import time
@@ -510,6 +511,7 @@ class DockerExecutor(Executor[DockerHandle]):
             for c in self.client.containers.list(all=True, filters=filters):
                 log.warning("removing stale container %s", c.name)
                 c.remove(force=True, v=True)
+                kill_orphans(c.id)
                 removed.add(c.name)
         for workdir in self.work_root.iterdir() if self.work_root.is_dir() else ():
             try:
@@ -522,6 +524,27 @@ class DockerExecutor(Executor[DockerHandle]):
                 shutil.rmtree(workdir, ignore_errors=True)
                 removed.add(workdir.name.rpartition(".")[0])
         return sorted(removed)
+
+
+def kill_orphans(container_id: str) -> list[int]:
+    """SIGKILL what is left in a removed container's cgroup. A container the engine died
+    while starting leaves its `runc init` behind, unknown to the restarted engine and
+    holding the container's mounts, so /output's loop device never detaches."""
+    killed: list[int] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cgroups = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if container_id in cgroups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+    if killed:
+        log.warning("killed processes %s left by removed container %s", killed, container_id[:12])
+    return killed
 
 
 def copy_regular_tree(src: Path, dest: Path) -> list[str]:
