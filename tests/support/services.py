@@ -155,15 +155,25 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 
 class DockerEngine:
     """A second, test-owned dockerd (its own containerd, data root and socket) that a fault
-    test may SIGKILL and start again, never the shared engine. No bridge, no iptables: the
-    worker runs every container with network "none". The exec root lives under a short
-    path, since containerd's sockets under it must fit the 108-character limit."""
+    test may SIGKILL and start again, never the shared engine. No iptables: the worker runs
+    every container with network "none". The exec root lives under a short path, since
+    containerd's sockets under it must fit the 108-character limit.
+
+    It gets a bridge of its own: a dockerd started with `--bridge=none` deletes the host's
+    `docker0`, which the shared engine's builds need (seen: every build after it failed with
+    "could not find bridge docker0")."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="heldout-dockerd-"))
         self.exec_root = Path(tempfile.mkdtemp(prefix="hd-", dir="/tmp")) / "x"
         self.sock = self.dir / "docker.sock"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.bridge = f"hdt{os.getpid() % 100000}"
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        net = 16 + os.getpid() % 200
+        subprocess.run(
+            ["ip", "addr", "add", f"10.254.{net}.1/24", "dev", self.bridge], check=True
+        )
 
     @property
     def host(self) -> str:
@@ -181,7 +191,7 @@ class DockerEngine:
                 "--data-root", str(self.dir / "root"),
                 "--exec-root", str(self.exec_root),
                 "--pidfile", str(self.dir / "dockerd.pid"),
-                "--bridge=none", "--iptables=false", "--ip-masq=false",
+                f"--bridge={self.bridge}", "--iptables=false", "--ip-masq=false",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -262,6 +272,7 @@ class DockerEngine:
             subprocess.run(["umount", "-l", point], check=False, stderr=subprocess.DEVNULL)
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.exec_root.parent, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
 
 
 def _gone_or_zombie(pid: int) -> bool:
