@@ -5,8 +5,10 @@ runs each of them once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -120,7 +122,22 @@ class Live:
         managed = {"label": "heldout.managed=1"}
         left = (engine or self.engine).containers.list(all=True, filters=managed)
         assert [c.name for c in left if c.labels.get("heldout.job") in ours] == []
+        # Nothing of the worker's /output and /scratch images is left mounted or attached (the
+        # kernel detaches an autoclear loop device shortly after its last mount goes).
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not self.leftovers(), 10, "mounts and loops to go", interval=0.2)
+        assert self.leftovers() == []
         return final
+
+    def leftovers(self) -> list[str]:
+        """Mounts under the data directory, and loop devices backed by files in it."""
+        data = str(self.settings.data_dir.resolve())
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f]
+        loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
+        return [m for m in mounts if m.startswith(data)] + [
+            line for line in loops.stdout.splitlines() if data in line
+        ]
 
 
 def _engine() -> docker.DockerClient:
