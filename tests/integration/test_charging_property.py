@@ -1,8 +1,10 @@
 """A property: whatever happens to a team's submissions (submit, a failure of the team's
-making, a failure of the platform's, a cancel, an organizer's re-evaluation, success), the
-team's charged count is what the rule says: a submission counts unless its first run was
-cancelled before any work on private data or failed for the platform's reasons; nothing
-after its first run changes that. Real SQLite and PostgreSQL, the pipeline's recorder."""
+making, a failure of the platform's, a cancel, an organizer's metric or label edit,
+success), the team's charged count is what the rule says: a submission counts unless its
+first run was cancelled before any work on private data or failed for the platform's
+reasons; nothing after its first run changes that. And the board shows what the stored
+results give under the present rules, recomputed from scratch. Real SQLite and PostgreSQL,
+the pipeline's recorder."""
 
 from __future__ import annotations
 
@@ -14,10 +16,15 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
+from evaluation.build_image import code_digest
 from server.accounts import service as accounts
+from server.challenges.models import Phase
 from server.config import Settings
 from server.db import session_scope
+from server.leaderboards import service as leaderboards
+from server.leaderboards.models import Result
 from server.submissions import charging
 from server.submissions import repository as submissions_repo
 from server.submissions import service as submissions
@@ -25,6 +32,7 @@ from server.submissions.models import Submission
 from tests.support import drive
 from tests.support.factories import (
     apply_bundle,
+    auth,
     stoic_bundle,
     stoic_cases,
     submit_blob,
@@ -32,7 +40,10 @@ from tests.support.factories import (
     write_dataset,
 )
 
-OPS = ("submit", "succeed", "fail_participant", "fail_platform", "cancel", "reevaluate")
+OPS = (
+    "submit", "succeed", "fail_participant", "fail_platform", "cancel", "reevaluate",
+    "edit_labels",
+)  # fmt: skip
 Step = tuple[str, int]
 steps = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 3)), max_size=14)
 _users = itertools.count()
@@ -85,7 +96,37 @@ def _step_once(settings: Settings, sid: int, codes: dict[str, str] | None) -> st
     return kind
 
 
-def _check_sequence(api: TestClient, settings: Settings, admin: str, ops: list[Step]) -> None:
+def _board_from_scratch(settings: Settings, sids: list[int]) -> list[tuple[int, float | None]]:
+    """The team's board row recomputed from the stored results alone: its best result under
+    the phase's present metrics, ground truth and evaluator among its scored, unrenounced
+    submissions, the earliest submission first among equals."""
+    with session_scope(settings) as session:
+        phase = session.scalars(select(Phase)).one()
+        gt = leaderboards.ground_truth_digest(session, phase)
+        rows = session.execute(
+            select(Result, Submission)
+            .join(Submission, Submission.id == Result.submission_id)
+            .where(
+                Result.phase_id == phase.id,
+                Result.metrics_version == phase.metrics_version,
+                Result.ground_truth_digest == gt,
+                Result.evaluator_version == code_digest(),
+                Submission.id.in_(sids),
+                Submission.status == "succeeded",
+                Submission.renounced.is_(False),
+            )
+        ).all()
+        if not rows:
+            return []
+        result, sub = min(
+            rows, key=lambda r: (-(r[0].primary_value or float("-inf")), r[1].created_at, r[1].id)
+        )
+        return [(sub.id, result.primary_value)]
+
+
+def _check_sequence(
+    api: TestClient, settings: Settings, admin: str, ops: list[Step], ds: Path
+) -> None:
     user = f"team{next(_users)}"
     token = user_token(settings, user)
     model = Model()
@@ -103,6 +144,18 @@ def _check_sequence(api: TestClient, settings: Settings, admin: str, ops: list[S
             bundle = stoic_bundle()
             bundle["phases"][0]["metrics"]["primary"] = primary[0]
             assert apply_bundle(api, admin, bundle).status_code == 200
+            continue
+        if op == "edit_labels":
+            # The organizer corrects one ground-truth label: scored submissions are re-scored.
+            labels = ds / "labels.csv"
+            lines = labels.read_text().splitlines()
+            row = 1 + pick % (len(lines) - 1)
+            name, covid, severe = lines[row].split(",")
+            lines[row] = f"{name},{covid},{1 - int(severe)}"
+            labels.write_text("\n".join(lines) + "\n")
+            bundle = stoic_bundle()
+            bundle["phases"][0]["metrics"]["primary"] = primary[0]
+            assert apply_bundle(api, admin, bundle, {"test": ds}).status_code == 200
             continue
         if not sids:
             continue
@@ -133,6 +186,12 @@ def _check_sequence(api: TestClient, settings: Settings, admin: str, ops: list[S
     expected = {s: model.charged.get(s, True) for s in sids}
     assert actual == expected, ops
     assert sum(actual.values()) == model.count(sids)
+    # The board is what the stored results give under the present rules, recomputed.
+    board = api.get(
+        "/api/v1/challenges/stoic/phases/qualification/leaderboard", headers=auth(admin)
+    ).json()
+    shown = [(e["submission_id"], e["value"]) for e in board["entries"] if e["team"] == user]
+    assert shown == _board_from_scratch(settings, sids), ops
 
 
 def test_charged_count_follows_the_rule(
@@ -160,9 +219,17 @@ def test_charged_count_follows_the_rule(
             ("fail_platform", 0),
         ]
     )
+    # Two scored submissions, equal values: the earlier one is the team's row; then a label
+    # edit re-scores both and the row must follow the re-scored results.
+    @example(
+        ops=[("submit", 0), ("submit", 1)]
+        + [("succeed", 0)] * 3
+        + [("succeed", 1)] * 3
+        + [("edit_labels", 0), ("succeed", 1), ("succeed", 0)]
+    )
     # Cancelled while validating, and a scored one cancelled? (not cancellable) mixed.
     @example(ops=[("submit", 0), ("cancel", 0), ("submit", 0), ("succeed", 1), ("cancel", 1)])
     def run(ops: list[Any]) -> None:
-        _check_sequence(api, settings, admin, ops)
+        _check_sequence(api, settings, admin, ops, ds)
 
     run()
