@@ -99,6 +99,10 @@ class Platform:
             HELDOUT_ALLOWED_LOCAL_REPO_ROOTS=json.dumps([str(root / "repos")]),
             HELDOUT_WORKER_CONCURRENCY=str(concurrency),
             HELDOUT_BUILD_NETWORK="none",
+            # The organizers provide the baseline's runtime image; codebases build FROM it.
+            HELDOUT_ALLOWED_BASE_IMAGES=json.dumps(
+                ["heldout/base:bookworm", "heldout/python:bookworm", build.RUNTIME_IMAGE]
+            ),
             PYTHONPATH=str(ROOT),
             COLUMNS="120",  # the CLI's tables, captured here, would wrap at 80
         )
