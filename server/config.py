@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_repo_bytes: int = 2 * 1024**3
     git_timeout_s: int = 120
     build_timeout_s: int = 3600
+    # A T3 smoke-train (the training image on the public canary cases, before private
+    # training) runs for at most min(this, the phase's training wall time).
+    smoke_train_s: int = Field(600, ge=1)
     # Docker build network: None for the engine's default, "host" where builds must reach
     # a package index (contracts.md: builds have network access; runs never do).
     build_network: str | None = None

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.challenges.models import Phase
-from server.challenges.schemas import Interface, InterfaceKind, PhaseSpec
+from server.challenges.schemas import Interface, InterfaceKind, Limits, PhaseSpec
 from server.config import Settings
 from server.datasets import coverage
 from server.datasets import repository as datasets_repo
@@ -233,6 +233,8 @@ def _time_budget(settings: Settings, session: Session, job: Job) -> int:
         return max(INTAKE_WALL_S, settings.git_timeout_s)
     if kind is JobKind.build:
         return 2 * settings.build_timeout_s  # the training and the inference image
+    if kind is JobKind.smoke_train:
+        return smoke_train_limits(settings, spec).wall_time_s
     if kind is JobKind.train:
         # Training, then adding its artifacts to the inference image.
         return (spec.training_limits or spec.limits).wall_time_s + settings.build_timeout_s
@@ -265,15 +267,18 @@ def _context(session: Session, job: Job) -> JobContext:
         ctx.ground_truth = leaderboards.ground_truth_digest(session, phase)
     # Build and training read what the clone and the build produced; case runs need
     # nothing earlier, and loading every job of a large test set per case would be quadratic.
-    if ctx.kind in (JobKind.build, JobKind.train):
+    if ctx.kind in (JobKind.build, JobKind.smoke_train, JobKind.train):
         for earlier in jobs_repo.for_submission(session, submission.id):
             if earlier.status == JobStatus.succeeded.value and earlier.kind in (
                 "validate",
                 "build",
             ):
                 ctx.earlier[earlier.kind] = dict(earlier.result)
-    if ctx.kind is JobKind.train and phase.training_dataset_id is not None:
-        training = session.get(Dataset, phase.training_dataset_id)
+    training_set = phase.canary_dataset_id if ctx.kind is JobKind.smoke_train else None
+    if ctx.kind is JobKind.train:
+        training_set = phase.training_dataset_id
+    if training_set is not None:
+        training = session.get(Dataset, training_set)
         assert training is not None
         ctx.labels_digest = training.labels_digest
         ctx.cases = [_case_ref(c) for c in datasets_repo.list_cases(session, training.id)]
@@ -401,6 +406,9 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
         reinference.catch_up(session, submission)
         return
 
+    if failed and kind is JobKind.smoke_train:
+        _smoke_train_failed(session, submission, job)
+        return
     if failed and kind not in (JobKind.infer, JobKind.canary):
         submissions.fail(
             session,
@@ -425,12 +433,17 @@ def _advance(session: Session, settings: Settings, job: Job, *, platform_caused:
             start_inference(session, submission)
     elif kind is JobKind.canary:
         _after_canary(session, submission)
-    elif kind is JobKind.build:
-        submissions.transition(session, submission, SubmissionStatus.training)
+    elif kind in (JobKind.build, JobKind.smoke_train):
         phase = session.get(Phase, submission.phase_id)
         assert phase is not None
         limits = phase.spec.training_limits or phase.spec.limits
-        jobs.create(session, submission, JobKind.train, queue="gpu" if limits.gpus else "cpu")
+        queue = "gpu" if limits.gpus else "cpu"
+        if kind is JobKind.build and phase.canary_dataset_id is not None:
+            # Smoke-train on the public canary cases first (the submission stays building).
+            jobs.create(session, submission, JobKind.smoke_train, queue=queue)
+            return
+        submissions.transition(session, submission, SubmissionStatus.training)
+        jobs.create(session, submission, JobKind.train, queue=queue)
     elif kind is JobKind.train:
         submission.image_id = job.result["inference_image_id"]
         if not start_canary(session, submission):
@@ -457,6 +470,29 @@ def _record_result(session: Session, submission: Submission, job: Job) -> None:
         gt,
         job.result["metrics"],
         metrics_version=job.result.get("metrics_version"),
+    )
+
+
+def smoke_train_limits(settings: Settings, spec: PhaseSpec) -> Limits:
+    """The training limits, with the wall time capped at `smoke_train_s`."""
+    limits = spec.training_limits or spec.limits
+    wall = min(limits.wall_time_s, settings.smoke_train_s)
+    return limits.model_copy(update={"wall_time_s": wall})
+
+
+def _smoke_train_failed(session: Session, submission: Submission, job: Job) -> None:
+    """Training on the public canary cases failed: free, and told in detail (the data is
+    public; the job's log is the team's too). Private training never starts."""
+    code = job.failure_code or "failed"
+    submissions.fail(
+        session,
+        submission,
+        f"canary:{code}",
+        "The training image failed on the phase's public check cases before training on "
+        "the private data; this does not count against your team's limits. "
+        f"{job.failure_message or ''}".rstrip(),
+        platform_caused=code in PLATFORM_FAILURES,
+        operator_detail=job.operator_detail,
     )
 
 
@@ -990,11 +1026,12 @@ def step_validate_any(settings: Settings, store: ArtifactStore, ctx: JobContext)
 
 
 def _steps() -> dict[JobKind, Any]:
-    from worker.training import step_build, step_train
+    from worker.training import step_build, step_smoke_train, step_train
 
     return {
         JobKind.validate: step_validate_any,
         JobKind.build: step_build,
+        JobKind.smoke_train: step_smoke_train,
         JobKind.train: step_train,
         JobKind.canary: step_infer,
         JobKind.infer: step_infer,

@@ -9,8 +9,10 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from server.challenges.schemas import Limits
 from server.config import Settings
 from server.storage import ArtifactStore, extract_tar
+from worker.executor import RunResult
 from worker.executor.base import LABEL_JOB, runtime_for
 from worker.images import submission_tag
 from worker.pipeline import (
@@ -184,38 +186,68 @@ def _stored(store: ArtifactStore, entry: dict[str, object], work: Path) -> Path:
     return link
 
 
+def _run(
+    settings: Settings, store: ArtifactStore, ctx: JobContext, limits: Limits, work: Path
+) -> tuple[RunResult, str]:
+    """The training image on ctx.cases (the training set, or the public canary cases) in
+    the training sandbox; a failed run raises StepFailed with its log."""
+    from worker.runner import run_training
+
+    executor = _executor(settings)
+    executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
+    slug = ctx.phase.inputs[0].slug
+    assert ctx.labels_digest is not None
+    with gpus_for(settings, limits.gpus) as gpus, classified_execution():
+        result = run_training(
+            executor,
+            image=ctx.earlier["build"]["training_image_id"],
+            job_id=container_key(settings, ctx.job_id),
+            attempt=ctx.attempt,
+            limits=limits,
+            data={c.name: _stored(store, c.files[slug], work) for c in ctx.cases},
+            labels=store.path(ctx.labels_digest),
+            work=work,
+            gpu_device_ids=gpus,
+            runtime=runtime_for(settings.container_runtime, ctx.phase.runtime, limits.gpus),
+        )
+    log = _logs(result)
+    if result.failure is not None:
+        raise StepFailed(
+            result.failure.reason,
+            result.failure.message,
+            {"log": log, "duration_s": result.duration_s},
+        )
+    return result, log
+
+
+def step_smoke_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    """The training image on the phase's public canary cases, before private training: it
+    must exit 0 and write something to /output. Nothing it writes is kept."""
+    from worker.pipeline import smoke_train_limits
+
+    work = _job_dir(settings, ctx)
+    try:
+        result, log = _run(settings, store, ctx, smoke_train_limits(settings, ctx.phase), work)
+        files = [p for p in (work / "output").rglob("*") if p.is_file()]
+        if not files:
+            raise StepFailed(
+                "no_artifacts",
+                "Training on the public check cases exited 0 but wrote nothing to /output.",
+                {"log": log, "duration_s": result.duration_s},
+            )
+        return Outcome({"duration_s": result.duration_s, "output_files": len(files)}, log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
     from worker.builder import ArtifactError, BuildError
     from worker.inference_image import AFTER_TRAINING, add_artifacts
-    from worker.runner import run_training
 
     limits = ctx.phase.training_limits or ctx.phase.limits
-    executor = _executor(settings)
-    executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
     work = _job_dir(settings, ctx)
     try:
-        slug = ctx.phase.inputs[0].slug
-        assert ctx.labels_digest is not None
-        with gpus_for(settings, limits.gpus) as gpus, classified_execution():
-            result = run_training(
-                executor,
-                image=ctx.earlier["build"]["training_image_id"],
-                job_id=container_key(settings, ctx.job_id),
-                attempt=ctx.attempt,
-                limits=limits,
-                data={c.name: _stored(store, c.files[slug], work) for c in ctx.cases},
-                labels=store.path(ctx.labels_digest),
-                work=work,
-                gpu_device_ids=gpus,
-                runtime=runtime_for(settings.container_runtime, ctx.phase.runtime, limits.gpus),
-            )
-        log = _logs(result)
-        if result.failure is not None:
-            raise StepFailed(
-                result.failure.reason,
-                result.failure.message,
-                {"log": log, "duration_s": result.duration_s},
-            )
+        result, log = _run(settings, store, ctx, limits, work)
         artifacts = _tar_tree(store, work / "output")
         # Participant code saw private data: from here on, fixed words only (the detail
         # goes to this job's log, held for review).

@@ -26,7 +26,7 @@ PENDING, RELEASED, REFUSED = "pending", "released", "refused"
 def held_for(kind: JobKind, phase: Phase) -> bool:
     """Whether a job's logs are withheld from participants until review."""
     spec = phase.spec
-    if kind in (JobKind.validate, JobKind.build, JobKind.canary):
+    if kind in (JobKind.validate, JobKind.build, JobKind.smoke_train, JobKind.canary):
         return False  # clone and build logs, and runs on public cases, hold no private data
     if kind is JobKind.train:
         return not spec.feedback_round

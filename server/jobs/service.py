@@ -22,6 +22,7 @@ RUN_JOB = "heldout.run_job"
 QUEUE_FOR = {
     JobKind.validate: "build",
     JobKind.build: "build",
+    JobKind.smoke_train: "gpu",
     JobKind.train: "gpu",
     JobKind.canary: "cpu",
     JobKind.infer: "cpu",

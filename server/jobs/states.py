@@ -17,6 +17,8 @@ class JobStatus(StrEnum):
 class JobKind(StrEnum):
     validate = "validate"
     build = "build"
+    # The training image on the phase's public canary cases, before any private training.
+    smoke_train = "smoke_train"
     train = "train"
     canary = "canary"  # the algorithm on a public case or two, before the test set
     infer = "infer"
