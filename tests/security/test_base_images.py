@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import tarfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ def test_a_phase_narrows_the_allowed_bases(live: Any) -> None:
 def test_submission_images_are_unguessable_and_removed_at_the_end(live: Any) -> None:
     settings, api, *_ = live
     client = docker.from_env()
-    url, alice = _setup(live, codebase())
+    # Its own image ids: an identical build elsewhere (another test, another installation on
+    # this engine) would share the training image, and its tags would keep it.
+    url, alice = _setup(live, codebase(build=f"LABEL org.heldout.test={uuid.uuid4().hex}\n"))
     with celery_worker(settings):
         sid = _submit(api, alice, url)["id"]
         final = wait_final(api, alice, sid, timeout=300)
@@ -159,8 +162,7 @@ def test_submission_images_are_unguessable_and_removed_at_the_end(live: Any) -> 
                     pass
             return True
 
-        # Deleting layers takes minutes on a busy shared engine.
-        wait_for(gone, 480, f"the images of submission {sid} to leave the engine")
+        wait_for(gone, 120, f"the images of submission {sid} to leave the engine")
     # The engine tagged what it built with the keyed name, not the submission's plain id.
     build_log = api.get(f"/api/v1/jobs/{_jobs(api, alice, sid)['build']['id']}/logs",
                         headers=auth(alice)).json()["log"]  # fmt: skip
