@@ -262,11 +262,15 @@ def run_local(
             raise typer.Exit(1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        # Drop the tags this run made; images the participant tagged stay.
+        # Drop only the tags this run made. The image behind them may also carry the
+        # participant's own tags (a loaded archive of an image they have): removing a tag
+        # by name, unforced, untags it and deletes the image only when no other tag is left.
+        ours = f"heldout/{run_key}:"
         for made in client.images.list(name=f"heldout/{run_key}"):
             for tag in made.tags:
-                with contextlib.suppress(docker.errors.APIError):
-                    client.images.remove(tag, force=True)
+                if tag.startswith(ours):
+                    with contextlib.suppress(docker.errors.APIError):
+                        client.images.remove(tag)
 
 
 if __name__ == "__main__":

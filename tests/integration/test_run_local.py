@@ -1,0 +1,69 @@
+"""`heldout run-local` on the participant's own machine: it never removes an image it did not
+create. Real engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import need
+from tests.support import images
+from tests.support.factories import stoic_bundle
+from tests.support.workers import ROOT
+
+pytestmark = [pytest.mark.docker]
+
+
+def _run_local(tmp: Path, image: str) -> subprocess.CompletedProcess[str]:
+    bundle = tmp / "bundle.yaml"
+    bundle.write_text(yaml.safe_dump(stoic_bundle(limits={"wall_time_s": 60})))
+    cases = images.write_ct_dataset(tmp / "mine", [("P000", 50, 1, 1), ("P001", 60, 0, 0)])
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "run-local",
+            "--bundle",
+            str(bundle),
+            "--phase",
+            "qualification",
+            "--image",
+            image,
+            "--cases",
+            str(cases),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_run_local_keeps_the_participants_own_tags(tmp_path: Path) -> None:
+    """The upstream flow: build, `docker save` (two tags of one image), then run-local on the
+    archive. The participant's tags, and the image behind them, are still there afterwards;
+    only the run's own `heldout/local-*` tag is gone."""
+    client = images.client_or_none()
+    need(client is not None, "a Docker engine")
+    assert client is not None
+    tag = images.build_image(client, "run-local-own", images.WELL_BEHAVED)
+    image = client.images.get(tag)
+    other = "heldout-test/run-local-own:submitted-last-week"
+    image.tag("heldout-test/run-local-own", "submitted-last-week")
+    try:
+        archive = images.save_image(client, [tag], tmp_path / "algo.tar")
+        proc = _run_local(tmp_path, str(archive))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads(proc.stdout)["status"] == "succeeded"
+        after = client.images.get(image.id)
+        assert tag in after.tags and other in after.tags
+        assert not [t for t in after.tags if t.startswith("heldout/local-")]
+    finally:
+        client.images.remove(other)
