@@ -24,6 +24,7 @@ import json
 import logging
 import lzma
 import posixpath
+import re
 import shutil
 import tarfile
 import zlib
@@ -483,7 +484,7 @@ def load_image(
     # Without a known id assume it existed: never delete an image this call did not add.
     existed = info.image_id is None or _exists(client, info.image_id)
     try:
-        loaded = client.images.load(_untagged_stream(path))
+        loaded = _load(client, _untagged_stream(path))
     except docker.errors.ImageLoadError as e:
         raise IntakeError(f"Docker could not load the archive: {str(e)[:300]}") from e
     except (docker.errors.APIError, requests.RequestException) as e:
@@ -491,7 +492,8 @@ def load_image(
         raise IntakeError("The platform could not load the image.", platform_caused=True) from e
     if len(loaded) != 1:
         raise IntakeError(f"Docker loaded {len(loaded)} images from the archive; expected one.")
-    image = loaded[0]
+    (loaded_id,) = loaded
+    image = client.images.get(loaded_id)
     if info.image_id is not None and image.id != info.image_id:
         raise IntakeError("The loaded image does not match the archive's manifest.")
     try:
@@ -515,6 +517,22 @@ def load_image(
         cmd=config.get("Cmd"),
         archive_sha256=info.sha256,
     )
+
+
+_LOADED = re.compile(r"^Loaded image(?: ID)?: (\S+)$", re.MULTILINE)
+
+
+def _load(client: docker.DockerClient, stream: Iterator[bytes]) -> set[str]:
+    """`docker load`; the distinct image ids it reports. A manifest naming one image once
+    per tag (newer engines' `docker save REPO`) loads it once per entry, and the engine may
+    send those lines in one message, which the SDK's parser then misses."""
+    ids: set[str] = set()
+    for chunk in client.api.load_image(stream):
+        if "errorDetail" in chunk:
+            raise docker.errors.ImageLoadError(chunk["errorDetail"]["message"])
+        ids.update(_LOADED.findall(str(chunk.get("stream", ""))))
+    # A name (tags are stripped, so not expected) is resolved to the image it names.
+    return {i if i.startswith("sha256:") else client.images.get(i).id for i in ids}
 
 
 def check_image(client: docker.DockerClient, attrs: dict[str, Any], limits: IntakeLimits) -> None:

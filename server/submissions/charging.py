@@ -3,6 +3,9 @@
 The rule: a submission counts from the moment it is accepted, and keeps counting unless its
 *first* run ended in one of these ways:
 - cancelled before any work on private data (still `received` or `validating`);
+- refused before any work on private data: failed while still `received` or `validating`
+  (an image archive refused at intake, a T2 canary failure on public cases). Such a
+  submission has learnt nothing about the sequestered data, so it costs the team nothing;
 - failed for a reason the platform or the organizers caused (a platform failure code, a
   failed public canary, or every failed case failing for the platform's reasons). A T3
   canary is the exception: it runs after training on private data, so its failure counts
@@ -56,6 +59,8 @@ def decide(
     if target is S.cancelled:
         return current not in EARLY
     if target is S.failed:
+        if current in EARLY and not team_caused:
+            return False
         return not is_platform_failure(
             code, platform_caused=platform_caused, team_caused=team_caused
         )

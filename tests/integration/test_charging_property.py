@@ -172,7 +172,8 @@ def _check_sequence(
         kind = _step_once(settings, sid, codes)
         after = _status(settings, sid)
         if kind is not None and after in ("succeeded", "failed"):
-            model.first_final(sid, codes is not PLATFORM)
+            # Refused before any work on private data (at validation) is free.
+            model.first_final(sid, codes is None or (codes is PARTICIPANT and kind != "validate"))
     with session_scope(settings) as session:
         rows = session.query(Submission).filter(Submission.id.in_(sids)).all()
         actual = {s.id: s.charged for s in rows}

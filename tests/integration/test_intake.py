@@ -111,6 +111,45 @@ def test_an_archive_cannot_retag_a_platform_image(
     assert client.images.get(im.BASE_IMAGE).id == base_before
 
 
+def _retagged_manifest(archive: Path, dest: Path, tags: list[str], *, split: bool) -> Path:
+    """The archive with its manifest naming `tags`: in one entry (`docker save REPO` on this
+    engine) or one entry per tag for the same image (what newer engines write)."""
+    import json
+
+    with tarfile.open(archive) as src, tarfile.open(dest, "w") as out:
+        for member in src.getmembers():
+            f = src.extractfile(member) if member.isreg() else None
+            if member.name == "manifest.json":
+                assert f is not None
+                (entry,) = json.loads(f.read())
+                entries = [dict(entry, RepoTags=[t]) for t in tags] if split else [
+                    dict(entry, RepoTags=tags)
+                ]
+                data = json.dumps(entries).encode()
+                member.size = len(data)
+                out.addfile(member, io.BytesIO(data))
+            else:
+                out.addfile(member, f)
+    return dest
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_several_tags_of_one_image_are_one_image(
+    client: docker.DockerClient, tmp_path: Path, split: bool
+) -> None:
+    """`docker save REPO` of a repository with two tags writes one image under two names;
+    it loads as that one image, under the platform's tag only."""
+    archive, image_id = saved_then_removed(client, tmp_path, "intake-tags", im.WELL_BEHAVED)
+    tags = ["heldout-test/intake-tags:latest", "heldout-test/intake-tags:v2"]
+    two = _retagged_manifest(archive, tmp_path / "two-tags.tar", tags, split=split)
+    try:
+        loaded = load_image(client, two, tag=LOADED_TAG)
+        assert loaded.image_id == image_id and loaded.tags == [LOADED_TAG]
+        assert all(_gone(client, t) for t in tags)
+    finally:
+        _remove(client, LOADED_TAG)
+
+
 def test_two_images_are_refused(client: docker.DockerClient, tmp_path: Path) -> None:
     a = im.build_image(client, "intake-a", im.WELL_BEHAVED)
     b = im.build_image(client, "intake-b", im.NOOP)

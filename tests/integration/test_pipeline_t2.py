@@ -114,6 +114,8 @@ def test_root_image_is_refused_at_validation(live: Any, tmp_path: Path) -> None:
     assert final["status"] == "failed" and final["failure_code"] == "invalid_image"
     assert "root" in final["failure_message"]
     assert [j["kind"] for j in final["jobs"]] == ["validate"]
+    # Refused before any work on private data: it does not count against the team.
+    assert final["charged"] is False
 
 
 def test_worker_killed_mid_job_loses_nothing(live: Any, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ CASES = [
     (S.validating, S.failed, "canary:exit_code", False, False, False),  # T2: public, free
     (S.training, S.failed, "canary:exit_code", False, True, True),  # T3: after private training
     (S.training, S.failed, "canary:platform_error", False, True, False),  # still ours
+    (S.validating, S.failed, "invalid_image", False, False, False),  # refused at intake
     (S.validating, S.cancelled, None, False, False, False),
     (S.inferring, S.cancelled, None, False, False, True),
 ]
