@@ -165,6 +165,9 @@ def _train(
     return _build(run_key, client, context, "inference", out)
 
 
+STDERR_LINES = 20  # per case in the plain report; --json carries the last 2,000 characters
+
+
 def _report(out: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))
@@ -180,6 +183,10 @@ def _report(out: dict[str, Any], as_json: bool) -> None:
         else:
             values = ", ".join(f"{k}={v}" for k, v in res["outputs"].items())
             typer.echo(f"case {case}: ok ({values}) in {res['duration_s']:.1f} s")
+        # Your own cases: what the algorithm wrote to stderr is yours to read.
+        lines = res.get("stderr", "").rstrip("\n").splitlines()[-STDERR_LINES:]
+        for line in lines:
+            typer.echo(f"  stderr | {line}")
     typer.echo(f"result: {out['status']}")
 
 

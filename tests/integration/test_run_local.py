@@ -19,7 +19,7 @@ from tests.support.workers import ROOT
 pytestmark = [pytest.mark.docker]
 
 
-def _run_local(tmp: Path, image: str) -> subprocess.CompletedProcess[str]:
+def _run_local(tmp: Path, image: str, *, as_json: bool = True) -> subprocess.CompletedProcess[str]:
     bundle = tmp / "bundle.yaml"
     bundle.write_text(yaml.safe_dump(stoic_bundle(limits={"wall_time_s": 60})))
     cases = images.write_ct_dataset(tmp / "mine", [("P000", 50, 1, 1), ("P001", 60, 0, 0)])
@@ -37,7 +37,7 @@ def _run_local(tmp: Path, image: str) -> subprocess.CompletedProcess[str]:
             image,
             "--cases",
             str(cases),
-            "--json",
+            *(["--json"] if as_json else []),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -67,3 +67,18 @@ def test_run_local_keeps_the_participants_own_tags(tmp_path: Path) -> None:
         assert not [t for t in after.tags if t.startswith("heldout/local-")]
     finally:
         client.images.remove(other)
+
+
+def test_run_local_shows_the_algorithms_stderr(tmp_path: Path) -> None:
+    """The plain report (not only --json) shows what the algorithm wrote to stderr."""
+    client = images.client_or_none()
+    need(client is not None, "a Docker engine")
+    assert client is not None
+    script = "import sys\nsys.stderr.write('ModuleNotFoundError: no module named ct_net\\n')\n"
+    tag = images.build_image(client, "run-local-stderr", script + "sys.exit(3)\n")
+    proc = _run_local(tmp_path, tag, as_json=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "stderr |" in line]
+    assert len(lines) == 2  # one per case
+    assert all("no module named ct_net" in line for line in lines)
+    assert "result: failed" in proc.stdout
