@@ -27,6 +27,7 @@ import typer
 from server.challenges.bundle import load_bundle
 from server.challenges.schemas import PhaseSpec
 from server.config import get_settings
+from server.datasets.manifest import read_labels, split_case_file
 from server.errors import HeldoutError
 
 app = typer.Typer(add_completion=False)
@@ -58,16 +59,48 @@ def _phase(bundle: Path | None, challenge: str | None, phase: str) -> PhaseSpec:
     )
 
 
+def _case_ids(root: Path, hint: str) -> set[str] | None:
+    """The case ids of root/labels.csv, where there is one (the platform names cases so)."""
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        return None
+    try:
+        return set(read_labels(labels.read_text(encoding="utf-8-sig"), str(labels))[1])
+    except HeldoutError as exc:
+        raise typer.BadParameter(exc.detail, param_hint=hint) from exc
+
+
+def _case_files(folder: Path, ids: set[str] | None, hint: str) -> dict[str, Path]:
+    """case id -> its one file in folder, named as the platform's datasets name cases."""
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        split = split_case_file(f.name, ids)
+        if split is None:
+            why = "names no case of labels.csv" if ids is not None else "has no extension"
+            raise typer.BadParameter(f"{f} {why}", param_hint=hint)
+        case = split[0]
+        if case in found:
+            raise typer.BadParameter(
+                f"case {case!r} has two files in {folder} ({found[case].name}, {f.name}): "
+                "one file per case and input; convert multi-file images (.mhd with .zraw or "
+                ".raw) to .mha",
+                param_hint=hint,
+            )
+        found[case] = f
+    return found
+
+
 def _cases(root: Path, spec: PhaseSpec) -> dict[str, dict[str, Path]]:
     cases: dict[str, dict[str, Path]] = {}
+    ids = _case_ids(root, "--cases")
     for interface in spec.inputs:
         folder = root / "images" / interface.slug
         if not folder.is_dir():
             raise typer.BadParameter(
                 f"{folder} is missing (input {interface.slug!r})", param_hint="--cases"
             )
-        for f in sorted(folder.iterdir()):
-            cases.setdefault(f.name.split(".")[0], {})[interface.slug] = f
+        for case, f in _case_files(folder, ids, "--cases").items():
+            cases.setdefault(case, {})[interface.slug] = f
     incomplete = [c for c, files in cases.items() if len(files) != len(spec.inputs)]
     if incomplete or not cases:
         raise typer.BadParameter(
@@ -134,7 +167,8 @@ def _train(
     if training_image is None:
         return None
     slug = spec.inputs[0].slug
-    files = {f.name.split(".")[0]: f for f in sorted((data / "images" / slug).iterdir())}
+    ids = _case_ids(data, "--training-data")
+    files = _case_files(data / "images" / slug, ids, "--training-data")
     result = run_training(
         executor,
         image=training_image,

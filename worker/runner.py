@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from server.challenges.schemas import Interface, Limits
+from server.datasets.manifest import split_case_file
 from worker.executor import Executor, Failure, RunResult, RunSpec
 from worker.outputs import (
     stage_batch_inputs,
@@ -127,8 +128,9 @@ def stage_training(dest: Path, data: Mapping[str, Path], labels: Path) -> None:
 
 
 def _ext(path: Path) -> str:
-    name = path.name
-    return name[name.index(".") :] if "." in name else ""
+    # Not from the first dot: a DICOM-UID-style name (1.2.826.0.1.mha) keeps only `.mha`.
+    split = split_case_file(path.name)
+    return split[1] if split else ""
 
 
 def run_training(

@@ -4,7 +4,10 @@ uploads) and the server (to ingest).
     labels.csv                       first column: case id; then label columns
     images/<interface>/<case><ext>   one file per case and image interface
 
-A case id is the file name up to its first '.', so `.nii.gz` works.
+A case id is a labels.csv row; a file belongs to the longest case id it starts with,
+followed by a '.', so DICOM-UID-style ids (`1.2.826.0.1.3680043.8.498.1`) and compound
+extensions (`.nii.gz`) both work. Without labels (a participant's own cases) the extension
+is the known compound suffix or the last one.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.errors import InvalidInput
 
-CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
+# Dots allowed inside (DICOM UIDs), never at the end: an id is also a directory name.
+CASE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,198}[A-Za-z0-9_-])?$")
+COMPOUND_SUFFIXES = (".nii.gz", ".mha.gz", ".tar.gz")
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -60,6 +66,25 @@ class Manifest:
     @property
     def interfaces(self) -> set[str]:
         return {slug for per in self.files.values() for slug in per}
+
+
+def split_case_file(name: str, case_ids: Collection[str] | None = None) -> tuple[str, str] | None:
+    """(case id, extension) of a case file's name, or None when it names no known case.
+
+    With `case_ids`, the longest id that the name continues with a '.'; without, the name
+    less its compound or last suffix."""
+    if case_ids is not None:
+        best: tuple[str, str] | None = None
+        for i, ch in enumerate(name):
+            if ch == "." and name[:i] in case_ids:
+                best = (name[:i], name[i:])
+        return best
+    lower = name.lower()
+    for suffix in COMPOUND_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    stem, dot, ext = name.rpartition(".")
+    return (stem, dot + ext) if dot and stem else None
 
 
 def read_labels(
@@ -117,12 +142,13 @@ def scan(root: Path) -> Manifest:
         for f in sorted(slug_dir.iterdir()):
             if f.is_symlink() or not f.is_file():
                 raise InvalidInput(f"dataset {root}: {f} is not a regular file", field="images")
-            case, dot, ext = f.name.partition(".")
-            if not dot or case not in rows:
+            split = split_case_file(f.name, rows)
+            if split is None:
                 raise InvalidInput(
                     f"dataset {root}: images/{slug_dir.name}/{f.name} has no row in labels.csv",
                     field="images",
                 )
+            case, ext = split
             per = manifest.files.setdefault(case, {})
             if slug_dir.name in per:
                 raise InvalidInput(
@@ -130,7 +156,7 @@ def scan(root: Path) -> Manifest:
                     field="images",
                 )
             per[slug_dir.name] = CaseFile(
-                f"images/{slug_dir.name}/{f.name}", _sha256(f), f.stat().st_size, "." + ext
+                f"images/{slug_dir.name}/{f.name}", _sha256(f), f.stat().st_size, ext
             )
     if not manifest.files:
         raise InvalidInput(f"dataset {root}: no images under images/", field="images")

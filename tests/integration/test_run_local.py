@@ -4,6 +4,7 @@ create. Real engine."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,17 @@ from tests.support.workers import ROOT
 pytestmark = [pytest.mark.docker]
 
 
-def _run_local(tmp: Path, image: str, *, as_json: bool = True) -> subprocess.CompletedProcess[str]:
+UID = "1.2.826.0.1.3680043.8.498.1002562958136271957742347893116657470"
+
+
+def _run_local(
+    tmp: Path, image: str, *, as_json: bool = True, ids: tuple[str, str] = ("P000", "P001")
+) -> subprocess.CompletedProcess[str]:
     bundle = tmp / "bundle.yaml"
     bundle.write_text(yaml.safe_dump(stoic_bundle(limits={"wall_time_s": 60})))
-    cases = images.write_ct_dataset(tmp / "mine", [("P000", 50, 1, 1), ("P001", 60, 0, 0)])
+    cases = tmp / "mine"
+    if not cases.exists():
+        images.write_ct_dataset(cases, [(ids[0], 50, 1, 1), (ids[1], 60, 0, 0)])
     return subprocess.run(
         [
             sys.executable,
@@ -82,3 +90,22 @@ def test_run_local_shows_the_algorithms_stderr(tmp_path: Path) -> None:
     assert len(lines) == 2  # one per case
     assert all("no module named ct_net" in line for line in lines)
     assert "result: failed" in proc.stdout
+
+
+def test_run_local_names_cases_as_the_dataset_does(tmp_path: Path) -> None:
+    """DICOM-UID-style case ids (dots inside) are one case each, as on the platform; a case
+    with two files for one input (an .mhd/.zraw pair) is refused by name, not half-staged."""
+    client = images.client_or_none()
+    need(client is not None, "a Docker engine")
+    assert client is not None
+    tag = images.build_image(client, "run-local-uid", images.WELL_BEHAVED)
+    ids = (f"{UID}1", f"{UID}2")
+    proc = _run_local(tmp_path, tag, ids=ids)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert sorted(out["cases"]) == sorted(ids)
+    (tmp_path / "mine" / "images" / "ct" / f"{ids[0]}.zraw").write_bytes(b"raw")
+    proc = _run_local(tmp_path, tag, ids=ids)
+    assert proc.returncode == 2
+    message = " ".join(re.sub("[│╭╮╰╯─]", " ", proc.stderr).split())  # rich's error box
+    assert f"case '{ids[0]}' has two files" in message
