@@ -50,6 +50,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
 
 
+def _labels(teams: Sequence[str]) -> list[str]:
+    """Tick labels: long team names shortened so the plot keeps its room (tables keep them)."""
+    return [t if len(t) <= 18 else t[:17] + "…" for t in teams]
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -107,7 +112,7 @@ def _forest(p: PhaseAnalysis, order: list[int]) -> Figure:
             ax.plot([lo, hi], [y, y], color="0.3", lw=1.5)
         if row.value is not None:
             ax.plot([row.value], [y], "o", color="C0")
-    ax.set_yticks(range(len(order)), [p.rows[t].team for t in order])
+    ax.set_yticks(range(len(order)), _labels([p.rows[t].team for t in order]))
     ax.invert_yaxis()
     ax.set_xlabel(f"{p.metric.name} ({int(p.level * 100)}% bootstrap CI)")
     fig.tight_layout()
@@ -124,7 +129,7 @@ def _blob(teams: list[str], dist: Any, median: Any, lower: Any, upper: Any, titl
         ax.scatter(np.full(ranks.size, x), ranks + 1, s=300 * share[ranks], color="C0", alpha=0.6)
         ax.plot([x, x], [lower[x], upper[x]], color="k", lw=1)
         ax.plot([x], [median[x]], "_", color="k", ms=12, mew=2)
-    ax.set_xticks(range(k), teams, rotation=45, ha="right")
+    ax.set_xticks(range(k), _labels(teams), rotation=45, ha="right")
     ax.set_ylabel("rank")
     ax.set_ylim(k + 0.5, 0.5)
     ax.set_title(title)
@@ -137,10 +142,10 @@ def _significance(teams: list[str], sig: Any) -> Figure:
     fig = Figure(figsize=(max(3.5, 0.35 * k + 2), max(3.0, 0.35 * k + 1.5)))
     ax = fig.add_subplot()
     ax.imshow(np.asarray(sig, dtype=float), cmap="Blues", vmin=0, vmax=1.3)
-    ax.set_xticks(range(k), teams, rotation=45, ha="right")
-    ax.set_yticks(range(k), teams)
-    ax.set_xlabel("column: the team beaten")
-    ax.set_ylabel("row: significantly better")
+    ax.set_xticks(range(k), _labels(teams), rotation=45, ha="right")
+    ax.set_yticks(range(k), _labels(teams))
+    ax.set_xlabel("than (column)")
+    ax.set_ylabel("better (row)")
     fig.tight_layout()
     return fig
 
@@ -172,7 +177,7 @@ def _roc(p: PhaseAnalysis) -> Figure:
         if fpr.size == 0 or fpr.shape != tpr.shape:
             continue
         color = f"C{i % 10}"
-        ax.plot(fpr, tpr, color=color, lw=1.2, label=team)
+        ax.plot(fpr, tpr, color=color, lw=1.2, label=_labels([team])[0])
         lo, hi = roc.get("tpr_lower"), roc.get("tpr_upper")
         if lo is not None and hi is not None and len(lo) == fpr.size == len(hi):
             lo_a = np.asarray([np.nan if v is None else v for v in lo], dtype=float)
@@ -388,11 +393,24 @@ def _rc() -> Iterator[None]:
         yield
 
 
+def _title_page(ca: ChallengeAnalysis) -> Figure:
+    """The PDF's first page: what follows, phase by phase (figures come one per page)."""
+    fig = Figure(figsize=(8.27, 11.69))
+    lines = [f"{ca.title} ({ca.slug}): results", ""]
+    for p in ca.phases:
+        status = p.reason or f"{len(p.rows)} teams analysed"
+        lines.append(f"Phase {p.title} ({p.slug}), metric {p.metric.name}: {status}")
+    lines += ["", f"Consensus: {ca.consensus_reason or CONSENSUS_METHOD}"]
+    fig.text(0.08, 0.92, "\n".join(lines), va="top", wrap=True)
+    return fig
+
+
 def render(ca: ChallengeAnalysis, root: Path) -> Path:
     """Write the report under `root`; returns the HTML file."""
     root.mkdir(parents=True, exist_ok=True)
     with _rc(), PdfPages(root / "report.pdf", metadata=PDF_META) as pdf:
         w = _Writer(root, pdf)
+        pdf.savefig(_title_page(ca))  # type: ignore[no-untyped-call]
         body = [_phase_section(p, w) for p in ca.phases]
         body.append(_consensus_section(ca, w))
     title = html.escape(f"{ca.title} ({ca.slug}): results")
