@@ -30,6 +30,7 @@ Pure functions over arrays; no server code. Conventions used throughout:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -521,6 +522,35 @@ def consensus(analyses: Sequence[TaskAnalysis], level: float = LEVEL) -> Consens
 
 
 # --- public / private shake-up --------------------------------------------------------------
+
+
+def public_split(cases: Sequence[str], fraction: float, salt: str) -> BoolArray:
+    """Which cases are public: those whose keyed hash of the case name falls below
+    `fraction`. Deterministic, independent of case order, and unpredictable without the
+    salt (use something the participants do not see)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError("the public fraction must lie strictly between 0 and 1")
+    key = salt.encode()
+    draws = [
+        int.from_bytes(hashlib.blake2b(str(c).encode(), key=key[:64], digest_size=8).digest())
+        for c in cases
+    ]
+    return np.asarray(draws, dtype=np.float64) / 2.0**64 < fraction
+
+
+def split_task(task: Task, public: BoolArray) -> tuple[Task, Task]:
+    """A task's public and private parts, each bootstrapped on its own cases."""
+    mask = np.asarray(public, dtype=bool)
+    y_t, y_p = np.asarray(task.y_true), np.asarray(task.y_pred)
+    if mask.shape != (y_t.shape[0],):
+        raise ValueError(f"task {task.name!r}: the split must mark each of its cases")
+    if mask.all() or not mask.any():
+        raise ValueError(f"task {task.name!r}: the split leaves one part empty")
+    parts = [
+        Task(f"{task.name}:{part}", task.kind, task.teams, y_t[m], y_p[:, m], task.higher_is_better)
+        for part, m in (("public", mask), ("private", ~mask))
+    ]
+    return parts[0], parts[1]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from server.accounts import service as accounts
@@ -38,3 +38,18 @@ def analysis_report(challenge: str, user: CurrentUser, session: SessionDep) -> R
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{row.slug}-report.zip"'},
     )
+
+
+@router.get("/challenges/{challenge}/phases/{phase}/analysis/shake-up")
+def shake_up(
+    challenge: str,
+    phase: str,
+    user: CurrentUser,
+    session: SessionDep,
+    public_fraction: float = Query(0.3, gt=0.0, lt=1.0, description="share of public cases"),
+) -> dict[str, Any]:
+    """Organizers only: per team, the bootstrap probability that its rank differs between
+    a public and a private part of the test set (a split by a keyed hash of case names)."""
+    row, ph = challenges.get_phase(session, challenge, phase)
+    accounts.require_organizer(session, user, row.id)
+    return service.shake_up(session, ph, public_fraction)

@@ -108,7 +108,9 @@ def _failures(session: Session, phase: Phase) -> dict[str, int]:
     return dict(sorted(codes.items()))
 
 
-def analyse_phase(session: Session, phase: Phase) -> PhaseAnalysis:
+def _phase_task(session: Session, phase: Phase) -> tuple[PhaseAnalysis, an.Task | None, list[str]]:
+    """The phase's board as an analysis task (None, with the reason set, when there is
+    none), and the scored cases' names in task order."""
     cfg = phase.spec.metrics
     metric = _primary(phase)
     out = PhaseAnalysis(
@@ -139,12 +141,12 @@ def analyse_phase(session: Session, phase: Phase) -> PhaseAnalysis:
     out.data = _data(session, phase, sections[0] if sections else None)
     if not sections:
         out.reason = "no team has a current result on the primary metric"
-        return out
+        return out, None, []
     try:
         cases, y_true, scores = align_sections(sections)
     except (ValueError, KeyError, TypeError):
         out.reason = "the teams' predictions do not cover the same cases"
-        return out
+        return out, None, []
     first = sections[0]
     base = {"cases": cases, "y_true": y_true} | (
         {"classes": first["classes"]} if "classes" in first else {}
@@ -163,12 +165,65 @@ def analyse_phase(session: Session, phase: Phase) -> PhaseAnalysis:
         n_cases=int(first["n_cases"]) if positions is not None else None,
         positions=[int(p) for p in positions] if positions is not None else None,
     )
+    return out, task, cases
+
+
+def analyse_phase(session: Session, phase: Phase) -> PhaseAnalysis:
+    out, task, _ = _phase_task(session, phase)
+    if task is None:
+        return out
     try:
         out.result = an.analyse_task(
             task, n_resamples=out.n_resamples, seed=out.seed, level=out.level, alpha=an.ALPHA
         )
     except MetricError as e:
         out.reason = f"no analysis: {e} on this metric's cases"
+    return out
+
+
+def shake_up(session: Session, phase: Phase, public_fraction: float) -> dict[str, Any]:
+    """Organizers only, before any reveal: if the phase's test cases were split into a
+    public part (a keyed hash of each case name below `public_fraction`) and a private
+    part, how likely is each team's rank to differ between the two boards? Each part is
+    bootstrapped on its own cases (`evaluation.analysis.shake_up`)."""
+    base, task, cases = _phase_task(session, phase)
+    out: dict[str, Any] = {
+        "phase": phase.slug,
+        "metric": base.metric.name,
+        "public_fraction": public_fraction,
+        "split": "public: keyed hash (phase, test set digest) of the case name below the "
+        "fraction; each part bootstrapped on its own cases",
+        "bootstrap": {"resamples": base.n_resamples, "seed": base.seed},
+        "reason": base.reason,
+        "teams": [],
+    }
+    if task is None:
+        return out
+    salt = f"{phase.id}/{phase.slug}/{leaderboards.ground_truth_digest(session, phase)}"
+    public = an.public_split(cases, public_fraction, salt)
+    out["cases"] = {"public": int(public.sum()), "private": int((~public).sum())}
+    try:
+        pub, priv = an.split_task(task, public)
+        result = an.shake_up(pub, priv, n_resamples=base.n_resamples, seed=base.seed)
+    except MetricError as e:
+        out["reason"] = f"no shake-up: {e} on one part's cases"
+        return out
+    except ValueError as e:
+        out["reason"] = f"no shake-up: {e}"
+        return out
+    out["kendall_tau_public_vs_private"] = _num(result.tau)
+    out["teams"] = sorted(
+        (
+            {
+                "team": team,
+                "public_rank": int(result.public_rank[t]),
+                "private_rank": int(result.private_rank[t]),
+                "p_rank_changes": _num(result.p_change[t]),
+            }
+            for t, team in enumerate(result.teams)
+        ),
+        key=lambda e: (e["public_rank"], e["team"]),
+    )
     return out
 
 

@@ -116,3 +116,17 @@ def test_analysis_and_report_are_for_organizers_only(
         missing = api.get(ANALYSIS.format(slug="nope") + path, headers=auth(tokens["beta"]))
         assert missing.status_code == 404
         assert api.get(ANALYSIS.format(slug="twotask") + path).status_code == 401
+
+    shake = "/api/v1/challenges/twotask/phases/covid/analysis/shake-up"
+    r = api.get(shake, params={"public_fraction": 0.5}, headers=auth(admin))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["reason"] is None, body["reason"]
+    assert body["cases"]["public"] + body["cases"]["private"] == 24
+    assert sorted(t["team"] for t in body["teams"]) == sorted(BENDS)
+    assert all(0.0 <= t["p_rank_changes"] <= 1.0 for t in body["teams"])
+    assert api.get(shake, params={"public_fraction": 0.5}, headers=auth(admin)).json() == body
+    denied = api.get(shake, headers=auth(tokens["alpha"]))
+    assert denied.status_code == 403 and "beta" not in denied.text
+    bad = api.get(shake, params={"public_fraction": 1.5}, headers=auth(admin))
+    assert bad.status_code == 422 and "public_fraction" in bad.text

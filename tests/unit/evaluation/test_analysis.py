@@ -302,3 +302,21 @@ def test_per_case_bootstrap_equals_the_metric_resampled() -> None:
         assert values[t] == pytest.approx(ci.value, rel=1e-12)
         lo, hi = np.quantile(boot[:, t], [0.025, 0.975])
         assert (lo, hi) == (pytest.approx(ci.lower, rel=1e-12), pytest.approx(ci.upper, rel=1e-12))
+
+
+def test_public_split_is_keyed_deterministic_and_order_free() -> None:
+    cases = [f"P{i:04d}" for i in range(4000)]
+    a = an.public_split(cases, 0.3, "phase-1")
+    assert abs(a.mean() - 0.3) < 0.03
+    assert (an.public_split(cases[::-1], 0.3, "phase-1")[::-1] == a).all()
+    assert (an.public_split(cases, 0.3, "phase-2") != a).any()
+    with pytest.raises(ValueError, match="strictly between"):
+        an.public_split(cases, 1.0, "x")
+    task = _toy_auc()
+    mask = an.public_split([f"c{i}" for i in range(200)], 0.4, "s")
+    pub, priv = an.split_task(task, mask)
+    assert (
+        np.asarray(pub.y_true).size == mask.sum() and np.asarray(priv.y_true).size == (~mask).sum()
+    )
+    with pytest.raises(ValueError, match="one part empty"):
+        an.split_task(task, np.ones(200, dtype=bool))
