@@ -320,3 +320,29 @@ def test_public_split_is_keyed_deterministic_and_order_free() -> None:
     )
     with pytest.raises(ValueError, match="one part empty"):
         an.split_task(task, np.ones(200, dtype=bool))
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "dominant"])
+def test_per_case_rank_distribution_matches_a_slow_loop(case: str) -> None:
+    rng = np.random.default_rng(12)
+    n = 40
+    y = rng.normal(size=n)
+    pred = y + rng.normal(0, 1, size=(4, n))
+    if case == "ties":
+        pred = np.round(pred, 0)
+        pred[2] = pred[1]
+    if case == "dominant":
+        pred[3] = y  # no error at all
+    task = an.Task("m", "mae", list("abcd"), y, pred, higher_is_better=False)
+    got = an.rank_uncertainty(task, n_resamples=150, seed=SEED)
+    counts = metric_counts(get_metric("mae"), y, n, 150, SEED).matrix
+    ranks = []
+    for row in counts:
+        idx = np.repeat(np.arange(n), row)
+        maes = [round(float(np.mean(np.abs(p[idx] - y[idx]))), 12) for p in pred]
+        ranks.append(_slow_ranks(maes, higher=False))
+    assert got.boot_ranks.tolist() == ranks
+    if case == "dominant":
+        assert got.p_first[3] == 1.0 and (got.lower[3], got.upper[3]) == (1, 1)
+    if case == "ties":
+        assert (got.boot_ranks[:, 1] == got.boot_ranks[:, 2]).all()
