@@ -400,6 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}: {sub['status']}: {sub['failure_code']}: {sub['failure_message']}")
         for phase in ("qualification", "final"):
             print(platform.cli("leaderboard", CHALLENGE, phase, token=team, capture=True))
+        # The organizers' analysis report (rank uncertainty, robustness, figures, CSV).
+        print(
+            platform.cli(
+                "report", CHALLENGE, "--out", str(root / "report"), token=admin, capture=True
+            ).rstrip()
+        )
         logs = platform.cli("status", str(t3["id"]), "--no-follow", token=team, capture=True)
         print(logs.rstrip())
         print(

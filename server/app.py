@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from server import openapi
 from server.accounts.endpoints import router as accounts_router
+from server.analysis.endpoints import router as analysis_router
 from server.challenges.endpoints import router as challenges_router
 from server.codebases.endpoints import router as codebases_router
 from server.config import Settings, get_settings
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         submissions_router,
         jobs_router,
         leaderboards_router,
+        analysis_router,
         codebases_router,
     ):
         app.include_router(router, prefix="/api/v1")

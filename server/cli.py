@@ -556,6 +556,34 @@ def leaderboard(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
         out.print("no scored submissions yet")
 
 
+@app.command()
+def report(
+    challenge: str,
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="directory to write (default ./CHALLENGE-report)"
+    ),
+) -> None:
+    """Organizers: write the challenge's analysis report (HTML, PDF, figures, CSV data)."""
+    import io
+    import zipfile
+
+    data = _call(_client().download, f"/challenges/{challenge}/analysis/report")
+    target = (out_dir or Path(f"{challenge}-report")).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            dest = (target / name).resolve()
+            if not dest.is_relative_to(target):
+                _fail(f"the report holds a path outside its directory: {name!r}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(zf.read(name))
+    out.print(
+        f"report: {target / 'report.html'} (PDF: {target / 'report.pdf'})",
+        markup=False,
+        highlight=False,
+    )
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -50,6 +50,13 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         return self._check(self.http.get(path, params=params))
 
+    def download(self, path: str) -> bytes:
+        """The body of a GET as bytes (a file the API serves), errors as ApiError."""
+        resp = self.http.get(path, timeout=httpx.Timeout(600.0, connect=10.0))
+        if resp.status_code >= 400:
+            self._check(resp)
+        return resp.content
+
     def post(self, path: str, json: Any = None) -> Any:
         return self._check(self.http.post(path, json=json))
 

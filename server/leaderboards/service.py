@@ -395,3 +395,14 @@ def rescore_if_stale(session: Session, submission: Submission, used: dict[str, A
     )
     jobs.create(session, submission, JobKind.evaluate)
     return True
+
+
+def current_rows(session: Session, phase: Phase) -> list[tuple[Result, Submission, Team]]:
+    """What the board ranks, for analyses over it: each team's best current result, oldest
+    submission first."""
+    return _team_best(session, phase)
+
+
+def predictions_section(result: Result, metric: str) -> dict[str, Any] | None:
+    """A result's predictions section of `metric`, with its subset positions."""
+    return _section(result, metric)

@@ -187,3 +187,21 @@ def test_cli_plan_refusal_and_events(server: dict[str, str], tmp_path: Path) -> 
         assert "no column 'probSevre'" in refused.stderr, refused.stderr
     assert "no events" in run(env, "challenge", "events", "stoic", token=token).stdout
     assert json.loads(run(env, "challenge", "events", "stoic", "--json", token=token).stdout) == []
+
+
+def test_cli_report_for_organizers_only(server: dict[str, str], tmp_path: Path) -> None:
+    """`heldout report CHALLENGE` writes the organizers' report and says where; a
+    participant is refused."""
+    env = server
+    admin = json.loads(run(env, "token", "create", "--user", "admin", "--admin", "--json").stdout)
+    run(env, "challenge", "apply", str(_bundle(tmp_path)), token=admin["token"])
+    target = tmp_path / "rep"
+    done = run(env, "report", "stoic", "--out", str(target), token=admin["token"])
+    assert f"report: {target / 'report.html'}" in done.stdout
+    html = (target / "report.html").read_text()
+    assert "no team has a current result" in html
+    assert (target / "report.pdf").read_bytes().startswith(b"%PDF")
+    alice = json.loads(run(env, "token", "create", "--user", "alice", "--json").stdout)["token"]
+    refused = run(env, "report", "stoic", "--out", str(tmp_path / "no"), token=alice, ok=False)
+    assert refused.returncode != 0 and "403" in refused.stderr
+    assert not (tmp_path / "no" / "report.html").exists()

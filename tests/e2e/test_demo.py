@@ -56,3 +56,5 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert f"stoic-demo / {phase}" in out
     assert "qualification succeeded" in out and "final         succeeded" in out
     assert "95% CI" in out and "demo finished" in out
+    assert f"report: {tmp_path / 'demo' / 'report' / 'report.html'}" in out
+    assert (tmp_path / "demo" / "report" / "report.pdf").stat().st_size > 0
