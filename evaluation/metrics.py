@@ -132,13 +132,6 @@ def roc_auc(y_true: Array, y_score: Array) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def roc_auc_subset(y_true: Array, y_score: Array, subset_column: Array, subset_value: Any) -> float:
-    """AUC over the cases whose `subset_column` equals `subset_value` (STOIC: severe COVID-19
-    among PCR-positive patients)."""
-    mask = subset_mask(subset_column, subset_value)
-    return roc_auc(np.asarray(y_true)[mask], np.asarray(y_score)[mask])
-
-
 def _class_columns(y_true: Array, y_score: Array) -> tuple[list[npt.NDArray[np.bool_]], FloatArray]:
     s = _finite(y_score)
     if s.ndim != 2:
@@ -241,7 +234,8 @@ def accuracy(y_true: Array, y_pred: Array) -> float:
 
 
 def _row_totals(counts: CaseCounts) -> npt.NDArray[np.int64]:
-    return counts.matrix.sum(axis=1, dtype=np.int64)
+    totals: npt.NDArray[np.int64] = counts.matrix.sum(axis=1, dtype=np.int64)
+    return totals
 
 
 def _weighted_sums(counts: CaseCounts, columns: FloatArray) -> FloatArray:
@@ -304,7 +298,8 @@ def resampled_macro_auroc(counts: CaseCounts, y_true: Array, y_score: Array) -> 
     columns, s = _class_columns(y_true, y_score)
     per_class = [_resampled_binary_auc(counts, yk, s[:, k]) for k, yk in enumerate(columns)]
     # A resample missing any class's positives or negatives is undefined (NaN propagates).
-    return np.mean(per_class, axis=0)
+    mean: FloatArray = np.mean(per_class, axis=0)
+    return mean
 
 
 def _resampled_kappa(
@@ -361,7 +356,8 @@ def resampled_accuracy(counts: CaseCounts, y_true: Array, y_pred: Array) -> Floa
     if t.shape != p.shape:
         raise ValueError("y_true and y_pred must be of equal length")
     right = counts.take(np.flatnonzero(t == p)).sum(axis=1, dtype=np.int64)
-    return right / _row_totals(counts)
+    share: FloatArray = right / _row_totals(counts)
+    return share
 
 
 # --- bootstrap strata ---------------------------------------------------------------------

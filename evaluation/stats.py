@@ -49,7 +49,8 @@ class DelongComponents:
         """DeLong covariance matrix of the k AUCs: S_pos / m + S_neg / n."""
         m, n = self.v_pos.shape[1], self.v_neg.shape[1]
         cov = _cov(self.v_pos) / m + _cov(self.v_neg) / n
-        return (cov + cov.T) / 2.0  # exactly symmetric, whatever order BLAS summed in
+        symmetric: FloatArray = (cov + cov.T) / 2.0
+        return symmetric  # exactly symmetric, whatever order BLAS summed in
 
     def variance_of_difference(self, a: int, b: int) -> float:
         """var(AUC_a - AUC_b) from the differences of the components (no cancellation)."""
@@ -61,7 +62,8 @@ class DelongComponents:
 
 def _cov(v: FloatArray) -> FloatArray:
     d = v - v.mean(axis=1, keepdims=True)
-    return (d @ d.T) / (v.shape[1] - 1)
+    cov: FloatArray = (d @ d.T) / (v.shape[1] - 1)
+    return cov
 
 
 def delong_components(y_true: Array, scores: Array) -> DelongComponents:

@@ -11,14 +11,15 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
-from kombu import Queue
+from kombu.entity import Queue
 
 from server.config import get_settings
 
 settings = get_settings()
 app = Celery("heldout", broker=settings.broker_url, include=["worker.tasks"])
 app.conf.update(
-    task_queues=[Queue(q) for q in ("build", "cpu", "gpu", "evaluation")],
+    # kombu's Queue and Celery's decorators carry no annotations.
+    task_queues=[Queue(q) for q in ("build", "cpu", "gpu", "evaluation")],  # type: ignore[no-untyped-call]
     task_default_queue="cpu",
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -35,7 +36,7 @@ app.conf.update(
 )
 
 
-@worker_init.connect
+@worker_init.connect  # type: ignore[untyped-decorator]
 def _preflight(**_: Any) -> None:
     """Refuse to start (SystemExit passes Celery's signal dispatch) rather than run
     containers without the sandbox's guarantees; the message is for the operator."""
@@ -51,14 +52,14 @@ def _preflight(**_: Any) -> None:
         raise SystemExit(message) from e
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_reaper(**_: Any) -> None:
     from worker.reaper import start_reaper_thread
 
     start_reaper_thread(settings)
 
 
-@worker_shutdown.connect
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _stop_reaper(**_: Any) -> None:
     from worker.reaper import stop_reaper_thread
 

@@ -141,10 +141,6 @@ def ingest_archive(
         )
 
 
-def labels_text(store: ArtifactStore, dataset: Dataset) -> str:
-    return store.read_bytes(dataset.labels_digest).decode("utf-8-sig")
-
-
 def check_interfaces(dataset: Dataset, cases: list[Case], slugs: set[str]) -> None:
     """A phase's image inputs must all be present in its dataset's cases."""
     for case in cases:
