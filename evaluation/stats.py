@@ -18,7 +18,7 @@ import numpy.typing as npt
 from scipy.special import ndtr, ndtri
 from scipy.stats import rankdata
 
-from evaluation.metrics import Metric, MetricError, _binary, _finite, get_metric
+from evaluation.metrics import Metric, MetricError, binary_labels, finite_values, get_metric
 from evaluation.resampling import CaseCounts, cached_counts, cached_stratified_counts
 
 Array = npt.NDArray[Any]
@@ -68,8 +68,8 @@ def _cov(v: FloatArray) -> FloatArray:
 
 def delong_components(y_true: Array, scores: Array) -> DelongComponents:
     """Structural components of `scores` (k, N) or (N,) against binary `y_true` (N,)."""
-    y = _binary(y_true)
-    s = np.atleast_2d(_finite(scores, what="scores"))
+    y = binary_labels(y_true)
+    s = np.atleast_2d(finite_values(scores, what="scores"))
     if s.shape[1] != y.shape[0]:
         raise ValueError(f"scores have {s.shape[1]} cases, y_true has {y.shape[0]}")
     m, n = int(y.sum()), int((~y).sum())
@@ -119,7 +119,7 @@ def _z_and_p(diff: float, var_diff: float) -> tuple[float, float]:
 
 def delong_test(y_true: Array, scores_a: Array, scores_b: Array) -> DelongResult:
     """DeLong's paired test of AUC(a) == AUC(b) on the same cases."""
-    comp = delong_components(y_true, np.stack([_finite(scores_a), _finite(scores_b)]))
+    comp = delong_components(y_true, np.stack([finite_values(scores_a), finite_values(scores_b)]))
     cov = comp.covariance
     diff = float(comp.aucs[0] - comp.aucs[1])
     z, p = _z_and_p(diff, comp.variance_of_difference(0, 1))
@@ -378,8 +378,8 @@ def roc_band(
 
     Uses the same resamples as `bootstrap_ci` with the same seed.
     """
-    y = _binary(y_true)
-    s = _finite(y_score, y.shape[0])
+    y = binary_labels(y_true)
+    s = finite_values(y_score, y.shape[0])
     n_all = y.shape[0]
     subset = _subset_index(n_all, subset_mask)
     if subset is not None:

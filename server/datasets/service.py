@@ -45,6 +45,7 @@ def ingest_directory(
     title: str = "",
     public: bool = False,
 ) -> tuple[Dataset, str, CaseChanges]:
+    # long: manifest, files, digests and case rows, each check with its error
     """Create or update a dataset from a directory. Returns it, 'created', 'updated' or
     'unchanged' (same digest: nothing is written), and what happened to its cases. A case
     the new version lacks is retired, never deleted: jobs that ran on it refer to it."""
