@@ -188,7 +188,9 @@ def synthesize_volume(
     return np.clip(np.rint(canvas.hu), -1024, 3071).astype(np.int16)
 
 
-def _labels(n: int, rng: np.random.Generator, prevalence: float, severe_fraction: float):
+def _labels(
+    n: int, rng: np.random.Generator, prevalence: float, severe_fraction: float
+) -> list[tuple[int, int]]:
     """Stratified labels: exact class counts, shuffled, so small splits have both classes."""
     n_pos = round(n * prevalence)
     n_severe = round(n_pos * severe_fraction)

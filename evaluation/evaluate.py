@@ -215,6 +215,7 @@ class Prepared:
 
 
 def prepare(spec: MetricSpec, truth: GroundTruth, by_case: dict[str, Job]) -> Prepared:
+    # long: every input of an evaluation read and checked, each with its own error
     """Check one metric's predictions for every case and build its arrays."""
     cases = truth.cases
     mask: npt.NDArray[np.bool_] | None = None
@@ -347,6 +348,7 @@ def evaluate(
     *,
     case_interface: str | None = None,
 ) -> dict[str, Any]:
+    # long: one pass, metric by metric and section by section, in the report's order
     """Score one submission; raises `EvaluationError` subclasses for unusable inputs."""
     cfg = load_config(config)
     truth = load_ground_truth(ground_truth)

@@ -53,7 +53,8 @@ class MetricError(ValueError):
 # --- input checks -------------------------------------------------------------------------
 
 
-def _binary(y: Array, what: str = "y_true") -> npt.NDArray[np.bool_]:
+def binary_labels(y: Array, what: str = "y_true") -> npt.NDArray[np.bool_]:
+    """`y` as booleans; anything but 0/1 (or booleans) is a ValueError naming `what`."""
     a = np.asarray(y)
     if a.dtype == np.bool_:
         return a
@@ -62,7 +63,8 @@ def _binary(y: Array, what: str = "y_true") -> npt.NDArray[np.bool_]:
     return a.astype(bool)
 
 
-def _finite(x: Array, n: int | None = None, what: str = "y_pred") -> FloatArray:
+def finite_values(x: Array, n: int | None = None, what: str = "y_pred") -> FloatArray:
+    """`x` as float64, checked finite and (when `n` is given) of `n` cases."""
     a = np.asarray(x, dtype=np.float64)
     if n is not None and a.shape[0] != n:
         raise ValueError(f"{what} has {a.shape[0]} cases, y_true has {n}")
@@ -72,7 +74,7 @@ def _finite(x: Array, n: int | None = None, what: str = "y_pred") -> FloatArray:
 
 
 def _grades(x: Array, what: str) -> npt.NDArray[np.int64]:
-    a = _finite(x, what=what)
+    a = finite_values(x, what=what)
     if a.ndim != 1 or not np.array_equal(a, np.round(a)):
         raise ValueError(f"{what} must be a 1-D array of integer grades")
     return a.astype(np.int64)
@@ -80,7 +82,7 @@ def _grades(x: Array, what: str) -> npt.NDArray[np.int64]:
 
 def round_grades(x: Array) -> npt.NDArray[np.int64]:
     """Round predictions to the nearest grade, halves up (2.5 -> 3), as ordinal metrics need."""
-    return np.floor(_finite(x) + 0.5).astype(np.int64)
+    return np.floor(finite_values(x) + 0.5).astype(np.int64)
 
 
 def canonical_label(value: Any) -> str:
@@ -122,8 +124,8 @@ def subset_mask(column: Array | Sequence[Any], value: Any) -> npt.NDArray[np.boo
 
 def roc_auc(y_true: Array, y_score: Array) -> float:
     """Area under the ROC curve (Mann-Whitney U with midranks: ties count one half)."""
-    y = _binary(y_true)
-    s = _finite(y_score, y.shape[0])
+    y = binary_labels(y_true)
+    s = finite_values(y_score, y.shape[0])
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -132,15 +134,8 @@ def roc_auc(y_true: Array, y_score: Array) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def roc_auc_subset(y_true: Array, y_score: Array, subset_column: Array, subset_value: Any) -> float:
-    """AUC over the cases whose `subset_column` equals `subset_value` (STOIC: severe COVID-19
-    among PCR-positive patients)."""
-    mask = subset_mask(subset_column, subset_value)
-    return roc_auc(np.asarray(y_true)[mask], np.asarray(y_score)[mask])
-
-
 def _class_columns(y_true: Array, y_score: Array) -> tuple[list[npt.NDArray[np.bool_]], FloatArray]:
-    s = _finite(y_score)
+    s = finite_values(y_score)
     if s.ndim != 2:
         raise ValueError("macro AUROC needs an (N, K) score matrix")
     y = np.asarray(y_true)
@@ -149,7 +144,7 @@ def _class_columns(y_true: Array, y_score: Array) -> tuple[list[npt.NDArray[np.b
     if y.ndim == 2:  # multi-label: one binary column per label
         if y.shape != s.shape:
             raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
-        return [_binary(y[:, k], f"label column {k}") for k in range(y.shape[1])], s
+        return [binary_labels(y[:, k], f"label column {k}") for k in range(y.shape[1])], s
     codes = _grades(y, "class indices")
     if codes.size and (codes.min() < 0 or codes.max() >= s.shape[1]):
         raise ValueError(f"class indices must lie in 0..{s.shape[1] - 1}")
@@ -214,14 +209,14 @@ def quadratic_kappa(y_true: Array, y_pred: Array) -> float:
 
 def mae(y_true: Array, y_pred: Array) -> float:
     """Mean absolute error."""
-    t = _finite(y_true, what="y_true")
-    return float(np.mean(np.abs(_finite(y_pred, t.shape[0]) - t)))
+    t = finite_values(y_true, what="y_true")
+    return float(np.mean(np.abs(finite_values(y_pred, t.shape[0]) - t)))
 
 
 def pearson(y_true: Array, y_pred: Array) -> float:
     """Pearson's r; NaN when either side is constant."""
-    t = _finite(y_true, what="y_true")
-    p = _finite(y_pred, t.shape[0])
+    t = finite_values(y_true, what="y_true")
+    p = finite_values(y_pred, t.shape[0])
     dt, dp = t - t.mean(), p - p.mean()
     denom = math.sqrt(float(dt @ dt) * float(dp @ dp))
     if denom == 0.0:
@@ -241,7 +236,8 @@ def accuracy(y_true: Array, y_pred: Array) -> float:
 
 
 def _row_totals(counts: CaseCounts) -> npt.NDArray[np.int64]:
-    return counts.matrix.sum(axis=1, dtype=np.int64)
+    totals: npt.NDArray[np.int64] = counts.matrix.sum(axis=1, dtype=np.int64)
+    return totals
 
 
 def _weighted_sums(counts: CaseCounts, columns: FloatArray) -> FloatArray:
@@ -296,15 +292,16 @@ def _resampled_binary_auc(
 
 
 def resampled_auc(counts: CaseCounts, y_true: Array, y_score: Array) -> FloatArray:
-    y = _binary(y_true)
-    return _resampled_binary_auc(counts, y, _finite(y_score, y.shape[0]))
+    y = binary_labels(y_true)
+    return _resampled_binary_auc(counts, y, finite_values(y_score, y.shape[0]))
 
 
 def resampled_macro_auroc(counts: CaseCounts, y_true: Array, y_score: Array) -> FloatArray:
     columns, s = _class_columns(y_true, y_score)
     per_class = [_resampled_binary_auc(counts, yk, s[:, k]) for k, yk in enumerate(columns)]
     # A resample missing any class's positives or negatives is undefined (NaN propagates).
-    return np.mean(per_class, axis=0)
+    mean: FloatArray = np.mean(per_class, axis=0)
+    return mean
 
 
 def _resampled_kappa(
@@ -331,14 +328,14 @@ def resampled_quadratic_kappa(counts: CaseCounts, y_true: Array, y_pred: Array) 
 
 
 def resampled_mae(counts: CaseCounts, y_true: Array, y_pred: Array) -> FloatArray:
-    t = _finite(y_true, what="y_true")
-    err = np.abs(_finite(y_pred, t.shape[0]) - t)
+    t = finite_values(y_true, what="y_true")
+    err = np.abs(finite_values(y_pred, t.shape[0]) - t)
     return _weighted_sums(counts, err[:, None])[:, 0] / _row_totals(counts)
 
 
 def resampled_pearson(counts: CaseCounts, y_true: Array, y_pred: Array) -> FloatArray:
-    t = _finite(y_true, what="y_true")
-    p = _finite(y_pred, t.shape[0])
+    t = finite_values(y_true, what="y_true")
+    p = finite_values(y_pred, t.shape[0])
     # Centre on the full-sample means first so the moment sums do not cancel catastrophically.
     dt, dp = t - t.mean(), p - p.mean()
     sums = _weighted_sums(counts, np.stack([dt, dp, dt * dt, dp * dp, dt * dp], axis=1))
@@ -361,7 +358,8 @@ def resampled_accuracy(counts: CaseCounts, y_true: Array, y_pred: Array) -> Floa
     if t.shape != p.shape:
         raise ValueError("y_true and y_pred must be of equal length")
     right = counts.take(np.flatnonzero(t == p)).sum(axis=1, dtype=np.int64)
-    return right / _row_totals(counts)
+    share: FloatArray = right / _row_totals(counts)
+    return share
 
 
 # --- bootstrap strata ---------------------------------------------------------------------
@@ -369,7 +367,7 @@ def resampled_accuracy(counts: CaseCounts, y_true: Array, y_pred: Array) -> Floa
 
 def auc_strata(y_true: Array) -> npt.NDArray[np.int64]:
     """Bootstrap strata of a binary AUC: negatives 0, positives 1."""
-    return _binary(y_true).astype(np.int64)
+    return binary_labels(y_true).astype(np.int64)
 
 
 def macro_auroc_strata(y_true: Array) -> npt.NDArray[np.int64]:
@@ -377,7 +375,7 @@ def macro_auroc_strata(y_true: Array) -> npt.NDArray[np.int64]:
     (multi-label), so every class keeps its positives and negatives in every resample."""
     y = np.asarray(y_true)
     if y.ndim == 2:
-        rows = np.stack([_binary(y[:, k], f"label column {k}") for k in range(y.shape[1])], 1)
+        rows = np.stack([binary_labels(y[:, k], f"label column {k}") for k in range(y.shape[1])], 1)
         _, inverse = np.unique(rows.astype(np.int64), axis=0, return_inverse=True)
         return np.asarray(inverse, dtype=np.int64).reshape(-1)
     return _grades(y, "class indices")

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from scipy.special import ndtr, ndtri
 from scipy.stats import rankdata
 
-from evaluation.metrics import Metric, MetricError, _binary, _finite, get_metric
+from evaluation.metrics import Metric, MetricError, binary_labels, finite_values, get_metric
 from evaluation.resampling import CaseCounts, cached_counts, cached_stratified_counts
 
 Array = npt.NDArray[Any]
@@ -49,7 +49,8 @@ class DelongComponents:
         """DeLong covariance matrix of the k AUCs: S_pos / m + S_neg / n."""
         m, n = self.v_pos.shape[1], self.v_neg.shape[1]
         cov = _cov(self.v_pos) / m + _cov(self.v_neg) / n
-        return (cov + cov.T) / 2.0  # exactly symmetric, whatever order BLAS summed in
+        symmetric: FloatArray = (cov + cov.T) / 2.0
+        return symmetric  # exactly symmetric, whatever order BLAS summed in
 
     def variance_of_difference(self, a: int, b: int) -> float:
         """var(AUC_a - AUC_b) from the differences of the components (no cancellation)."""
@@ -61,13 +62,14 @@ class DelongComponents:
 
 def _cov(v: FloatArray) -> FloatArray:
     d = v - v.mean(axis=1, keepdims=True)
-    return (d @ d.T) / (v.shape[1] - 1)
+    cov: FloatArray = (d @ d.T) / (v.shape[1] - 1)
+    return cov
 
 
 def delong_components(y_true: Array, scores: Array) -> DelongComponents:
     """Structural components of `scores` (k, N) or (N,) against binary `y_true` (N,)."""
-    y = _binary(y_true)
-    s = np.atleast_2d(_finite(scores, what="scores"))
+    y = binary_labels(y_true)
+    s = np.atleast_2d(finite_values(scores, what="scores"))
     if s.shape[1] != y.shape[0]:
         raise ValueError(f"scores have {s.shape[1]} cases, y_true has {y.shape[0]}")
     m, n = int(y.sum()), int((~y).sum())
@@ -117,7 +119,7 @@ def _z_and_p(diff: float, var_diff: float) -> tuple[float, float]:
 
 def delong_test(y_true: Array, scores_a: Array, scores_b: Array) -> DelongResult:
     """DeLong's paired test of AUC(a) == AUC(b) on the same cases."""
-    comp = delong_components(y_true, np.stack([_finite(scores_a), _finite(scores_b)]))
+    comp = delong_components(y_true, np.stack([finite_values(scores_a), finite_values(scores_b)]))
     cov = comp.covariance
     diff = float(comp.aucs[0] - comp.aucs[1])
     z, p = _z_and_p(diff, comp.variance_of_difference(0, 1))
@@ -376,8 +378,8 @@ def roc_band(
 
     Uses the same resamples as `bootstrap_ci` with the same seed.
     """
-    y = _binary(y_true)
-    s = _finite(y_score, y.shape[0])
+    y = binary_labels(y_true)
+    s = finite_values(y_score, y.shape[0])
     n_all = y.shape[0]
     subset = _subset_index(n_all, subset_mask)
     if subset is not None:

@@ -38,6 +38,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    # long: every router, handler and middleware registered in one place
     settings = settings or get_settings()
     app = FastAPI(
         title="heldout",

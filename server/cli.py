@@ -236,6 +236,7 @@ def challenge_apply(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
+    # long: a CLI command: read the bundle, upload datasets, apply, print
     """Create or update a challenge from a bundle; applying it twice changes nothing.
     Every apply first dry-runs the metric config on the test labels."""
     import yaml

@@ -78,7 +78,9 @@ class Client:
             while block := f.read(1024 * 1024):
                 h.update(block)
         digest = "sha256:" + h.hexdigest()
-        up = self.post("/uploads", {"filename": path.name, "size": size, "sha256": digest})
+        up: dict[str, Any] = self.post(
+            "/uploads", {"filename": path.name, "size": size, "sha256": digest}
+        )
         failures = 0
         with path.open("rb") as f:
             while up["status"] != "complete":

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from server.config import Settings, get_settings
 from server.errors import NotFound
 
 CHUNK = 1024 * 1024
@@ -118,11 +117,6 @@ class ArtifactStore:
     def copy_to(self, digest: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path(digest), dest)
-
-
-def get_store(settings: Settings | None = None) -> ArtifactStore:
-    settings = settings or get_settings()
-    return ArtifactStore(settings.artifacts_path)
 
 
 def extract_tar(archive: Path, dest: Path) -> None:

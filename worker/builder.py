@@ -134,6 +134,7 @@ def clone(
     policy: AddressPolicy = STRICT,
     resolve: Resolver = system_resolver,
 ) -> CloneResult:
+    # long: fetch, checkout, then each check on what arrived, with its own error
     """Check out `commit` of `url` (validated by `validate_repository_url`) into `dest`.
 
     `policy` is this worker's (`AddressPolicy.from_settings`). Raises `CloneError` for
@@ -479,6 +480,7 @@ def build_image(
     memory_bytes: int | None = None,
     max_log_chars: int = DEFAULT_MAX_LOG_CHARS,
 ) -> BuildResult:
+    # long: a build's whole life (limits, streamed log, timeout, cleanup) in one try
     """Build `dockerfile_dir/Dockerfile` with `context_dir` as context and tag it `tag`.
 
     `network` is the build's network mode: "host" where builds need the network
@@ -718,11 +720,11 @@ def assemble_inference_context(
             "(the trained artifacts are copied into it)"
         )
     artifact_dest.mkdir(exist_ok=True)
-    _copy_artifacts(Path(artifacts_dir), artifact_dest)
+    copy_artifacts(Path(artifacts_dir), artifact_dest)
     return dest
 
 
-def _copy_artifacts(src_dir: Path, dst_dir: Path, rel: str = "") -> None:
+def copy_artifacts(src_dir: Path, dst_dir: Path, rel: str = "") -> None:
     """Copy without following links; what is copied replaces what the repository had there.
 
     A link shipped by the repository (say `artifact/model.pt -> ../../x`) is removed before a
@@ -743,7 +745,7 @@ def _copy_artifacts(src_dir: Path, dst_dir: Path, rel: str = "") -> None:
         elif stat.S_ISDIR(st.st_mode):
             _clear(dst, want_dir=True, rel_path=rel_path)
             dst.mkdir(exist_ok=True)
-            _copy_artifacts(src, dst, f"{rel_path}/")
+            copy_artifacts(src, dst, f"{rel_path}/")
         elif stat.S_ISREG(st.st_mode):
             _clear(dst, want_dir=False, rel_path=rel_path)
             shutil.copy2(src, dst, follow_symlinks=False)

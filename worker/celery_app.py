@@ -7,18 +7,18 @@ is: a redelivered message for a finished job does nothing.
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown
-from kombu import Queue
+from kombu.entity import Queue
 
 from server.config import get_settings
 
 settings = get_settings()
-app = Celery("heldout", broker=settings.broker_url, include=["worker.tasks"])
+# lifecycle: the worker's signal handlers (preflight, the reaper thread); the loader imports
+# both modules before the worker_init signal is sent.
+app = Celery("heldout", broker=settings.broker_url, include=["worker.tasks", "worker.lifecycle"])
 app.conf.update(
-    task_queues=[Queue(q) for q in ("build", "cpu", "gpu", "evaluation")],
+    # kombu's Queue and Celery's decorators carry no annotations.
+    task_queues=[Queue(q) for q in ("build", "cpu", "gpu", "evaluation")],  # type: ignore[no-untyped-call]
     task_default_queue="cpu",
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -33,33 +33,3 @@ app.conf.update(
     # A lost worker's message comes back after this; the reaper acts much sooner.
     broker_transport_options={"visibility_timeout": 3600},
 )
-
-
-@worker_init.connect
-def _preflight(**_: Any) -> None:
-    """Refuse to start (SystemExit passes Celery's signal dispatch) rather than run
-    containers without the sandbox's guarantees; the message is for the operator."""
-    import logging
-
-    from worker.preflight import PreflightError, check_worker
-
-    try:
-        check_worker(settings)
-    except PreflightError as e:
-        message = f"heldout worker refuses to start: {e}"
-        logging.getLogger("worker.preflight").critical(message)
-        raise SystemExit(message) from e
-
-
-@worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    from worker.reaper import start_reaper_thread
-
-    start_reaper_thread(settings)
-
-
-@worker_shutdown.connect
-def _stop_reaper(**_: Any) -> None:
-    from worker.reaper import stop_reaper_thread
-
-    stop_reaper_thread()

@@ -1,5 +1,7 @@
-"""This worker's GPUs, handed out by pinned device id: a job holds its devices for its whole
-run, so two concurrent jobs on one node never share a GPU."""
+"""This worker process's GPUs, handed out by pinned device id: a job holds its devices for
+its whole run, so two concurrent jobs of one process never share a GPU. Claims live in this
+process's memory: worker processes on one node share nothing, so each must be given its own
+devices (HELDOUT_GPU_DEVICE_IDS)."""
 
 from __future__ import annotations
 

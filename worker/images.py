@@ -31,6 +31,7 @@ from server.jobs.states import FINAL as JOB_FINAL
 from server.submissions.models import Submission
 from server.submissions.states import FINAL as SUBMISSION_FINAL
 from worker.dockerfile import DockerfileError, check_images
+from worker.steps import instance_prefix
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ class BaseImageError(Exception):
 
 
 def installation_id(settings: Settings) -> str:
-    from worker.pipeline import instance_prefix
-
     return instance_prefix(settings).rstrip("-")
 
 

@@ -30,9 +30,9 @@ import docker
 from worker.builder import (
     ARTIFACT_DIRNAME,
     BuildError,
-    _copy_artifacts,
     assemble_inference_context,
     build_image,
+    copy_artifacts,
 )
 
 PLACEHOLDER_PREFIX = ".heldout-artifact-"
@@ -154,7 +154,7 @@ def add_artifacts(
     context = work / "with-artifacts"
     context.mkdir(parents=True)
     (context / ARTIFACT_DIRNAME).mkdir()
-    _copy_artifacts(artifacts, context / ARTIFACT_DIRNAME)
+    copy_artifacts(artifacts, context / ARTIFACT_DIRNAME)
     lines = [f"FROM {base_image_id}"]
     for place in places:
         dest = str(place["path"]).rstrip("/") + "/"

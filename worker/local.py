@@ -241,6 +241,7 @@ def run_local(
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
+    # long: a CLI command mirroring the pipeline: image, run, evaluate, report
     """Run like the platform does, on your own cases."""
     import docker
 

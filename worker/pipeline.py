@@ -15,122 +15,49 @@ Exceptions drive transitions:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import socket
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.challenges.models import Phase
-from server.challenges.schemas import Interface, InterfaceKind, Limits, PhaseSpec
+from server.challenges.schemas import Interface, InterfaceKind, PhaseSpec
 from server.config import Settings
 from server.datasets import coverage
 from server.datasets import repository as datasets_repo
 from server.datasets.models import Case, Dataset
 from server.db import session_scope
-from server.errors import NotFound
 from server.jobs import logs
 from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
 from server.jobs.models import Job
-from server.jobs.states import FINAL as JOB_FINAL
-from server.jobs.states import PLATFORM_FAILURES, JobKind, JobStatus
-from server.leaderboards import reinference
+from server.jobs.states import JobKind, JobStatus
 from server.leaderboards import service as leaderboards
 from server.storage import ArtifactStore
-from server.submissions import service as submissions
+from server.submissions import advance
 from server.submissions.models import Submission
-from server.submissions.states import SubmissionStatus
+from worker import steps
 from worker.executor.base import LABEL_JOB
 from worker.runner import batch_limits
+from worker.steps import (
+    CaseRef,
+    InfrastructureError,
+    JobContext,
+    Outcome,
+    StepFailed,
+    classified_execution,
+    container_key,
+    gpus_for,
+    smoke_train_limits,
+    worker_id,
+)
 
 log = logging.getLogger(__name__)
-
-MAX_LISTED_CASES = 10
-
-
-class StepFailed(Exception):
-    """`message` is shown to the participant; `operator_detail` to organizers only."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        result: dict[str, Any] | None = None,
-        *,
-        operator_detail: str | None = None,
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code, self.message, self.result = code, message, result or {}
-        self.operator_detail = operator_detail
-
-
-class InfrastructureError(Exception):
-    pass
-
-
-@dataclass
-class CaseRef:
-    id: int
-    name: str
-    public_name: str
-    files: dict[str, dict[str, Any]]
-
-
-@dataclass
-class JobContext:
-    job_id: int
-    attempt: int
-    kind: JobKind
-    submission_id: int
-    phase_id: int
-    phase: PhaseSpec
-    image_id: str | None
-    archive_digest: str | None
-    repository_url: str | None = None
-    commit_sha: str | None = None
-    cases: list[CaseRef] = field(default_factory=list)
-    # Results of the submission's earlier jobs, by kind (the clone's source, the build).
-    earlier: dict[str, dict[str, Any]] = field(default_factory=dict)
-    labels_digest: str | None = None
-    # The phase's metric config version, read with `phase` at claim time.
-    metrics_version: int = 0
-    # An evaluation's test set digest (claim time, then what it read): a result computed on
-    # a test set since edited is stored under the old digest and caught up.
-    ground_truth: str | None = None
-
-
-@dataclass
-class Outcome:
-    result: dict[str, Any]
-    log: str = ""
-
-
-def worker_id(settings: Settings) -> str:
-    return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def instance_prefix(settings: Settings) -> str:
-    """This installation's mark (from its database) in every job key on the engine."""
-    return hashlib.sha256(settings.sqlalchemy_url.encode()).hexdigest()[:8] + "-"
-
-
-def container_key(settings: Settings, job_id: int) -> str:
-    """A job's key on the engine: container names and labels carry it. It includes the
-    installation, so two heldouts sharing one engine never remove each other's containers."""
-    return f"{instance_prefix(settings)}{job_id}"
-
 
 # --- the driver ------------------------------------------------------------------------
 
@@ -308,7 +235,7 @@ def _record(
 ) -> None:
     store = ArtifactStore(settings.artifacts_path)
     with session_scope(settings) as session:
-        job = lock_for_record(session, ctx.job_id)
+        job = advance.lock_for_record(session, ctx.job_id)
         if JobStatus(job.status) is not JobStatus.running or job.attempt != ctx.attempt:
             # Reaped and retried while we worked: the newer attempt owns the job.
             log.warning("job %s attempt %s superseded; result dropped", ctx.job_id, ctx.attempt)
@@ -336,335 +263,18 @@ def _record(
                 log_digest=log_digest,
                 operator_detail=failure.operator_detail,
             )
-        _advance(session, settings, job, platform_caused=platform_caused)
+        advance.advance(session, job, platform_caused=platform_caused)
 
 
 def _record_infrastructure(settings: Settings, ctx: JobContext, reason: str) -> None:
     with session_scope(settings) as session:
-        job = lock_for_record(session, ctx.job_id)
+        job = advance.lock_for_record(session, ctx.job_id)
         if JobStatus(job.status) is not JobStatus.running or job.attempt != ctx.attempt:
             return
-        retry_or_fail(session, settings, job, reason)
-
-
-def retry_or_fail(session: Session, settings: Settings, job: Job, reason: str) -> None:
-    """A failure the platform caused: retry while attempts remain, else fail uncharged."""
-    if job.attempt < settings.max_attempts:
-        jobs.retry(session, job, reason)
-        return
-    jobs.fail(
-        session,
-        job,
-        "platform_error",
-        f"The platform could not run this step after {job.attempt} attempts. "
-        "It does not count against your team's limits.",
-        operator_detail=f"attempt {job.attempt} failed: {reason}",
-    )
-    _advance(session, settings, job, platform_caused=True)
-
-
-def _lock_submission(session: Session, submission_id: int) -> Submission:
-    # FOR NO KEY UPDATE: it still serializes the submission's writers, but does not wait on
-    # the FOR KEY SHARE locks that PostgreSQL's foreign-key checks take on it.
-    sub = session.scalar(
-        select(Submission).where(Submission.id == submission_id).with_for_update(key_share=True)
-    )
-    assert sub is not None
-    return sub
-
-
-def lock_for_record(session: Session, job_id: int) -> Job:
-    """Lock a job's submission, then the job: the one order every writer of both follows.
-
-    Locking the job first deadlocked on PostgreSQL when cases of one submission finished
-    together: each updated its job row twice (which makes PostgreSQL re-check the foreign
-    key and share-lock the submission) and then both wanted the submission exclusively.
-    Cancelling (submission, then its jobs) could close the same cycle.
-    """
-    submission_id = session.scalar(select(Job.submission_id).where(Job.id == job_id))
-    if submission_id is None:
-        raise NotFound(f"no job {job_id}")
-    _lock_submission(session, submission_id)
-    job = jobs_repo.lock(session, job_id)
-    assert job is not None
-    return job
-
-
-def _advance(session: Session, settings: Settings, job: Job, *, platform_caused: bool) -> None:
-    submission = _lock_submission(session, job.submission_id)
-    status = SubmissionStatus(submission.status)
-    if status in (SubmissionStatus.cancelled,):
-        return
-    kind = JobKind(job.kind)
-    failed = JobStatus(job.status) is JobStatus.failed
-
-    if kind is JobKind.evaluate and reinference.outdated(session, submission, job.result):
-        # The test set was edited while this evaluation ran: its outcome decides nothing
-        # (no charge, no failure); the work the edit needs is scheduled instead.
-        if not failed:
-            _record_result(session, submission, job)
-        reinference.catch_up(session, submission)
-        return
-
-    if failed and kind is JobKind.smoke_train:
-        _smoke_train_failed(session, submission, job)
-        return
-    if failed and kind not in (JobKind.infer, JobKind.canary):
-        submissions.fail(
-            session,
-            submission,
-            job.failure_code or "failed",
-            job.failure_message or "",
-            platform_caused=platform_caused or job.failure_code in PLATFORM_FAILURES,
-            operator_detail=job.operator_detail,
-        )
-        if kind is JobKind.evaluate:
-            leaderboards.rescore_if_stale(session, submission, job.result)
-        return
-
-    if kind is JobKind.validate and submission.kind == "codebase":
-        submissions.transition(session, submission, SubmissionStatus.queued)
-        jobs.create(session, submission, JobKind.build)
-        submissions.transition(session, submission, SubmissionStatus.building)
-    elif kind is JobKind.validate:
-        submission.image_id = job.result.get("image_id")
-        if not start_canary(session, submission):
-            submissions.transition(session, submission, SubmissionStatus.queued)
-            start_inference(session, submission)
-    elif kind is JobKind.canary:
-        _after_canary(session, submission)
-    elif kind in (JobKind.build, JobKind.smoke_train):
-        phase = session.get(Phase, submission.phase_id)
-        assert phase is not None
-        limits = phase.spec.training_limits or phase.spec.limits
-        queue = "gpu" if limits.gpus else "cpu"
-        if kind is JobKind.build and phase.canary_dataset_id is not None:
-            # Smoke-train on the public canary cases first (the submission stays building).
-            jobs.create(session, submission, JobKind.smoke_train, queue=queue)
-            return
-        submissions.transition(session, submission, SubmissionStatus.training)
-        jobs.create(session, submission, JobKind.train, queue=queue)
-    elif kind is JobKind.train:
-        submission.image_id = job.result["inference_image_id"]
-        if not start_canary(session, submission):
-            start_inference(session, submission)
-    elif kind is JobKind.infer:
-        _after_inference(session, submission)
-    elif kind is JobKind.evaluate:
-        _record_result(session, submission, job)
-        submissions.transition(session, submission, SubmissionStatus.succeeded)
-        leaderboards.rescore_if_stale(session, submission, job.result)
-
-
-def _record_result(session: Session, submission: Submission, job: Job) -> None:
-    """Store an evaluation's result under the ground truth it ran on."""
-    phase = session.get(Phase, submission.phase_id)
-    assert phase is not None
-    gt = job.result.get("ground_truth") or leaderboards.ground_truth_digest(session, phase)
-    assert gt is not None
-    leaderboards.record(
-        session,
-        submission,
-        phase,
-        job.result.get("evaluator_version", "?"),
-        gt,
-        job.result["metrics"],
-        metrics_version=job.result.get("metrics_version"),
-    )
-
-
-def smoke_train_limits(settings: Settings, spec: PhaseSpec) -> Limits:
-    """The training limits, with the wall time capped at `smoke_train_s`."""
-    limits = spec.training_limits or spec.limits
-    wall = min(limits.wall_time_s, settings.smoke_train_s)
-    return limits.model_copy(update={"wall_time_s": wall})
-
-
-def _smoke_train_failed(session: Session, submission: Submission, job: Job) -> None:
-    """Training on the public canary cases failed: free, and told in detail (the data is
-    public; the job's log is the team's too). Private training never starts."""
-    code = job.failure_code or "failed"
-    submissions.fail(
-        session,
-        submission,
-        f"canary:{code}",
-        "The training image failed on the phase's public check cases before training on "
-        "the private data; this does not count against your team's limits. "
-        f"{job.failure_message or ''}".rstrip(),
-        platform_caused=code in PLATFORM_FAILURES,
-        operator_detail=job.operator_detail,
-    )
-
-
-def start_canary(session: Session, submission: Submission) -> bool:
-    """Run the algorithm on the phase's public canary cases first, with the full limits; a
-    failure there is reported at once and not charged. False when the phase has none."""
-    phase = session.get(Phase, submission.phase_id)
-    assert phase is not None
-    if phase.canary_dataset_id is None:
-        return False
-    for case in datasets_repo.list_cases(session, phase.canary_dataset_id)[:2]:
-        jobs.create(session, submission, JobKind.canary, case_id=case.id, queue=_run_queue(phase))
-    return True
-
-
-def _after_canary(session: Session, submission: Submission) -> None:
-    canaries = jobs_repo.for_submission(session, submission.id, JobKind.canary.value)
-    if any(JobStatus(j.status) not in JOB_FINAL for j in canaries):
-        return
-    failed = [j for j in canaries if j.status != JobStatus.succeeded.value]
-    if failed and submission.kind == "codebase":
-        # A T3 canary runs after training on the private training set: not free (else
-        # training runs on private data would be unlimited), and told in fixed words.
-        submissions.fail(
-            session,
-            submission,
-            f"canary:{failed[0].failure_code or 'failed'}",
-            "The trained algorithm failed on the phase's public check case(s) before the "
-            "test set ran. It trained on private data, so this counts against your team's "
-            "limits; the training job's log is held until the organizers review it.",
-            team_caused=True,
-        )
-        return
-    if failed:
-        reasons = "; ".join(
-            f"public case {name}: {msg}" for name, msg in case_failures(session, failed)
-        )
-        submissions.fail(
-            session,
-            submission,
-            f"canary:{failed[0].failure_code or 'failed'}",
-            "The algorithm failed on the phase's public check case(s) before the test set "
-            f"ran; this does not count against your team's limits. {reasons}",
-        )
-        return
-    if SubmissionStatus(submission.status) is SubmissionStatus.validating:
-        submissions.transition(session, submission, SubmissionStatus.queued)
-    start_inference(session, submission)
-
-
-def start_inference(session: Session, submission: Submission) -> None:
-    phase = session.get(Phase, submission.phase_id)
-    assert phase is not None and phase.test_dataset_id is not None
-    submissions.transition(session, submission, SubmissionStatus.inferring)
-    if phase.spec.batch_mode:
-        jobs.create(session, submission, JobKind.infer, queue=_run_queue(phase))
-        return
-    for case in datasets_repo.list_cases(session, phase.test_dataset_id):
-        jobs.create(session, submission, JobKind.infer, case_id=case.id, queue=_run_queue(phase))
-
-
-def _run_queue(phase: Phase) -> str:
-    """Runs that ask for GPUs go to the GPU nodes' queue."""
-    return "gpu" if phase.spec.limits.gpus else "cpu"
-
-
-def _after_inference(session: Session, submission: Submission) -> None:
-    if SubmissionStatus(submission.status) is not SubmissionStatus.inferring:
-        return
-    # Each finishing case gets here: count first, load the whole set only for the last one.
-    if jobs_repo.count_open(session, submission.id, JobKind.infer.value):
-        return
-    phase = session.get(Phase, submission.phase_id)
-    assert phase is not None
-    # After a test set edit only the newest run of each present case counts.
-    infer_jobs = coverage.effective_infer_jobs(session, submission.id, phase.test_dataset_id)
-    failures = case_failures(session, infer_jobs)
-    if failures:
-        total = sum(len(j.result.get("cases", {})) if j.case_id is None else 1 for j in infer_jobs)
-        listed = "; ".join(f"case {name}: {msg}" for name, msg in failures[:MAX_LISTED_CASES])
-        more = len(failures) - MAX_LISTED_CASES
-        if more > 0:
-            listed += f"; and {more} more"
-        # Charged only if some case failed for the algorithm's own reasons.
-        submissions.fail(
-            session,
-            submission,
-            "cases_failed",
-            f"The algorithm failed on {len(failures)} of {total} cases. {listed}",
-            platform_caused=all(
-                j.failure_code in PLATFORM_FAILURES
-                for j in infer_jobs
-                if j.status == JobStatus.failed.value
-            ),
-            operator_detail=_case_details(session, infer_jobs),
-        )
-        return
-    submissions.transition(session, submission, SubmissionStatus.evaluating)
-    jobs.create(session, submission, JobKind.evaluate)
-
-
-def _case_details(session: Session, infer_jobs: list[Job]) -> str:
-    """Organizers' view of failed cases: the private case name and the full reason."""
-    lines = []
-    for j in infer_jobs:
-        if j.status == JobStatus.succeeded.value:
-            continue
-        if j.case_id is not None:
-            case = session.get(Case, j.case_id)
-            lines.append(f"{case.name if case else j.case_id}: {j.operator_detail or j.status}")
-        else:
-            lines.append(f"batch job {j.id}: {j.operator_detail or j.status}")
-            for name, entry in sorted(j.result.get("cases", {}).items()):
-                if entry.get("failure"):
-                    lines.append(f"  {name}: {entry['failure'].get('detail', '')}")
-    return "\n".join(lines[: 10 * MAX_LISTED_CASES])
-
-
-def case_failures(session: Session, infer_jobs: list[Job]) -> list[tuple[str, str]]:
-    """(public case name, classified message) for every case that failed."""
-    out: list[tuple[str, str]] = []
-    for j in infer_jobs:
-        if j.case_id is not None:
-            if j.status != JobStatus.succeeded.value:
-                case = session.get(Case, j.case_id)
-                name = case.public_name if case else str(j.case_id)
-                out.append((name, j.failure_message or j.status))
-        else:
-            if j.status != JobStatus.succeeded.value and not j.result.get("cases"):
-                out.append(("(all)", j.failure_message or j.status))
-            for name, entry in sorted(j.result.get("cases", {}).items()):
-                if entry.get("failure"):
-                    out.append((name, entry["failure"]["message"]))
-    return out
+        advance.retry_or_fail(session, settings, job, reason)
 
 
 # --- the steps -------------------------------------------------------------------------
-
-
-# How long a step waits for an unreachable engine (restarting, say) before it gives up on
-# this attempt: without the wait, the cases claimed while dockerd restarts would spend all
-# their attempts in a second and fail the submission.
-ENGINE_WAIT_S = 60.0
-
-
-def _docker() -> Any:
-    import docker
-
-    deadline = time.monotonic() + ENGINE_WAIT_S
-    while True:
-        try:
-            return docker.from_env(timeout=300)
-        except docker.errors.DockerException as exc:
-            if time.monotonic() >= deadline:
-                raise InfrastructureError(f"Docker engine unavailable: {exc}") from exc
-            log.warning("Docker engine unavailable (%s); waiting for it", exc)
-            time.sleep(1)
-
-
-def _executor(settings: Settings) -> Any:
-    from worker.executor.docker import DockerExecutor
-
-    work = (settings.data_dir / "work").resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    return DockerExecutor(_docker(), work, allow_unsized_fallback=settings.allow_unsized_output)
-
-
-def _job_dir(settings: Settings, ctx: JobContext) -> Path:
-    path = (settings.data_dir / "jobs" / f"{ctx.job_id}-a{ctx.attempt}").resolve()
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
 
 
 def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
@@ -680,7 +290,7 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
     )
     try:
         loaded = load_image(
-            _docker(),
+            steps.docker_client(),
             store.path(ctx.archive_digest),
             tag=submission_tag(settings, ctx.submission_id, "image"),
             limits=limits,
@@ -698,35 +308,6 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             "cmd": loaded.cmd,
         }
     )
-
-
-@contextmanager
-def gpus_for(settings: Settings, count: int) -> Iterator[list[str]]:
-    """Pinned GPU ids for this job; a node short of GPUs is the platform's problem."""
-    from worker import gpus
-
-    try:
-        with gpus.claim(settings.gpu_device_ids, count) as devices:
-            yield devices
-    except RuntimeError as exc:
-        raise InfrastructureError(str(exc)) from exc
-
-
-@contextmanager
-def classified_execution() -> Iterator[None]:
-    """A container that could not run at all: the platform's fault (retry) or the image's."""
-    from worker.executor import ExecutionError
-
-    try:
-        yield
-    except ExecutionError as exc:
-        if exc.failure.platform_caused:
-            raise InfrastructureError(exc.failure.message) from exc
-        raise StepFailed(exc.failure.reason, exc.failure.message) from exc
-
-
-def _logs(result: Any) -> str:
-    return f"--- stdout ---\n{result.stdout_tail}\n--- stderr ---\n{result.stderr_tail}\n"
 
 
 def _case_files(
@@ -767,6 +348,7 @@ def _store_outputs(
 
 
 def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    # long: per-case and batch runs share one setup, GPU claim and output check
     from worker.executor.base import runtime_for
     from worker.messages import operator_detail, private_failure
     from worker.output_rules import scored_outputs
@@ -775,9 +357,9 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
     assert ctx.image_id is not None
     # Canary cases are public and keep detailed messages; test cases are private.
     private = ctx.kind is JobKind.infer
-    executor = _executor(settings)
+    executor = steps.executor(settings)
     executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
-    work = _job_dir(settings, ctx)
+    work = steps.job_dir(settings, ctx)
     common: dict[str, Any] = dict(
         image=ctx.image_id,
         job_id=container_key(settings, ctx.job_id),
@@ -812,7 +394,7 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
             "duration_s": done.run.duration_s,
             "mode": "batch" if ctx.phase.batch_mode else "case",
         }
-        log = _logs(done.run)
+        log = steps.run_logs(done.run)
         if not ctx.phase.batch_mode:
             (only,) = done.cases.values()
             if only.failure is not None:
@@ -901,9 +483,10 @@ def _predictions(
 
 
 def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    # long: gathers predictions and ground truth, runs the image, reads its report
     from worker.executor import RunSpec
 
-    work = _job_dir(settings, ctx)
+    work = steps.job_dir(settings, ctx)
     try:
         (work / "input").mkdir()
         gt = work / "ground-truth"
@@ -935,7 +518,7 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             ),
             read_only_mounts={gt: "/opt/ml/input/data/ground_truth"},
         )
-        executor = _executor(settings)
+        executor = steps.executor(settings)
         with classified_execution():
             result = executor.run(spec, work / "output")
         metrics_path = work / "output" / "metrics.json"
@@ -994,7 +577,7 @@ def ensure_evaluation_image(settings: Settings) -> tuple[str, str]:
 
     from evaluation.build_image import DIGEST_LABEL, build_evaluation_image, default_tag
 
-    client = _docker()
+    client = steps.docker_client()
     if settings.evaluation_image:
         try:
             image = client.images.get(settings.evaluation_image)

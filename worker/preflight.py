@@ -22,7 +22,7 @@ class PreflightError(Exception):
 
 
 def work_root(settings: Settings) -> Path:
-    """Where the executor makes its per-run sized directories (pipeline._executor's)."""
+    """Where the executor makes its per-run sized directories (steps.executor's)."""
     return (settings.data_dir / "work").resolve()
 
 

@@ -20,6 +20,9 @@ from server.db import session_scope, utcnow
 from server.errors import NotFound
 from server.jobs.models import Job
 from server.jobs.states import JobStatus
+from server.submissions.advance import lock_for_record, retry_or_fail
+from worker import steps
+from worker.executor.base import LABEL_JOB, LABEL_MANAGED
 from worker.images import release_in_background
 
 log = logging.getLogger(__name__)
@@ -33,8 +36,6 @@ def stale_after(settings: Settings) -> timedelta:
 
 def reap(settings: Settings) -> list[int]:
     """One pass; returns the ids of the jobs it handed back or failed."""
-    from worker.pipeline import lock_for_record, retry_or_fail
-
     now = utcnow()
     with session_scope(settings) as session:
         ids = list(
@@ -125,10 +126,7 @@ def stop_cancelled(settings: Settings) -> list[int]:
     submission) are removed, so cancelling frees the node at once."""
     import docker
 
-    from worker.executor.base import LABEL_JOB, LABEL_MANAGED
-    from worker.pipeline import instance_prefix
-
-    prefix = instance_prefix(settings)
+    prefix = steps.instance_prefix(settings)
     keys: dict[int, str] = {}
     for c in docker.from_env().containers.list(filters={"label": f"{LABEL_MANAGED}=1"}):
         key = c.labels.get(LABEL_JOB, "")
@@ -149,11 +147,9 @@ def stop_cancelled(settings: Settings) -> list[int]:
 
 
 def _remove_containers(settings: Settings, job_id: int) -> None:
-    from worker.executor.base import LABEL_JOB
-    from worker.pipeline import _executor, container_key
 
     try:
-        _executor(settings).cleanup_stale({LABEL_JOB: container_key(settings, job_id)})
+        steps.executor(settings).cleanup_stale({LABEL_JOB: steps.container_key(settings, job_id)})
     except Exception:  # the retried attempt removes its leftovers by name as well
         log.exception("could not remove containers of job %s", job_id)
 

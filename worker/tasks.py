@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 MAX_DB_RETRY_S = 30
 
 
-@app.task(name="heldout.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+# Celery's decorators carry no annotations.
+@app.task(name="heldout.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
 def run_job(self: Any, job_id: int) -> None:
     try:
         _run_job(settings, job_id)

@@ -12,20 +12,18 @@ from pathlib import Path
 from server.challenges.schemas import Limits
 from server.config import Settings
 from server.storage import ArtifactStore, extract_tar
+from worker import steps
 from worker.executor import RunResult
 from worker.executor.base import LABEL_JOB, runtime_for
 from worker.images import submission_tag
-from worker.pipeline import (
+from worker.steps import (
     JobContext,
     Outcome,
     StepFailed,
-    _docker,
-    _executor,
-    _job_dir,
-    _logs,
     classified_execution,
     container_key,
     gpus_for,
+    smoke_train_limits,
 )
 
 
@@ -54,7 +52,7 @@ def step_clone(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
     from worker.builder import CloneError, clone
 
     assert ctx.repository_url and ctx.commit_sha
-    work = _job_dir(settings, ctx)
+    work = steps.job_dir(settings, ctx)
     try:
         try:
             res = clone(
@@ -99,7 +97,7 @@ def _vet(settings: Settings, ctx: JobContext, dockerfile: Path, shown: str) -> N
     from worker.images import BaseImageError, vet_dockerfile
 
     try:
-        vet_dockerfile(_docker(), settings, ctx.phase, dockerfile, shown)
+        vet_dockerfile(steps.docker_client(), settings, ctx.phase, dockerfile, shown)
     except BaseImageError as exc:
         raise StepFailed(exc.code, exc.message) from exc
 
@@ -113,7 +111,7 @@ def _build(
     _vet(settings, ctx, context / "Dockerfile", f"{dir_}/Dockerfile")
     try:
         res = build_image(
-            _docker(),
+            steps.docker_client(),
             context,
             context,
             tag,
@@ -135,7 +133,7 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
     from worker.builder import ArtifactError, BuildError
     from worker.inference_image import build_inference_base
 
-    work = _job_dir(settings, ctx)
+    work = steps.job_dir(settings, ctx)
     try:
         repo = _untar(store, ctx.earlier["validate"]["source_digest"], work / "repo")
         image_id, log = _build(
@@ -147,7 +145,7 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         )
         try:
             base = build_inference_base(
-                _docker(),
+                steps.docker_client(),
                 repo,
                 ctx.phase.inference_dir,
                 work,
@@ -193,7 +191,7 @@ def _run(
     the training sandbox; a failed run raises StepFailed with its log."""
     from worker.runner import run_training
 
-    executor = _executor(settings)
+    executor = steps.executor(settings)
     executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
     slug = ctx.phase.inputs[0].slug
     assert ctx.labels_digest is not None
@@ -210,7 +208,7 @@ def _run(
             gpu_device_ids=gpus,
             runtime=runtime_for(settings.container_runtime, ctx.phase.runtime, limits.gpus),
         )
-    log = _logs(result)
+    log = steps.run_logs(result)
     if result.failure is not None:
         raise StepFailed(
             result.failure.reason,
@@ -223,9 +221,8 @@ def _run(
 def step_smoke_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
     """The training image on the phase's public canary cases, before private training: it
     must exit 0 and write something to /output. Nothing it writes is kept."""
-    from worker.pipeline import smoke_train_limits
 
-    work = _job_dir(settings, ctx)
+    work = steps.job_dir(settings, ctx)
     try:
         result, log = _run(settings, store, ctx, smoke_train_limits(settings, ctx.phase), work)
         files = [p for p in (work / "output").rglob("*") if p.is_file()]
@@ -245,7 +242,7 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
     from worker.inference_image import AFTER_TRAINING, add_artifacts
 
     limits = ctx.phase.training_limits or ctx.phase.limits
-    work = _job_dir(settings, ctx)
+    work = steps.job_dir(settings, ctx)
     try:
         result, log = _run(settings, store, ctx, limits, work)
         artifacts = _tar_tree(store, work / "output")
@@ -254,7 +251,7 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         built = ctx.earlier["build"]
         try:
             image_id, build_log = add_artifacts(
-                _docker(),
+                steps.docker_client(),
                 built["inference_base_image_id"],
                 built["artifact_places"],
                 work / "output",

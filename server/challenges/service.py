@@ -4,7 +4,6 @@ bundle twice changes nothing, not even a timestamp."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -14,13 +13,18 @@ from server.accounts import service as accounts
 from server.accounts.models import User
 from server.challenges import repository
 from server.challenges.models import Challenge, ChallengeOrganizer, Phase, PhaseInvitation
+from server.challenges.phases import get_challenge as get_challenge
+from server.challenges.phases import get_phase as get_phase
+from server.challenges.phases import is_open as is_open
 from server.challenges.schemas import ChallengeSpec
 from server.datasets import repository as datasets_repo
 from server.datasets import service as datasets
 from server.datasets.models import Dataset
 from server.datasets.service import CaseChanges
 from server.db import utcnow
-from server.errors import InvalidInput, NotFound, NotPermitted
+from server.errors import InvalidInput, NotPermitted
+from server.leaderboards import reinference
+from server.leaderboards import service as leaderboards
 from server.storage import ArtifactStore
 
 # A dataset's content comes from a local directory (embedded use) or an uploaded archive.
@@ -51,21 +55,6 @@ class ApplyReport:
     @property
     def changed(self) -> bool:
         return bool(self.created or self.updated)
-
-
-def get_challenge(session: Session, slug: str) -> Challenge:
-    challenge = repository.get_challenge(session, slug)
-    if challenge is None:
-        raise NotFound(f"no challenge {slug!r}", field="challenge")
-    return challenge
-
-
-def get_phase(session: Session, challenge_slug: str, phase_slug: str) -> tuple[Challenge, Phase]:
-    challenge = get_challenge(session, challenge_slug)
-    phase = repository.get_phase(session, challenge.id, phase_slug)
-    if phase is None:
-        raise NotFound(f"challenge {challenge_slug!r} has no phase {phase_slug!r}", field="phase")
-    return challenge, phase
 
 
 def plan_spec(
@@ -124,6 +113,7 @@ def apply_spec(
     *,
     plan: bool = False,
 ) -> ApplyReport:
+    # long: one transaction: every phase created or diffed, then re-run what changed
     """Create or update; the caller's transaction holds every change, so a refusal (a bad
     metric config, a missing dataset) leaves nothing changed. `plan`: only via `plan_spec`."""
     sources = sources or {}
@@ -265,13 +255,9 @@ def apply_spec(
         report.record(name, "updated")
     session.flush()
     if reinfer:
-        from server.leaderboards import reinference
-
         for phase, cases in reinfer.items():
             report.reinferred += reinference.reinfer(session, phase, cases, dry_run=plan)
     if rescore:
-        from server.leaderboards import service as leaderboards
-
         for phase in dict.fromkeys(rescore):
             report.rescored += [
                 sid
@@ -280,15 +266,6 @@ def apply_spec(
             ]
     report.plan = plan
     return report
-
-
-def is_open(phase: Phase, now: datetime) -> tuple[bool, str]:
-    spec = phase.spec
-    if spec.opens_at and now < spec.opens_at:
-        return False, f"phase opens at {spec.opens_at.isoformat()}"
-    if spec.closes_at and now >= spec.closes_at:
-        return False, f"phase closed at {spec.closes_at.isoformat()}"
-    return True, ""
 
 
 def invite_team(session: Session, user: User, phase: Phase, team_id: int) -> None:

@@ -92,6 +92,7 @@ def validate_repository_url(
     policy: AddressPolicy = STRICT,
     resolve: Resolver = system_resolver,
 ) -> str:
+    # long: every rule an address must pass, in the order errors are reported
     """Return the canonical form of a participant's repository URL or raise `CodebaseError`.
 
     Accepted: `https://host/path`, `git://host/path`, and (only inside `allowed_local_roots`)

@@ -45,6 +45,7 @@ def ingest_directory(
     title: str = "",
     public: bool = False,
 ) -> tuple[Dataset, str, CaseChanges]:
+    # long: manifest, files, digests and case rows, each check with its error
     """Create or update a dataset from a directory. Returns it, 'created', 'updated' or
     'unchanged' (same digest: nothing is written), and what happened to its cases. A case
     the new version lacks is retired, never deleted: jobs that ran on it refer to it."""
@@ -139,10 +140,6 @@ def ingest_archive(
             title=title,
             public=public,
         )
-
-
-def labels_text(store: ArtifactStore, dataset: Dataset) -> str:
-    return store.read_bytes(dataset.labels_digest).decode("utf-8-sig")
 
 
 def check_interfaces(dataset: Dataset, cases: list[Case], slugs: set[str]) -> None:

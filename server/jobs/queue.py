@@ -21,6 +21,7 @@ WORKER_SEEN = timedelta(minutes=2)
 
 
 def position(session: Session, submission_id: int) -> dict[str, Any] | None:
+    # long: each queue figure read in one place so the figures agree
     pending = JobStatus.pending.value
     first = session.execute(
         select(Job.id, Job.queue)

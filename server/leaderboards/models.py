@@ -10,8 +10,9 @@ from server.db import Base, UTCDateTime, utcnow
 
 
 class Result(Base):
-    """A submission's scores, keyed by what produced them: a change of evaluator, metric
-    config or ground truth makes a new key, so a stale score is never shown as current."""
+    """A submission's scores under one key: evaluator version, metric config version and
+    ground-truth digest. Recording under an existing key keeps the first row; a row whose key
+    is not the phase's present one is stale, neither shown nor ranked."""
 
     __tablename__ = "results"
     __table_args__ = (

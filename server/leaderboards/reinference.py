@@ -48,6 +48,7 @@ def _create(session: Session, sub: Submission, phase: Phase, todo: list[int]) ->
 def reinfer(
     session: Session, phase: Phase, cases: set[int] | None, *, dry_run: bool = False
 ) -> list[int]:
+    # long: one pass: which submissions re-run, what to cancel, what to schedule
     """Schedule inference on `cases` of the phase's test set (None: all of them), plus any
     current case a submission has no output for, for each finished submission that ran in
     full and each one still inferring or evaluating. Returns the submissions re-run.

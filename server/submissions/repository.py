@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from server.submissions.models import Penalty, Submission, SubmissionTransition
 from server.submissions.states import ACTIVE, FINAL
 
 
-def charged(phase_id: int, team_id: int):  # type: ignore[no-untyped-def]
+def charged(phase_id: int, team_id: int) -> Select[Submission]:
     return select(Submission).where(
         Submission.phase_id == phase_id,
         Submission.team_id == team_id,
@@ -26,7 +26,8 @@ def charged_since(
 
 def last_charged(session: Session, phase_id: int, team_id: int) -> Submission | None:
     stmt = charged(phase_id, team_id).order_by(Submission.created_at.desc()).limit(1)
-    return session.scalar(stmt)
+    last: Submission | None = session.scalar(stmt)
+    return last
 
 
 def count_standing(session: Session, phase_id: int, team_id: int) -> int:

@@ -35,6 +35,7 @@ def describe(phase: Phase) -> list[str]:
 
 
 def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
+    # long: every phase rule a submission must pass, each with its message
     rules = phase.spec.rules
 
     if rules.invite_only and not challenges_repo.is_invited(session, phase.id, team.id):

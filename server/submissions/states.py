@@ -11,7 +11,6 @@ class SubmissionStatus(StrEnum):
     queued = "queued"
     building = "building"
     training = "training"
-    awaiting_log_review = "awaiting_log_review"
     inferring = "inferring"
     evaluating = "evaluating"
     succeeded = "succeeded"
@@ -28,8 +27,7 @@ TRANSITIONS: dict[SubmissionStatus, frozenset[SubmissionStatus]] = {
     # T2 goes straight to inference; T3 builds first.
     S.queued: frozenset({S.building, S.inferring, *_STOP}),
     S.building: frozenset({S.training, *_STOP}),
-    S.training: frozenset({S.awaiting_log_review, S.inferring, *_STOP}),
-    S.awaiting_log_review: frozenset({S.inferring, *_STOP}),
+    S.training: frozenset({S.inferring, *_STOP}),
     S.inferring: frozenset({S.evaluating, *_STOP}),
     # Re-evaluation (new metric config or ground truth) runs from a finished submission;
     # so does re-inference (new or changed test cases, another test set).
@@ -47,7 +45,6 @@ ACTIVE = frozenset(
         S.queued,
         S.building,
         S.training,
-        S.awaiting_log_review,
         S.inferring,
         S.evaluating,
     }

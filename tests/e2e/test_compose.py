@@ -29,7 +29,7 @@ from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle
 from tests.support.workers import ROOT, free_port, wait_final, wait_healthy
 from worker.executor.base import LABEL_JOB, LABEL_MANAGED
-from worker.pipeline import instance_prefix
+from worker.steps import instance_prefix
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -37,7 +37,7 @@ from tests.support.services import (
     redis_server,
 )
 from tests.support.workers import wait_final, wait_for
-from worker.pipeline import container_key
+from worker.steps import container_key
 
 N_CASES = 7
 # Each case takes a few seconds, so a fault lands while cases are still pending.

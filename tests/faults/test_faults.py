@@ -85,7 +85,7 @@ def test_cancel_while_redis_is_down(live_sqlite: Live) -> None:
     from server.db import session_scope
     from server.jobs import repository as jobs_repo
     from tests.support.factories import auth
-    from worker.pipeline import container_key
+    from worker.steps import container_key
 
     live = live_sqlite
     # Cases that run for a minute: only the reaper can end their containers in time.

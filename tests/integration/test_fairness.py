@@ -36,7 +36,7 @@ from tests.support.workers import (
     wait_final,
     wait_for,
 )
-from worker.pipeline import container_key
+from worker.steps import container_key
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
 from tests.support.workers import celery_worker, start_worker, stop_worker, wait_final, wait_for
-from worker.pipeline import container_key
+from worker.steps import container_key
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 

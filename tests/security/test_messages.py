@@ -207,7 +207,7 @@ def test_reaped_job_message_hides_the_worker_host(live: Any, tmp_path: Path) -> 
     from server.db import session_scope
     from server.jobs.models import Job
     from server.jobs.states import JobStatus
-    from worker.pipeline import retry_or_fail
+    from server.submissions.advance import retry_or_fail
 
     settings, api, _ = live
     admin = user_token(settings, "admin", admin=True)

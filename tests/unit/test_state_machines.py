@@ -26,7 +26,7 @@ def test_no_way_back_from_cancelled_and_only_rerunning_from_finished() -> None:
     assert not can_transition(SubmissionStatus.succeeded, SubmissionStatus.queued)
     assert not can_transition(SubmissionStatus.received, SubmissionStatus.succeeded)
     assert can_transition(SubmissionStatus.queued, SubmissionStatus.inferring)
-    assert can_transition(SubmissionStatus.training, SubmissionStatus.awaiting_log_review)
+    assert can_transition(SubmissionStatus.training, SubmissionStatus.inferring)
 
 
 def test_job_states() -> None:

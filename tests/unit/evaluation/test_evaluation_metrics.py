@@ -61,8 +61,9 @@ def test_subset_auc_is_the_auc_of_the_selected_cases() -> None:
     sel = covid == 1
     expected = roc_auc_score(y[sel], s[sel])
     # Ground truth arrives as CSV strings; "1" must select the same cases as 1.
-    assert M.roc_auc_subset(y, s, covid.astype(str), 1) == pytest.approx(expected)
-    assert M.roc_auc_subset(y, s, covid, "1.0") == pytest.approx(expected)
+    as_text, as_float = M.subset_mask(covid.astype(str), 1), M.subset_mask(covid, "1.0")
+    assert M.roc_auc(y[as_text], s[as_text]) == pytest.approx(expected)
+    assert M.roc_auc(y[as_float], s[as_float]) == pytest.approx(expected)
 
 
 def test_macro_auroc_multiclass_matches_sklearn() -> None:

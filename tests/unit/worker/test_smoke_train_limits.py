@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from server.challenges.schemas import PhaseSpec
 from server.config import Settings
 from tests.unit.worker.test_preflight import _phase
-from worker.pipeline import smoke_train_limits
+from worker.steps import smoke_train_limits
 
 
 def _spec(**kw: Any) -> PhaseSpec:

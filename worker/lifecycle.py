@@ -1,0 +1,36 @@
+"""The worker process's lifecycle: refuse to start without the sandbox's guarantees, then
+run the reaper thread while the worker is up. Kept apart from `worker.celery_app`, which the
+reaper imports to read the broker."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_init, worker_ready, worker_shutdown
+
+from worker.celery_app import settings
+from worker.preflight import PreflightError, check_worker
+from worker.reaper import start_reaper_thread, stop_reaper_thread
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _preflight(**_: Any) -> None:
+    """Refuse to start (SystemExit passes Celery's signal dispatch) rather than run
+    containers without the sandbox's guarantees; the message is for the operator."""
+    try:
+        check_worker(settings)
+    except PreflightError as e:
+        message = f"heldout worker refuses to start: {e}"
+        logging.getLogger("worker.preflight").critical(message)
+        raise SystemExit(message) from e
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_reaper(**_: Any) -> None:
+    start_reaper_thread(settings)
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_reaper(**_: Any) -> None:
+    stop_reaper_thread()
