@@ -33,9 +33,10 @@ def _claim(settings: Settings, submission_id: int, kind: str) -> list[pipeline.J
 
 
 def run_algorithm(
-    settings: Settings, submission_id: int, outputs: dict[str, dict[str, Any]]
+    settings: Settings, submission_id: int, outputs: dict[str, dict[str, Any]], log: str = ""
 ) -> None:
-    """Validate, then 'run' the algorithm: `outputs` maps case name -> slug -> JSON value."""
+    """Validate, then 'run' the algorithm: `outputs` maps case name -> slug -> JSON value;
+    `log` is what each inference run printed (held for review where the phase says so)."""
     for ctx in _claim(settings, submission_id, "validate"):
         pipeline._record(settings, ctx, outcome=pipeline.Outcome({"image_id": "sha256:fake"}))
     for ctx in _claim(settings, submission_id, "infer"):
@@ -46,7 +47,7 @@ def run_algorithm(
             assert case is not None
             name = case.name
         result = {"outputs": {s: {"value": v} for s, v in outputs[name].items()}}
-        pipeline._record(settings, ctx, outcome=pipeline.Outcome(result))
+        pipeline._record(settings, ctx, outcome=pipeline.Outcome(result, log=log))
 
 
 def run_evaluation(settings: Settings, submission_id: int, work: Path) -> None:
@@ -73,7 +74,11 @@ def run_evaluation(settings: Settings, submission_id: int, work: Path) -> None:
 
 
 def score(
-    settings: Settings, submission_id: int, outputs: dict[str, dict[str, Any]], work: Path
+    settings: Settings,
+    submission_id: int,
+    outputs: dict[str, dict[str, Any]],
+    work: Path,
+    log: str = "",
 ) -> None:
-    run_algorithm(settings, submission_id, outputs)
+    run_algorithm(settings, submission_id, outputs, log)
     run_evaluation(settings, submission_id, work)
