@@ -200,12 +200,33 @@ async function challengePage(ctx, slug) {
       h("td", { text: p.slug }), h("td", { text: p.kind === "algorithm" ? "T2 image" : "T3 codebase" }),
       h("td", { text: (w.open ? "open: " : "") + w.text }));
   });
+  let join = "";
+  if (!c.you_organize && c.phases.some((p) => p.rules.invite_only)) {
+    const mine = await call(`/challenges/${slug}/join-requests/mine`);
+    if (!ctx.current()) return;
+    const last = mine[mine.length - 1];
+    const msg = h("input", { id: "join-message", maxlength: "500" });
+    const out = h("p", { id: "join-status", role: "status", text: last ? `Your request to join is ${last.status} (sent ${when(last.created_at)}).` : "" });
+    join = h("section", { "aria-labelledby": "join-h" }, h("h2", { id: "join-h", text: "Take part" }),
+      h("p", { text: "Some phases are open to invited teams only. Ask the organizers to let your team in." }),
+      last && last.status !== "declined" ? out : h("form", { id: "join-form", onsubmit: async (e) => {
+        e.preventDefault();
+        try {
+          const r = await call(`/challenges/${slug}/join-requests`, { method: "POST", json: { message: msg.value } });
+          out.className = "";
+          out.textContent = `Your request to join is ${r.status} (sent ${when(r.created_at)}).`;
+          e.target.replaceWith(out);
+        } catch (x) { out.className = "error"; out.textContent = x.message; }
+      } }, h("label", { for: "join-message", text: "Message to the organizers (optional)" }), msg,
+      h("button", { type: "submit", text: "Request to join" }), out));
+  }
   page(c.title,
     h("p", { class: "slug", text: `slug: ${c.slug}` }),
     h("p", { text: c.description }),
     table("Phases", ["phase", "slug", "kind", "dates"], rows, { id: "phases" }),
     h("p", {}, h("a", { href: `#/c/${slug}/team`, text: "Your team" }),
-      c.you_organize ? [" · ", h("a", { href: `#/c/${slug}/organize`, id: "organize-link", text: "Organize this challenge" })] : ""));
+      c.you_organize ? [" · ", h("a", { href: `#/c/${slug}/organize`, id: "organize-link", text: "Organize this challenge" })] : ""),
+    join);
 }
 
 async function phasePage(ctx, slug, phaseSlug) {
@@ -451,8 +472,9 @@ async function organizerPage(ctx, slug) {
   if (!ctx.current()) return;
   crumbs([["Challenges", "#/"], [c.title, `#/c/${slug}`], ["Organize", `#/c/${slug}/organize`]]);
   if (!c.you_organize) { page("Organize", note("only this challenge's organizers can open this page", "error")); return; }
-  const [reviews, events, datasets, ...perPhase] = await Promise.all([
+  const [reviews, events, datasets, joins, ...perPhase] = await Promise.all([
     call(`/challenges/${slug}/log-reviews`), call(`/challenges/${slug}/events`), call(`/challenges/${slug}/datasets`),
+    call(`/challenges/${slug}/join-requests`),
     ...c.phases.map((p) => call(`/challenges/${slug}/phases/${p.slug}/submissions`))]);
   if (!ctx.current()) return;
   const reload = () => { if (ctx.current()) route(); };
@@ -515,6 +537,11 @@ async function organizerPage(ctx, slug) {
     h("section", { "aria-labelledby": "o-subs" }, h("h2", { id: "o-subs", text: "All submissions" }),
       h("div", { class: "filters" }, h("label", { for: "filter-state", text: "State" }), fState, h("label", { for: "filter-reason", text: "Reason" }), fReason), subsBox),
     h("section", { "aria-labelledby": "o-rev" }, h("h2", { id: "o-rev", text: "Log review queue" }), reviewBox, logView),
+    h("section", { "aria-labelledby": "o-join" }, h("h2", { id: "o-join", text: "Join requests" }),
+      joins.length ? h("ul", { id: "join-requests" }, joins.map((j) => h("li", { "data-request": String(j.id) },
+        `${j.user} asked ${when(j.created_at)}${j.message ? `: “${j.message}”` : ""} `,
+        actionButton("Approve", () => call(`/challenges/${slug}/join-requests/${j.id}/approve`, { method: "POST" }).then((r) => r.status), reload, { "aria-label": `Approve join request of ${j.user}` }),
+        actionButton("Decline", () => call(`/challenges/${slug}/join-requests/${j.id}/decline`, { method: "POST" }).then((r) => r.status), reload, { "aria-label": `Decline join request of ${j.user}` })))) : note("no pending join requests")),
     h("section", { "aria-labelledby": "o-ph" }, h("h2", { id: "o-ph", text: "Phases" }), phaseTools),
     h("section", { "aria-labelledby": "o-ev" }, h("h2", { id: "o-ev", text: "Organizer events" }),
       events.length ? h("ul", { id: "events" }, events.map((e) => h("li", { class: "event" }, h("time", { datetime: e.created_at, text: when(e.created_at) }), ` ${e.kind}${e.phase ? ` (${e.phase})` : ""}: ${e.message}`))) : note("no events")),

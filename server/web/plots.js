@@ -52,7 +52,7 @@ export async function plotRoc(figure, stats, top) {
     lower: stats.roc[k].tpr_lower[i], upper: stats.roc[k].tpr_upper[i], order: i,
   })));
   caption(figure, `ROC curves (${stats.metric}) of the top ${keys.length} entries; shaded bands are 95% bootstrap intervals; line dash tells entries apart.`);
-  const colour = { field: "team", type: "nominal", scale: palette, sort: null };
+  const colour = { field: "team", type: "nominal", scale: palette, sort: null, legend: { symbolOpacity: 1 } };
   return embed(figure, {
     description: `ROC curves of the top ${keys.length} entries with confidence bands`,
     height: 300,

@@ -99,7 +99,9 @@ def _challenge(settings: Settings, tmp_path: Path) -> str:
         opens_at=(past - timedelta(days=9)).isoformat(),
         closes_at=past.isoformat(),
     )
-    bundle["phases"].append(closed)
+    final = dict(bundle["phases"][0])
+    final.update(slug="final", title="Final", rules={"invite_only": True})
+    bundle["phases"] += [closed, final]
     with TestClient(create_app(settings)) as api:
         ds = write_dataset(tmp_path / "t", stoic_cases(N_CASES))
         r = apply_bundle(api, admin, bundle, {"test": ds})
@@ -205,6 +207,13 @@ def test_participant_and_organizer_journeys(
         expect(page).to_have_url(site + "/#/c/stoic")
         expect(page.locator("#phases")).to_contain_text("closed")
         check(page, "03-challenge")
+        # The final phase is for invited teams: ask to take part.
+        page.fill("#join-message", "we would like to enter the final")
+        page.click("#join-form button")
+        expect(page.locator("#join-status")).to_contain_text("Your request to join is pending")
+        page.reload()
+        expect(page.locator("#join-status")).to_contain_text("pending")
+        expect(page.locator("#join-form")).to_have_count(0)
         _tab_to(page, "Qualification")
         page.keyboard.press("Enter")
         expect(page).to_have_url(site + "/#/c/stoic/p/qualification")
@@ -281,6 +290,8 @@ def test_participant_and_organizer_journeys(
         expect(page.locator("#leaderboard")).to_contain_text("no scored submissions yet")
         expect(page.locator("#message")).to_have_text("")
         check(page, "08-closed-phase")
+        page.goto(f"{site}/#/c/stoic/p/final")
+        expect(page.locator("#no-submit")).to_contain_text("invited teams only")
         page.goto(f"{site}/#/c/stoic/team")
         expect(page.locator("#members")).to_contain_text("alice")
         check(page, "09-team")
@@ -310,6 +321,11 @@ def test_participant_and_organizer_journeys(
         review.locator("button", has_text="Release all").click()  # 24 inference logs
         expect(page.locator(held)).to_have_count(0)
         expect(page.locator("#reviews")).to_contain_text("no logs wait for review")
+        requests = page.locator("#join-requests")
+        expect(requests).to_contain_text("alice")
+        expect(requests).to_contain_text("we would like to enter the final")
+        page.get_by_role("button", name="Approve join request of alice").click()
+        expect(page.locator("main")).to_contain_text("no pending join requests")
         page.click("#reevaluate-qualification")
         expect(page.locator("#reevaluate-qualification + .result")).to_contain_text("queued:")
 
@@ -323,6 +339,10 @@ def test_participant_and_organizer_journeys(
         page.locator("#jobs tr", has_text="infer").first.locator("button").click()
         expect(page.locator("#logs pre")).to_contain_text("[redacted]")
         expect(page.locator("#logs pre")).not_to_contain_text(SECRET)
+        # Approved: the team may now submit to the final.
+        page.goto(f"{site}/#/c/stoic/p/final")
+        expect(page.locator("#submit-form")).to_be_visible()
+        expect(page.locator("#no-submit")).to_have_count(0)
         # The organizer page is the organizers' only.
         page.goto(f"{site}/#/c/stoic/organize")
         expect(page.locator("main")).to_contain_text("only this challenge's organizers")
