@@ -275,6 +275,7 @@ async function phasePage(ctx, slug, phaseSlug) {
     h("section", { "aria-labelledby": "subs-h" }, h("h2", { id: "subs-h", text: c.you_organize ? "Submissions (all teams)" : "Your team's submissions" }), subsBox));
 
   let boardKey = "";
+  let lastSubs = "";
   const refresh = async () => {
     const [board, subs] = await Promise.all([call(`${base}/leaderboard`), call(`${base}/submissions`)]);
     if (!ctx.current()) return;
@@ -286,7 +287,9 @@ async function phasePage(ctx, slug, phaseSlug) {
       if (!ctx.current()) return;
       await renderPlots(document.getElementById("plots-body"), board, stats);
     }
-    subsBox.replaceChildren(renderSubmissions(subs, c.you_organize));
+    // Redraw only on change, so a keyboard user's focus in the table is kept.
+    const subsKey = JSON.stringify(subs);
+    if (subsKey !== lastSubs) { lastSubs = subsKey; subsBox.replaceChildren(renderSubmissions(subs, c.you_organize)); }
   };
   await refresh();
   every(3000, () => refresh().catch(() => {}));
@@ -354,10 +357,18 @@ function renderBoard(board) {
   });
   if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: String(5 + others.length), text: "no scored submissions yet" })));
   const ens = board.ensemble;
+  if (ens) {
+    rows.push(h("tr", { class: "ensemble", id: "ensemble-row" },
+      h("th", { scope: "row", class: "num", text: "–" }),
+      h("td", { text: `Ensemble (${ens.teams.join(", ")})` }),
+      h("td", { class: "num", text: fmt(ens.value) }),
+      h("td", { class: "num", text: ens.ci[0] === null ? "–" : `[${fmt(ens.ci[0])}, ${fmt(ens.ci[1])}]` }),
+      h("td", { text: ens.reason || "the top entries' predictions averaged case by case; not ranked" }),
+      others.map(() => h("td", { text: "" }))));
+  }
   return h("div", {},
     h("p", { class: "hint", id: "ranking-rule", text: `Ranked by ${board.primary_metric} (${board.higher_is_better ? "higher" : "lower"} is better); ${board.ranking}.` }),
-    table(`Leaderboard: ${board.primary_metric} with 95% CI`, ["rank", "team", board.primary_metric, "95% CI", "tie", ...others], rows, { id: "leaderboard" }),
-    ens ? h("p", { id: "ensemble", text: `Ensemble of ${ens.teams.join(", ")}: ${fmt(ens.value)} [${fmt(ens.ci[0])}, ${fmt(ens.ci[1])}]${ens.reason ? ` (${ens.reason})` : ""}` }) : "");
+    table(`Leaderboard: ${board.primary_metric} with 95% CI`, ["rank", "team", board.primary_metric, "95% CI", "tie", ...others], rows, { id: "leaderboard" }));
 }
 
 async function renderPlots(box, board, stats) {
@@ -430,7 +441,8 @@ async function submissionPage(ctx, id) {
   page(`Submission ${s.id}`, facts, actions,
     h("section", { "aria-labelledby": "tl-h" }, h("h2", { id: "tl-h", text: "Timeline" }), timeline),
     h("section", { "aria-labelledby": "steps-h" }, h("h2", { id: "steps-h", text: "Steps" }), steps,
-      table("Jobs, logs and artifacts", ["job", "state", "reason", "logs", "log"], jobRows, { id: "jobs" }), logs));
+      h("details", { id: "jobs-box", open: jobs.length <= 8 }, h("summary", { text: `Every job and its log (${jobs.length})` }),
+        table("Jobs and logs", ["job", "state", "reason", "logs", "log"], jobRows, { id: "jobs" })), logs));
   if (!TERMINAL.includes(s.status)) every(3000, () => { if (ctx.current() && !document.activeElement.closest("button, pre")) route(); });
 }
 

@@ -221,7 +221,7 @@ def test_participant_and_organizer_journeys(
         expect(page.locator("#dates")).to_contain_text("no closing date")
         expect(page.locator("#rules")).to_contain_text("at most 2 submission(s) per 24 h")
         expect(page.locator("#usage")).to_contain_text("0 of 2 used")
-        expect(page.locator("#leaderboard tbody tr")).to_have_count(1)  # bob's
+        expect(page.locator("#leaderboard tr[data-submission]")).to_have_count(1)  # bob's
 
         # -- Submit: upload in two chunks, follow the link to the submission page.
         page.set_input_files("#archive", str(archive))
@@ -245,6 +245,7 @@ def test_participant_and_organizer_journeys(
         page.reload()  # a deep link survives reload
         expect(page.locator("#sub-status")).to_have_text("succeeded")
         expect(page.locator("#steps")).to_contain_text("infer")
+        page.click("#jobs-box summary")
         page.locator("#jobs tr", has_text="infer").first.locator("button").click()
         expect(page.locator("#logs")).to_contain_text("held until an organizer reviews")
         check(page, "06-submission-succeeded")
@@ -252,7 +253,8 @@ def test_participant_and_organizer_journeys(
         # -- Leaderboard and plots: what the charts hold is what the API computed.
         page.goto(f"{site}/#/c/stoic/p/qualification")
         page.reload()
-        expect(page.locator("#leaderboard tbody tr")).to_have_count(2)
+        expect(page.locator("#leaderboard tr[data-submission]")).to_have_count(2)
+        expect(page.locator("#ensemble-row")).to_contain_text("Ensemble (")
         page.wait_for_function("() => window.heldoutViews && window.heldoutViews.pvalues")
         with TestClient(create_app(settings)) as api:
             stats = api.get(f"{BASE}/leaderboard/statistics", headers=auth(alice)).json()
@@ -336,6 +338,7 @@ def test_participant_and_organizer_journeys(
         expect(page.locator("#me")).to_have_text("signed in as alice")
         page.goto(f"{site}/#/s/{sid}")
         page.reload()
+        page.click("#jobs-box summary")
         page.locator("#jobs tr", has_text="infer").first.locator("button").click()
         expect(page.locator("#logs pre")).to_contain_text("[redacted]")
         expect(page.locator("#logs pre")).not_to_contain_text(SECRET)
