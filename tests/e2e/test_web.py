@@ -88,8 +88,11 @@ def _outputs(seed: int, skill: float) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _challenge(settings: Settings, tmp_path: Path) -> str:
+def _challenge(settings: Settings, tmp_path: Path) -> tuple[str, str]:
+    """The challenge (open, closed and invite-only phases), bob's scored submission and his
+    invitation of alice into his team; returns the organizer's and alice's tokens."""
     admin = user_token(settings, "admin", admin=True)
+    alice = user_token(settings, "alice")
     bundle = stoic_bundle(rules={"max_submissions": 2})
     closed = dict(bundle["phases"][0])
     past = datetime.now(UTC) - timedelta(days=1)
@@ -111,7 +114,12 @@ def _challenge(settings: Settings, tmp_path: Path) -> str:
         r = submit_blob(api, bob)
         assert r.status_code == 201, r.text
         score(settings, r.json()["id"], _outputs(1, 0.4), tmp_path / "bob")
-    return admin
+        team = api.get("/api/v1/challenges/stoic/teams/mine", headers=auth(bob)).json()
+        r = api.post(
+            f"/api/v1/teams/{team['id']}/invitations", json={"username": "alice"}, headers=auth(bob)
+        )
+        assert r.status_code == 201, r.text
+    return admin, alice
 
 
 class Checks:
@@ -163,8 +171,7 @@ def test_participant_and_organizer_journeys(
     from playwright.sync_api import expect, sync_playwright
 
     settings = web_settings
-    admin = _challenge(settings, tmp_path)
-    alice = user_token(settings, "alice")
+    admin, alice = _challenge(settings, tmp_path)
     archive = tmp_path / "algo.tar"
     archive.write_bytes(b"\0" * (9 * 1024 * 1024 + 123))  # two chunks
     check = Checks(Path(os.environ.get("HELDOUT_SCREENSHOTS") or tmp_path / "screens"))
@@ -280,6 +287,11 @@ def test_participant_and_organizer_journeys(
         assert page.locator("#plot-pvalues svg path").count() >= n * (n - 1)
         assert page.locator("#plot-forest svg path").count() >= n
         expect(page.locator("#ranking-rule")).to_contain_text("DeLong")
+        for e in board["entries"]:  # a tie names its group's leader and the p-value
+            if e["tied_with_leader"]:
+                row = page.locator(f"#leaderboard tr[data-submission='{e['submission_id']}']")
+                row.locator("summary").click()
+                expect(row).to_contain_text(f"DeLong p = {e['p_vs_rank_leader']:.3f}")
         check(page, "07-phase-plots")
 
         # -- A closed phase: no Submit, and its own (empty) board even after a fast switch.
@@ -296,6 +308,11 @@ def test_participant_and_organizer_journeys(
         expect(page.locator("#no-submit")).to_contain_text("invited teams only")
         page.goto(f"{site}/#/c/stoic/team")
         expect(page.locator("#members")).to_contain_text("alice")
+        # Bob's invitation: accepting is refused (alice's team has submitted), shown in place.
+        page.get_by_role("button", name="Accept invitation to bob").click()
+        expect(page.locator(".invitations .result.error")).to_contain_text("submitted")
+        page.get_by_role("button", name="Decline invitation to bob").click()
+        expect(page.locator("main")).to_contain_text("none pending")
         check(page, "09-team")
 
         # -- Organizer: every team's submissions, the held log, re-evaluation.
@@ -326,7 +343,10 @@ def test_participant_and_organizer_journeys(
         requests = page.locator("#join-requests")
         expect(requests).to_contain_text("alice")
         expect(requests).to_contain_text("we would like to enter the final")
-        page.get_by_role("button", name="Approve join request of alice").click()
+        page.locator("#o-join").scroll_into_view_if_needed()
+        page.locator("#filter-reason").focus()  # the keyboard from here: Tab to Approve
+        _tab_to(page, "Approve join request of alice")
+        page.keyboard.press("Enter")
         expect(page.locator("main")).to_contain_text("no pending join requests")
         page.click("#reevaluate-qualification")
         expect(page.locator("#reevaluate-qualification + .result")).to_contain_text("queued:")
