@@ -198,7 +198,7 @@ async function challengePage(ctx, slug) {
     const w = phaseWindow(p);
     return h("tr", {}, h("th", { scope: "row" }, h("a", { href: `#/c/${slug}/p/${p.slug}`, text: p.title })),
       h("td", { text: p.slug }), h("td", { text: p.kind === "algorithm" ? "T2 image" : "T3 codebase" }),
-      h("td", { text: (w.open ? "open: " : "") + w.text }));
+      h("td", { text: w.text + (p.rules.invite_only ? "; invited teams only" : "") }));
   });
   let join = "";
   if (!c.you_organize && c.phases.some((p) => p.rules.invite_only)) {

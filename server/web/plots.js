@@ -35,7 +35,7 @@ export async function plotForest(figure, board) {
     encoding: { y: { field: "team", type: "nominal", sort: null, title: "team" } },
     layer: [
       { mark: { type: "rule", strokeWidth: 2 }, encoding: {
-        x: { field: "lower", type: "quantitative", title: board.primary_metric, scale: { zero: false } }, x2: { field: "upper" } } },
+        x: { field: "lower", type: "quantitative", title: board.primary_metric, scale: { zero: false }, axis: { tickCount: 5, labelOverlap: true } }, x2: { field: "upper" } } },
       { mark: { type: "point", filled: true, size: 80, shape: "diamond" }, encoding: {
         x: { field: "value", type: "quantitative" },
         tooltip: [{ field: "team" }, { field: "rank" }, { field: "value", format: ".3f" }, { field: "lower", format: ".3f" }, { field: "upper", format: ".3f" }] } },

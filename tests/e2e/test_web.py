@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import uvicorn
 from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import Settings
-from tests.conftest import _sqlite_settings, need
+from tests.conftest import REDIS_URL, _sqlite_settings, need
+from tests.support import images
 from tests.support.factories import (
     apply_bundle,
     auth,
@@ -39,7 +41,7 @@ from tests.support.factories import (
     write_dataset,
 )
 from tests.support.scoring import score
-from tests.support.workers import ROOT, free_port
+from tests.support.workers import ROOT, celery_worker, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -380,3 +382,72 @@ def test_participant_and_organizer_journeys(
         assert errors == [], errors
         browser.close()
     assert len(check.pages) == 10
+
+
+@pytest.fixture
+def live_site(pg_settings: Settings) -> Iterator[tuple[str, Settings]]:
+    need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
+    need(images.client_or_none() is not None, "a Docker engine")
+    settings = pg_settings.model_copy(update={"heartbeat_s": 1})
+    redis.Redis.from_url(settings.broker_url).flushdb()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", settings
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.docker
+@pytest.mark.redis
+def test_browser_follows_a_real_worker(live_site: tuple[str, Settings], tmp_path: Path) -> None:
+    """The same page on a live server and a real Celery worker with the Docker engine: an
+    image uploaded in the browser is validated, run and scored, and the page shows it."""
+    need(shutil.which("chromium") is not None, "Debian's chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    site, settings = live_site
+    client = images.client_or_none()
+    assert client is not None
+    admin = user_token(settings, "admin", admin=True)
+    alice = user_token(settings, "alice")
+    cases = images.write_ct_dataset(
+        tmp_path / "test",
+        ((f"P{i:03d}", 30 + 9 * i, int(i % 2 == 0), int(i % 4 == 0)) for i in range(4)),
+    )
+    with TestClient(create_app(settings)) as api:
+        r = apply_bundle(api, admin, stoic_bundle(limits={"wall_time_s": 60}), {"test": cases})
+        assert r.status_code == 200, r.text
+    tag = images.build_image(client, "web-good", images.WELL_BEHAVED)
+    archive = images.save_image(client, [tag], tmp_path / "good.tar")
+
+    with celery_worker(settings), sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
+        )
+        page = browser.new_page()
+        page.goto(site + "/")
+        page.fill("#token", alice)
+        page.keyboard.press("Enter")
+        expect(page.locator("#me")).to_have_text("signed in as alice")
+        page.goto(f"{site}/#/c/stoic/p/qualification")
+        page.set_input_files("#archive", str(archive))
+        page.click("#submit-form button")
+        expect(page.locator("#message")).to_contain_text("accepted", timeout=60_000)
+        page.click("#message a")
+        expect(page.locator("#sub-status")).to_have_text("succeeded", timeout=300_000)
+        expect(page.locator("#timeline")).to_contain_text("evaluating")
+        page.goto(f"{site}/#/c/stoic/p/qualification")
+        expect(page.locator("#leaderboard tr[data-submission]")).to_have_count(1)
+        expect(page.locator("#leaderboard tr[data-submission]")).to_contain_text("alice")
+        page.wait_for_function("() => window.heldoutViews && window.heldoutViews.forest")
+        assert page.locator("#plot-forest svg").count() == 1
+        browser.close()
