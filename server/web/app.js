@@ -535,14 +535,19 @@ async function organizerPage(ctx, slug) {
   if (!reviews.length) reviewBox.append(note("no logs wait for review"));
 
   const phaseTools = c.phases.map((p) => {
-    const teamId = h("input", { id: `invite-${p.slug}`, inputmode: "numeric", required: true });
+    const who = h("input", { id: `invite-${p.slug}`, required: true, maxlength: "100" });
     const out = h("p", { role: "status" });
     return h("section", { "aria-labelledby": `tools-${p.slug}` }, h("h3", { id: `tools-${p.slug}`, text: p.title }),
       actionButton(`Re-evaluate ${p.title}`, () => call(`/challenges/${slug}/phases/${p.slug}/reevaluate`, { method: "POST" }).then((r) => `queued: ${r.queued.length ? r.queued.join(", ") : "nothing stale"}`), null, { id: `reevaluate-${p.slug}` }),
       p.rules.invite_only ? h("form", { onsubmit: async (e) => {
         e.preventDefault();
-        try { await call(`/challenges/${slug}/phases/${p.slug}/invitations`, { method: "POST", json: { team_id: Number(teamId.value) } }); out.className = ""; out.textContent = `team ${teamId.value} invited`; } catch (x) { out.className = "error"; out.textContent = x.message; }
-      } }, h("label", { for: `invite-${p.slug}`, text: "Invite a team (id) to this invite-only phase" }), teamId, h("button", { type: "submit", text: "Invite team" }), out) : "");
+        try {
+          const r = await call(`/challenges/${slug}/phases/${p.slug}/invitations`, { method: "POST", json: { username: who.value.trim() } });
+          out.className = "";
+          out.textContent = `team ${r.team} may now submit to ${p.title}`;
+        } catch (x) { out.className = "error"; out.textContent = x.message; }
+      } }, h("label", { for: `invite-${p.slug}`, text: "Invite a participant (user name) to this invite-only phase" }), who,
+      h("button", { type: "submit", text: "Invite", "aria-label": `Invite to ${p.title}` }), out) : "");
   });
 
   page(`Organize ${c.title}`,

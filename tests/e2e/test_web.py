@@ -350,6 +350,11 @@ def test_participant_and_organizer_journeys(
         _tab_to(page, "Approve join request of alice")
         page.keyboard.press("Enter")
         expect(page.locator("main")).to_contain_text("no pending join requests")
+        page.fill("#invite-final", "bob")
+        page.get_by_role("button", name="Invite to Final").click()
+        expect(page.locator("#o-ph ~ section", has_text="Final")).to_contain_text(
+            "team bob may now submit to Final"
+        )
         page.click("#reevaluate-qualification")
         expect(page.locator("#reevaluate-qualification + .result")).to_contain_text("queued:")
 

@@ -83,3 +83,21 @@ def test_usage_when_full(api: TestClient, settings: Settings, tmp_path: Path) ->
     usage = api.get(USAGE, headers=auth(alice)).json()
     assert usage["used"] == 1 and usage["can_submit"] is False
     assert usage["next_allowed_at"] is not None and "1 of 1 used" in usage["reason"]
+
+
+def test_organizer_invites_by_user_name(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    admin = _challenge(api, settings, tmp_path, rules={"invite_only": True})
+    alice, bob = user_token(settings, "alice"), user_token(settings, "bob")
+    invite = "/api/v1/challenges/stoic/phases/qualification/invitations"
+    r = api.post(invite, json={"username": "alice"}, headers=auth(bob))
+    assert r.status_code == 403  # organizers only
+    r = api.post(invite, json={"username": "nobody"}, headers=auth(admin))
+    assert r.status_code == 404 and r.json()["field"] == "username"
+    for body in ({}, {"username": "alice", "team_id": 1}):
+        assert api.post(invite, json=body, headers=auth(admin)).status_code == 422
+    r = api.post(invite, json={"username": "alice"}, headers=auth(admin))
+    assert r.status_code == 201 and r.json()["team"] == "alice"  # a team of one is made
+    assert submit_blob(api, alice).status_code == 201
+    assert submit_blob(api, bob).status_code == 403
