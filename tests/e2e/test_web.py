@@ -382,6 +382,17 @@ def test_participant_and_organizer_journeys(
         expect(page.locator(".swagger-ui .info")).to_contain_text("heldout")
         expect(page.locator("button.authorize")).to_be_visible()
         page.screenshot(path=str(check.out / "11-api-docs.png"))
+        # Authorize with a token, then "Try it out" on GET /me sends it.
+        page.click("button.authorize")
+        page.locator(".modal-ux input").first.fill(alice)
+        page.locator(".modal-ux button.authorize").click()
+        page.locator(".modal-ux button.btn-done").click()
+        page.locator("#operations-accounts-me_api_v1_me_get .opblock-summary").click()
+        page.locator("#operations-accounts-me_api_v1_me_get button.try-out__btn").click()
+        page.locator("#operations-accounts-me_api_v1_me_get button.execute").click()
+        expect(
+            page.locator("#operations-accounts-me_api_v1_me_get .live-responses-table")
+        ).to_contain_text('"username": "alice"')
 
         assert external == [], f"requests outside the server: {external}"
         assert errors == [], errors
