@@ -40,7 +40,7 @@ from tests.support.factories import (
     user_token,
     write_dataset,
 )
-from tests.support.scoring import score
+from tests.support.scoring import fail_by_platform, score
 from tests.support.workers import ROOT, celery_worker, free_port
 
 pytestmark = pytest.mark.slow
@@ -121,6 +121,16 @@ def _challenge(settings: Settings, tmp_path: Path) -> tuple[str, str]:
             f"/api/v1/teams/{team['id']}/invitations", json={"username": "alice"}, headers=auth(bob)
         )
         assert r.status_code == 201, r.text
+        # And a third whose run the platform lost: failed, not charged.
+        r = submit_blob(api, user_token(settings, "carol"))
+        assert r.status_code == 201, r.text
+        fail_by_platform(settings, r.json()["id"])
+        assert (
+            api.get(f"/api/v1/submissions/{r.json()['id']}", headers=auth(admin)).json()[
+                "failure_code"
+            ]
+            == "platform_error"
+        )
     return admin, alice
 
 
@@ -326,10 +336,18 @@ def test_participant_and_organizer_journeys(
         page.goto(f"{site}/#/c/stoic/organize")
         page.reload()
         table = page.locator("#all-submissions")
-        expect(table.locator("tbody tr")).to_have_count(2)
+        expect(table.locator("tbody tr")).to_have_count(3)
         expect(table.locator("thead")).to_contain_text("team")
-        expect(table).to_contain_text("alice")
-        expect(table).to_contain_text("bob")
+        for team in ("alice", "bob", "carol"):
+            expect(table).to_contain_text(team)
+        platform = table.locator("tr.platform")
+        expect(platform).to_have_count(1)
+        expect(platform).to_contain_text("carol")
+        expect(platform).to_contain_text("platform/evaluation")
+        expect(platform).to_contain_text("not counted")
+        page.select_option("#filter-reason", "platform_error")
+        expect(table.locator("tbody tr")).to_have_count(1)
+        page.select_option("#filter-reason", "")
         page.select_option("#filter-state", "succeeded")
         expect(table.locator("tbody tr")).to_have_count(2)
         held = f"section.review[aria-label='Held logs of submission {sid}']"

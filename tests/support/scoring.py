@@ -82,3 +82,14 @@ def score(
 ) -> None:
     run_algorithm(settings, submission_id, outputs, log)
     run_evaluation(settings, submission_id, work)
+
+
+def fail_by_platform(settings: Settings, submission_id: int, kind: str = "validate") -> None:
+    """The platform fails the step on every attempt (a lost engine, say): the submission
+    fails with platform_error and is not charged, as the worker records it."""
+    for _ in range(settings.max_attempts + 1):
+        claimed = _claim(settings, submission_id, kind)
+        if not claimed:
+            return
+        for ctx in claimed:
+            pipeline._record_infrastructure(settings, ctx, "the engine went away (test)")
