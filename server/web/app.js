@@ -523,14 +523,15 @@ async function organizerPage(ctx, slug) {
     reviewBox.append(h("section", { class: "review", "aria-label": `Held logs of submission ${sid}` },
       h("h3", {}, `Submission `, h("a", { href: `#/s/${sid}`, text: `#${sid}` }), ` (${entries.length} held log${entries.length > 1 ? "s" : ""})`),
       h("label", { for: `redact-${sid}`, text: "Redact before release" }), redact,
-      h("ul", {}, entries.map((r) => h("li", { "data-job": String(r.job_id) }, `${r.kind} job ${r.job_id}: ${r.status}${r.failure_code ? ` (${r.failure_code})` : ""} `,
+      entries.length > 1 ? actionButton("Release all", async () => { for (const r of entries) await call(`/jobs/${r.job_id}/logs/release`, { method: "POST", json: { redactions: redactions() } }); return "released"; }, reload, { "aria-label": `Release all logs of submission ${sid}` }) : "",
+      entries.length > 1 ? actionButton("Refuse all", async () => { for (const r of entries) await call(`/jobs/${r.job_id}/logs/refuse`, { method: "POST" }); return "refused"; }, reload, { "aria-label": `Refuse all logs of submission ${sid}` }) : "",
+      h("details", { open: entries.length <= 5 }, h("summary", { text: `Each held log (${entries.length})` }),
+        h("ul", {}, entries.map((r) => h("li", { "data-job": String(r.job_id) }, `${r.kind} job ${r.job_id}: ${r.status}${r.failure_code ? ` (${r.failure_code})` : ""} `,
         h("button", { type: "button", text: "Read", "aria-label": `Read log of job ${r.job_id}`, onclick: async () => {
           try { const l = await call(`/jobs/${r.job_id}/logs`); logView.replaceChildren(h("h3", { text: `Log of job ${r.job_id}` }), h("pre", { tabindex: "0", text: l.log || "(empty)" })); } catch (e) { logView.replaceChildren(note(e.message, "error")); }
         } }),
         actionButton("Release", () => call(`/jobs/${r.job_id}/logs/release`, { method: "POST", json: { redactions: redactions() } }).then((x) => x.review), reload, { "aria-label": `Release log of job ${r.job_id}` }),
-        actionButton("Refuse", () => call(`/jobs/${r.job_id}/logs/refuse`, { method: "POST" }).then((x) => x.review), reload, { "aria-label": `Refuse log of job ${r.job_id}` })))),
-      entries.length > 1 ? actionButton("Release all", async () => { for (const r of entries) await call(`/jobs/${r.job_id}/logs/release`, { method: "POST", json: { redactions: redactions() } }); return "released"; }, reload, { "aria-label": `Release all logs of submission ${sid}` }) : "",
-      entries.length > 1 ? actionButton("Refuse all", async () => { for (const r of entries) await call(`/jobs/${r.job_id}/logs/refuse`, { method: "POST" }); return "refused"; }, reload, { "aria-label": `Refuse all logs of submission ${sid}` }) : ""));
+        actionButton("Refuse", () => call(`/jobs/${r.job_id}/logs/refuse`, { method: "POST" }).then((x) => x.review), reload, { "aria-label": `Refuse log of job ${r.job_id}` })))))));
   }
   if (!reviews.length) reviewBox.append(note("no logs wait for review"));
 
