@@ -84,6 +84,13 @@ function actionButton(label, action, after, attrs = {}) {
   return h("span", { class: "action" }, b, out);
 }
 
+/** Draw the current page again after an action, keeping the keyboard user's place. */
+function rerender(ctx) {
+  if (!ctx.current()) return;
+  const y = window.scrollY;
+  route().then(() => { main.focus({ preventScroll: true }); window.scrollTo(0, y); });
+}
+
 function every(ms, fn) { state.timers.push(setInterval(fn, ms)); }
 
 function crumbs(items) {
@@ -410,7 +417,7 @@ async function submissionPage(ctx, id) {
   const c = await call(`/challenges/${s.challenge}`);
   if (!ctx.current()) return;
   crumbs([["Challenges", "#/"], [c.title, `#/c/${s.challenge}`], [s.phase, `#/c/${s.challenge}/p/${s.phase}`], [`Submission ${s.id}`, `#/s/${s.id}`]]);
-  const reload = () => { if (ctx.current()) route(); };
+  const reload = () => rerender(ctx);
   const facts = h("dl", { class: "facts" },
     h("dt", { text: "team" }), h("dd", { text: s.team }),
     h("dt", { text: "state" }), h("dd", { id: "sub-status", class: `status ${s.status}`, text: s.status }),
@@ -443,7 +450,9 @@ async function submissionPage(ctx, id) {
     h("section", { "aria-labelledby": "steps-h" }, h("h2", { id: "steps-h", text: "Steps" }), steps,
       h("details", { id: "jobs-box", open: jobs.length <= 8 }, h("summary", { text: `Every job and its log (${jobs.length})` }),
         table("Jobs and logs", ["job", "state", "reason", "logs", "log"], jobRows, { id: "jobs" })), logs));
-  if (!TERMINAL.includes(s.status)) every(3000, () => { if (ctx.current() && !document.activeElement.closest("button, pre")) route(); });
+  // Follow the run; not while the user is on a control of the page (it would lose focus).
+  const busy = () => main.contains(document.activeElement) && document.activeElement !== main;
+  if (!TERMINAL.includes(s.status)) every(3000, () => { if (ctx.current() && !busy()) route(); });
 }
 
 async function teamPage(ctx, slug) {
@@ -454,7 +463,7 @@ async function teamPage(ctx, slug) {
   try { team = await call(`/challenges/${slug}/teams/mine`); } catch (e) { if (e.status !== 404) throw e; }
   const invitations = (await call("/team-invitations")).filter((i) => i.challenge === slug);
   if (!ctx.current()) return;
-  const reload = () => { if (ctx.current()) route(); };
+  const reload = () => rerender(ctx);
   const parts = [];
   if (team) {
     parts.push(h("p", { id: "team-name", text: `Team ${team.name}${team.solo ? " (just you)" : ""}` }),
@@ -489,7 +498,7 @@ async function organizerPage(ctx, slug) {
     call(`/challenges/${slug}/join-requests`),
     ...c.phases.map((p) => call(`/challenges/${slug}/phases/${p.slug}/submissions`))]);
   if (!ctx.current()) return;
-  const reload = () => { if (ctx.current()) route(); };
+  const reload = () => rerender(ctx);
   const all = perPhase.flatMap((subs, i) => subs.map((s) => ({ ...s, phaseTitle: c.phases[i].title })));
 
   // Submissions of every team, filterable by state and reason.
