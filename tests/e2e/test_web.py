@@ -40,7 +40,7 @@ from tests.support.factories import (
     user_token,
     write_dataset,
 )
-from tests.support.scoring import fail_by_platform, score
+from tests.support.scoring import fail_by_platform, fail_evaluation, run_algorithm, score
 from tests.support.workers import ROOT, celery_worker, free_port
 
 pytestmark = pytest.mark.slow
@@ -131,6 +131,11 @@ def _challenge(settings: Settings, tmp_path: Path) -> tuple[str, str]:
             ]
             == "platform_error"
         )
+        # And a fourth whose evaluation the organizers' configuration broke: they are told.
+        r = submit_blob(api, user_token(settings, "dave"))
+        assert r.status_code == 201, r.text
+        run_algorithm(settings, r.json()["id"], _outputs(3, 0.5))
+        fail_evaluation(settings, r.json()["id"], "evaluation_config_error", "no such label")
     return admin, alice
 
 
@@ -337,15 +342,18 @@ def test_participant_and_organizer_journeys(
         page.goto(f"{site}/#/c/stoic/organize")
         page.reload()
         table = page.locator("#all-submissions")
-        expect(table.locator("tbody tr")).to_have_count(3)
+        expect(table.locator("tbody tr")).to_have_count(4)
         expect(table.locator("thead")).to_contain_text("team")
-        for team in ("alice", "bob", "carol"):
+        for team in ("alice", "bob", "carol", "dave"):
             expect(table).to_contain_text(team)
         platform = table.locator("tr.platform")
-        expect(platform).to_have_count(1)
-        expect(platform).to_contain_text("carol")
-        expect(platform).to_contain_text("platform/evaluation")
-        expect(platform).to_contain_text("not counted")
+        expect(platform).to_have_count(2)
+        expect(platform.filter(has_text="carol")).to_contain_text("platform_error")
+        expect(platform.filter(has_text="dave")).to_contain_text("evaluation_config_error")
+        expect(platform.first).to_contain_text("platform/evaluation")
+        expect(platform.first).to_contain_text("not counted")
+        expect(page.locator("#events")).to_contain_text("evaluation_config_error")
+        expect(page.locator("#events")).to_contain_text("no such label")
         page.select_option("#filter-reason", "platform_error")
         expect(table.locator("tbody tr")).to_have_count(1)
         page.select_option("#filter-reason", "")

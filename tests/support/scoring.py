@@ -93,3 +93,11 @@ def fail_by_platform(settings: Settings, submission_id: int, kind: str = "valida
             return
         for ctx in claimed:
             pipeline._record_infrastructure(settings, ctx, "the engine went away (test)")
+
+
+def fail_evaluation(settings: Settings, submission_id: int, code: str, message: str) -> None:
+    """The evaluation step fails with `code` (e.g. the organizers' metric configuration is
+    wrong: evaluation_config_error), recorded as the worker records it."""
+    for ctx in _claim(settings, submission_id, "evaluate"):
+        failure = pipeline.StepFailed(code, message, operator_detail=f"{code} (test)")
+        pipeline._record(settings, ctx, failure=failure)
