@@ -571,7 +571,7 @@ async function organizerPage(ctx, slug) {
         actionButton("Decline", () => call(`/challenges/${slug}/join-requests/${j.id}/decline`, { method: "POST" }).then((r) => r.status), reload, { "aria-label": `Decline join request of ${j.user}` })))) : note("no pending join requests")),
     h("section", { "aria-labelledby": "o-ph" }, h("h2", { id: "o-ph", text: "Phases" }), phaseTools),
     h("section", { "aria-labelledby": "o-ev" }, h("h2", { id: "o-ev", text: "Organizer events" }),
-      events.length ? h("ul", { id: "events" }, events.map((e) => h("li", { class: "event" }, h("time", { datetime: e.created_at, text: when(e.created_at) }), ` ${e.kind}${e.phase ? ` (${e.phase})` : ""}: ${e.message}`))) : note("no events")),
+      events.length ? h("ul", { id: "events" }, events.map((e) => h("li", { class: "event" }, h("time", { datetime: e.created_at, text: when(e.created_at) }), ` ${e.kind}${e.phase ? ` (${e.phase})` : ""}: ${e.message} `, e.submission_id ? h("a", { href: `#/s/${e.submission_id}`, text: `open submission ${e.submission_id}` }) : ""))) : note("no events")),
     h("section", { "aria-labelledby": "o-ds" }, h("h2", { id: "o-ds", text: "Datasets" }),
       table("Datasets and versions", ["slug", "title", "version", "cases", "public", "digest"], datasets.map((d) => h("tr", {},
         h("th", { scope: "row", text: d.slug }), h("td", { text: d.title || "" }), h("td", { class: "num", text: String(d.version) }),
