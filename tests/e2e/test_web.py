@@ -313,8 +313,22 @@ def test_participant_and_organizer_journeys(
         check(page, "07-phase-plots")
 
         # -- A closed phase: no Submit, and its own (empty) board even after a fast switch.
-        page.goto(f"{site}/#/c/stoic/p/qualification")
-        page.goto(f"{site}/#/c/stoic/p/closed")
+        # The old page's race: the qualification's answers arrive late, after the switch.
+        page.evaluate(
+            """() => { const real = window.fetch; window.fetch = async (url, opts) => {
+                 const r = await real(url, opts);
+                 if (String(url).includes('/phases/qualification')) {
+                   await new Promise((ok) => setTimeout(ok, 1500)); }
+                 return r; }; }"""
+        )
+        page.evaluate("() => { location.hash = '#/c/stoic'; }")
+        expect(page.locator("#phases")).to_be_visible()
+        page.evaluate("() => { location.hash = '#/c/stoic/p/qualification'; }")
+        page.wait_for_timeout(200)
+        page.evaluate("() => { location.hash = '#/c/stoic/p/closed'; }")
+        page.wait_for_timeout(2500)
+        expect(page.locator("h1")).to_have_text("Closed phase")
+        expect(page.locator("#phase-slug")).to_have_text("closed")
         expect(page.locator("#no-submit")).to_contain_text("phase closed at")
         expect(page.locator("#submit-form")).to_have_count(0)
         expect(page.locator("#leaderboard")).to_contain_text("no scored submissions yet")
