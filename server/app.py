@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Challenges whose test and training data never leave the organizers' machines.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served by openapi.install_docs from local files
+        redoc_url=None,
     )
     app.state.settings = settings
 
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router, prefix="/api/v1")
     openapi.install(app)
+    openapi.install_docs(app, "/vendor")
     # The participant page: static files that use the API above, nothing server-rendered.
     app.mount("/", StaticFiles(directory=WEB, html=True), name="web")
     return app

@@ -14,7 +14,7 @@ from server.db import Base
 from server.jobs.models import Job
 from server.leaderboards.models import Result
 from server.submissions.models import Penalty, Submission, SubmissionTransition
-from server.teams.models import Team, TeamInvitation, TeamMember
+from server.teams.models import JoinRequest, Team, TeamInvitation, TeamMember
 from server.uploads.models import Upload, UploadChunk
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ChallengeOrganizer",
     "Dataset",
     "Job",
+    "JoinRequest",
     "OrganizerEvent",
     "Penalty",
     "Phase",

@@ -42,6 +42,14 @@ ERRORS = {
     "429": "refused by a submission rule; Retry-After says when to try again",
     "503": "the database is busy or unavailable; retry after Retry-After seconds",
 }
+BEARER: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "an API token from `POST /api/v1/tokens` or `heldout login`",
+}
+# Operations that take no API token: the health check, and the push webhook (it is signed
+# with the link's HMAC secret instead).
+PUBLIC = [("/api/v1/health", "get"), ("/api/v1/webhooks/push/{link_id}", "post")]
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
 
 
@@ -58,6 +66,12 @@ def install(app: FastAPI) -> None:
             routes=app.routes,
         )
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        # The API token travels as a bearer header; declaring it lets the docs' Authorize
+        # button send it with every "Try it out".
+        schema["components"]["securitySchemes"] = {"token": BEARER}
+        schema["security"] = [{"token": []}]
+        for path, method in PUBLIC:
+            schema["paths"].get(path, {}).get(method, {})["security"] = []
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 responses = operation.setdefault("responses", {})
@@ -80,3 +94,22 @@ def install(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install_docs(app: FastAPI, assets: str) -> None:
+    """Swagger UI at /api/v1/docs from files the server ships (under `assets`), not a CDN,
+    so the docs work on a machine with no internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/api/v1/openapi.json",
+            title="heldout API",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url="/favicon.svg",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    app.add_api_route("/api/v1/docs", docs, include_in_schema=False, methods=["GET"])

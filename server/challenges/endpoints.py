@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from server.accounts import service as accounts
 from server.challenges import events, repository, service
@@ -160,7 +160,16 @@ def list_datasets(challenge: str, user: CurrentUser, session: SessionDep) -> lis
 
 class InviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    team_id: BodyId
+    team_id: BodyId | None = None
+    username: str | None = Field(
+        None, min_length=1, max_length=100, description="invite this user's team (or a team of one)"
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> InviteBody:
+        if (self.team_id is None) == (self.username is None):
+            raise ValueError("give team_id or username")
+        return self
 
 
 @router.post("/challenges/{challenge}/phases/{phase}/invitations", status_code=201)
@@ -172,8 +181,12 @@ def invite(
     row, ph = service.get_phase(session, challenge, phase)
     # Organizers first: to anyone else every team id answers alike (no existence probe).
     accounts.require_organizer(session, user, row.id)
-    team = teams.get_team(session, body.team_id)
-    if team.challenge_id != row.id:
-        raise NotFound(f"no team {body.team_id} in this challenge", field="team_id")
+    if body.username is not None:
+        team = teams.team_for(session, row.id, accounts.get_user(session, body.username))
+    else:
+        assert body.team_id is not None
+        team = teams.get_team(session, body.team_id)
+        if team.challenge_id != row.id:
+            raise NotFound(f"no team {body.team_id} in this challenge", field="team_id")
     service.invite_team(session, user, ph, team.id)
-    return {"phase": ph.slug, "team_id": team.id}
+    return {"phase": ph.slug, "team_id": team.id, "team": team.name}

@@ -82,6 +82,18 @@ def phase_rules(
     return {"rules": ph.spec.rules.model_dump(), "text": rules.describe(ph)}
 
 
+@router.get("/challenges/{challenge}/phases/{phase}/usage")
+def phase_usage(
+    challenge: str, phase: str, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
+    """Your team's use of the phase's limits: used, whether you may submit now, and when next."""
+    from server.db import utcnow
+    from server.teams import repository as teams
+
+    row, ph = challenges.get_phase(session, challenge, phase)
+    return rules.usage(session, ph, teams.team_of(session, row.id, user.id), utcnow())
+
+
 @router.get("/submissions/{submission_id}", response_model=SubmissionRead)
 def get_submission(submission_id: PathId, user: CurrentUser, session: SessionDep) -> SubmissionRead:
     sub = service.get_visible(session, user, submission_id)

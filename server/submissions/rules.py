@@ -4,6 +4,7 @@ submissions see each other. Each refusal names the rule and when the next one is
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -107,3 +108,55 @@ def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
                 rule="max_submissions",
                 next_allowed_at=frees,
             )
+
+
+def usage(session: Session, phase: Phase, team: Team | None, now: datetime) -> dict[str, Any]:
+    """The team's standing against the rules, read without side effects (check() may add a
+    penalty; this never does): what the page shows next to the rules."""
+    from server.challenges import service as challenges
+
+    r = phase.spec.rules
+    is_open, why_closed = challenges.is_open(phase, now)
+    out: dict[str, Any] = {
+        "open": is_open,
+        "max_submissions": r.max_submissions,
+        "window_hours": r.window_hours,
+        "used": 0,
+        "next_allowed_at": None,
+        "can_submit": is_open,
+        "reason": why_closed or None,
+    }
+    if team is None:
+        if r.invite_only:
+            out.update(can_submit=False, reason="this phase is open to invited teams only")
+        return out
+    blocked: list[tuple[str, datetime | None]] = []
+    if r.invite_only and not challenges_repo.is_invited(session, phase.id, team.id):
+        blocked.append(("this phase is open to invited teams only", None))
+    penalty = repository.active_penalty(session, phase.id, team.id, now)
+    if penalty is not None:
+        blocked.append(
+            (f"barred until {penalty.until.isoformat()} ({penalty.reason})", penalty.until)
+        )
+    if r.single_shot and repository.count_standing(session, phase.id, team.id) >= 1:
+        blocked.append(("one submission only, and yours is in", None))
+    if r.cooldown_hours:
+        last = repository.last_charged(session, phase.id, team.id)
+        if last is not None and now < last.created_at + timedelta(hours=r.cooldown_hours):
+            blocked.append(("cooldown", last.created_at + timedelta(hours=r.cooldown_hours)))
+    if r.max_submissions:
+        recent = repository.charged_since(
+            session, phase.id, team.id, now - timedelta(hours=r.window_hours)
+        )
+        out["used"] = len(recent)
+        if len(recent) >= r.max_submissions:
+            frees = recent[len(recent) - r.max_submissions].created_at + timedelta(
+                hours=r.window_hours
+            )
+            blocked.append((f"{len(recent)} of {r.max_submissions} used", frees))
+    if blocked and is_open:
+        out["can_submit"] = False
+        out["reason"] = "; ".join(text for text, _ in blocked)
+        times = [t for _, t in blocked if t is not None]
+        out["next_allowed_at"] = max(times).isoformat() if times else None
+    return out

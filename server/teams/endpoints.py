@@ -13,7 +13,7 @@ from server.deps import CurrentUser, SessionDep
 from server.errors import NotFound
 from server.params import PathId
 from server.teams import repository, service
-from server.teams.models import Team, TeamInvitation
+from server.teams.models import JoinRequest, Team, TeamInvitation
 
 router = APIRouter(tags=["teams"])
 
@@ -23,6 +23,11 @@ Id = PathId
 class TeamCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
+
+
+class JoinRequestCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: str = Field("", max_length=500, description="why you want to take part")
 
 
 class InvitationCreate(BaseModel):
@@ -116,3 +121,67 @@ def accept(invitation_id: Id, user: CurrentUser, session: SessionDep) -> dict[st
 @router.post("/team-invitations/{invitation_id}/decline")
 def decline(invitation_id: Id, user: CurrentUser, session: SessionDep) -> dict[str, Any]:
     return _invitation_view(session, service.decline(session, user, invitation_id))
+
+
+def _join_view(session: Session, slug: str, row: JoinRequest) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "challenge": slug,
+        "user": _name(session, row.user_id),
+        "message": row.message,
+        "status": row.status,
+        "created_at": row.created_at,
+        "decided_at": row.decided_at,
+    }
+
+
+@router.post("/challenges/{challenge}/join-requests", status_code=201)
+def request_join(
+    challenge: str, body: JoinRequestCreate, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
+    """Ask this challenge's organizers to let you in (to its invite-only phases); asking
+    again while a request is pending returns that one."""
+    row = challenges.get_challenge(session, challenge)
+    return _join_view(session, row.slug, service.request_join(session, row.id, user, body.message))
+
+
+@router.get("/challenges/{challenge}/join-requests/mine")
+def my_join_requests(
+    challenge: str, user: CurrentUser, session: SessionDep
+) -> list[dict[str, Any]]:
+    row = challenges.get_challenge(session, challenge)
+    return [
+        _join_view(session, row.slug, r) for r in service.my_join_requests(session, row.id, user)
+    ]
+
+
+@router.get("/challenges/{challenge}/join-requests")
+def pending_join_requests(
+    challenge: str, user: CurrentUser, session: SessionDep
+) -> list[dict[str, Any]]:
+    """Pending requests, for this challenge's organizers only."""
+    row = challenges.get_challenge(session, challenge)
+    return [
+        _join_view(session, row.slug, r)
+        for r in service.pending_join_requests(session, user, row.id)
+    ]
+
+
+@router.post("/challenges/{challenge}/join-requests/{request_id}/approve")
+def approve_join(
+    challenge: str, request_id: Id, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
+    """Approve: the requester's team (a team of one if they have none) is invited to every
+    invite-only phase of the challenge. Organizers only."""
+    row = challenges.get_challenge(session, challenge)
+    decided = service.decide_join(session, user, row.id, request_id, approve=True)
+    return _join_view(session, row.slug, decided)
+
+
+@router.post("/challenges/{challenge}/join-requests/{request_id}/decline")
+def decline_join(
+    challenge: str, request_id: Id, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
+    row = challenges.get_challenge(session, challenge)
+    decided = service.decide_join(session, user, row.id, request_id, approve=False)
+    return _join_view(session, row.slug, decided)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.teams.models import Team, TeamInvitation, TeamMember
+from server.teams.models import JoinRequest, Team, TeamInvitation, TeamMember
 
 PENDING, ACCEPTED, DECLINED = "pending", "accepted", "declined"
 
@@ -61,3 +61,14 @@ def pending_for_team(session: Session, team_id: int) -> list[TeamInvitation]:
         TeamInvitation.team_id == team_id, TeamInvitation.status == PENDING
     )
     return list(session.scalars(stmt.order_by(TeamInvitation.id)))
+
+
+def join_requests(
+    session: Session, challenge_id: int, *, user_id: int | None = None, status: str | None = None
+) -> list[JoinRequest]:
+    stmt = select(JoinRequest).where(JoinRequest.challenge_id == challenge_id)
+    if user_id is not None:
+        stmt = stmt.where(JoinRequest.user_id == user_id)
+    if status is not None:
+        stmt = stmt.where(JoinRequest.status == status)
+    return list(session.scalars(stmt.order_by(JoinRequest.id)))

@@ -27,7 +27,7 @@ from server.db import utcnow
 from server.errors import Conflict, InvalidInput, NotFound, NotPermitted
 from server.submissions import repository as submissions_repo
 from server.teams import repository
-from server.teams.models import Team, TeamInvitation, TeamMember
+from server.teams.models import JoinRequest, Team, TeamInvitation, TeamMember
 from server.teams.repository import ACCEPTED, DECLINED, PENDING
 
 
@@ -214,3 +214,61 @@ def get_team(session: Session, team_id: int) -> Team:
     if team is None:
         raise NotFound(f"no team {team_id}", field="team")
     return team
+
+
+APPROVED = "approved"
+
+
+def request_join(session: Session, challenge_id: int, user: User, message: str) -> JoinRequest:
+    """Ask the organizers to let you in; asking again while one is pending returns it, so
+    a user cannot flood the organizers' queue."""
+    message = message.strip()
+    if len(message) > 500:
+        raise InvalidInput("a join request's message has at most 500 characters", field="message")
+    mine = repository.join_requests(session, challenge_id, user_id=user.id)
+    if any(r.status == APPROVED for r in mine):
+        raise Conflict(
+            "your request to join this challenge was already approved", field="challenge"
+        )
+    pending = [r for r in mine if r.status == PENDING]
+    if pending:
+        return pending[0]
+    row = JoinRequest(challenge_id=challenge_id, user_id=user.id, message=message)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def my_join_requests(session: Session, challenge_id: int, user: User) -> list[JoinRequest]:
+    return repository.join_requests(session, challenge_id, user_id=user.id)
+
+
+def pending_join_requests(session: Session, user: User, challenge_id: int) -> list[JoinRequest]:
+    accounts.require_organizer(session, user, challenge_id)
+    return repository.join_requests(session, challenge_id, status=PENDING)
+
+
+def decide_join(
+    session: Session, user: User, challenge_id: int, request_id: int, *, approve: bool
+) -> JoinRequest:
+    """Organizers only, checked first: to anyone else every request id answers alike."""
+    from server.challenges import repository as challenges_repo
+    from server.challenges.service import invite_team
+
+    accounts.require_organizer(session, user, challenge_id)
+    row = session.get(JoinRequest, request_id, with_for_update=True)
+    if row is None or row.challenge_id != challenge_id:
+        raise NotFound(f"no join request {request_id} in this challenge", field="request")
+    if row.status != PENDING:
+        raise Conflict(f"join request {request_id} is already {row.status}", field="request")
+    row.status = APPROVED if approve else DECLINED
+    row.decided_by_id, row.decided_at = user.id, utcnow()
+    if approve:
+        requester = session.get(User, row.user_id)
+        assert requester is not None
+        team = team_for(session, challenge_id, requester)
+        for phase in challenges_repo.list_phases(session, challenge_id):
+            if phase.spec.rules.invite_only:
+                invite_team(session, user, phase, team.id)
+    session.flush()
+    return row

@@ -33,9 +33,10 @@ def _claim(settings: Settings, submission_id: int, kind: str) -> list[pipeline.J
 
 
 def run_algorithm(
-    settings: Settings, submission_id: int, outputs: dict[str, dict[str, Any]]
+    settings: Settings, submission_id: int, outputs: dict[str, dict[str, Any]], log: str = ""
 ) -> None:
-    """Validate, then 'run' the algorithm: `outputs` maps case name -> slug -> JSON value."""
+    """Validate, then 'run' the algorithm: `outputs` maps case name -> slug -> JSON value;
+    `log` is what each inference run printed (held for review where the phase says so)."""
     for ctx in _claim(settings, submission_id, "validate"):
         pipeline._record(settings, ctx, outcome=pipeline.Outcome({"image_id": "sha256:fake"}))
     for ctx in _claim(settings, submission_id, "infer"):
@@ -46,7 +47,7 @@ def run_algorithm(
             assert case is not None
             name = case.name
         result = {"outputs": {s: {"value": v} for s, v in outputs[name].items()}}
-        pipeline._record(settings, ctx, outcome=pipeline.Outcome(result))
+        pipeline._record(settings, ctx, outcome=pipeline.Outcome(result, log=log))
 
 
 def run_evaluation(settings: Settings, submission_id: int, work: Path) -> None:
@@ -73,7 +74,30 @@ def run_evaluation(settings: Settings, submission_id: int, work: Path) -> None:
 
 
 def score(
-    settings: Settings, submission_id: int, outputs: dict[str, dict[str, Any]], work: Path
+    settings: Settings,
+    submission_id: int,
+    outputs: dict[str, dict[str, Any]],
+    work: Path,
+    log: str = "",
 ) -> None:
-    run_algorithm(settings, submission_id, outputs)
+    run_algorithm(settings, submission_id, outputs, log)
     run_evaluation(settings, submission_id, work)
+
+
+def fail_by_platform(settings: Settings, submission_id: int, kind: str = "validate") -> None:
+    """The platform fails the step on every attempt (a lost engine, say): the submission
+    fails with platform_error and is not charged, as the worker records it."""
+    for _ in range(settings.max_attempts + 1):
+        claimed = _claim(settings, submission_id, kind)
+        if not claimed:
+            return
+        for ctx in claimed:
+            pipeline._record_infrastructure(settings, ctx, "the engine went away (test)")
+
+
+def fail_evaluation(settings: Settings, submission_id: int, code: str, message: str) -> None:
+    """The evaluation step fails with `code` (e.g. the organizers' metric configuration is
+    wrong: evaluation_config_error), recorded as the worker records it."""
+    for ctx in _claim(settings, submission_id, "evaluate"):
+        failure = pipeline.StepFailed(code, message, operator_detail=f"{code} (test)")
+        pipeline._record(settings, ctx, failure=failure)
