@@ -255,6 +255,7 @@ def _phase_section(p: PhaseAnalysis, w: _Writer) -> str:
 
 
 def _analysed(p: PhaseAnalysis, w: _Writer, name: str) -> str:
+    # long: the report's sections in reading order; splitting it would scatter one page.
     assert p.result is not None
     a, u = p.result, p.result.uncertainty
     order = _order(p)

@@ -255,6 +255,7 @@ def _matrix(m: Any) -> list[list[float | None]]:
 
 
 def phase_json(p: PhaseAnalysis) -> dict[str, Any]:
+    # long: one flat mapping of the analysis to its JSON fields, read top to bottom.
     out: dict[str, Any] = {
         "phase": p.slug,
         "title": p.title,

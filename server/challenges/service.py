@@ -22,10 +22,13 @@ from server.datasets import service as datasets
 from server.datasets.models import Dataset
 from server.datasets.service import CaseChanges
 from server.db import utcnow
-from server.errors import InvalidInput, NotPermitted
+from server.errors import Conflict, InvalidInput, NotFound, NotPermitted
 from server.leaderboards import reinference
 from server.leaderboards import service as leaderboards
 from server.storage import ArtifactStore
+from server.teams import service as teams
+from server.teams.models import JoinRequest
+from server.teams.repository import DECLINED, PENDING
 
 # A dataset's content comes from a local directory (embedded use) or an uploaded archive.
 DatasetSource = Path | str
@@ -273,3 +276,27 @@ def invite_team(session: Session, user: User, phase: Phase, team_id: int) -> Non
     if not repository.is_invited(session, phase.id, team_id):
         session.add(PhaseInvitation(phase_id=phase.id, team_id=team_id))
         session.flush()
+
+
+def decide_join(
+    session: Session, user: User, challenge_id: int, request_id: int, *, approve: bool
+) -> JoinRequest:
+    """Organizers only, checked first: to anyone else every request id answers alike.
+    Approval invites the requester's team to the challenge's invite-only phases."""
+    accounts.require_organizer(session, user, challenge_id)
+    row = session.get(JoinRequest, request_id, with_for_update=True)
+    if row is None or row.challenge_id != challenge_id:
+        raise NotFound(f"no join request {request_id} in this challenge", field="request")
+    if row.status != PENDING:
+        raise Conflict(f"join request {request_id} is already {row.status}", field="request")
+    row.status = teams.APPROVED if approve else DECLINED
+    row.decided_by_id, row.decided_at = user.id, utcnow()
+    if approve:
+        requester = session.get(User, row.user_id)
+        assert requester is not None
+        team = teams.team_for(session, challenge_id, requester)
+        for phase in repository.list_phases(session, challenge_id):
+            if phase.spec.rules.invite_only:
+                invite_team(session, user, phase, team.id)
+    session.flush()
+    return row

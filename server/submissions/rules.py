@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from server.challenges import repository as challenges_repo
 from server.challenges.models import Phase
+from server.challenges.phases import is_open as phase_is_open
 from server.errors import RuleViolation
 from server.submissions import repository
 from server.submissions.models import Penalty
@@ -113,10 +114,8 @@ def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
 def usage(session: Session, phase: Phase, team: Team | None, now: datetime) -> dict[str, Any]:
     """The team's standing against the rules, read without side effects (check() may add a
     penalty; this never does): what the page shows next to the rules."""
-    from server.challenges import service as challenges
-
     r = phase.spec.rules
-    is_open, why_closed = challenges.is_open(phase, now)
+    is_open, why_closed = phase_is_open(phase, now)
     out: dict[str, Any] = {
         "open": is_open,
         "max_submissions": r.max_submissions,

@@ -174,7 +174,7 @@ def approve_join(
     """Approve: the requester's team (a team of one if they have none) is invited to every
     invite-only phase of the challenge. Organizers only."""
     row = challenges.get_challenge(session, challenge)
-    decided = service.decide_join(session, user, row.id, request_id, approve=True)
+    decided = challenges.decide_join(session, user, row.id, request_id, approve=True)
     return _join_view(session, row.slug, decided)
 
 
@@ -183,5 +183,5 @@ def decline_join(
     challenge: str, request_id: Id, user: CurrentUser, session: SessionDep
 ) -> dict[str, Any]:
     row = challenges.get_challenge(session, challenge)
-    decided = service.decide_join(session, user, row.id, request_id, approve=False)
+    decided = challenges.decide_join(session, user, row.id, request_id, approve=False)
     return _join_view(session, row.slug, decided)

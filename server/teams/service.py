@@ -246,29 +246,3 @@ def my_join_requests(session: Session, challenge_id: int, user: User) -> list[Jo
 def pending_join_requests(session: Session, user: User, challenge_id: int) -> list[JoinRequest]:
     accounts.require_organizer(session, user, challenge_id)
     return repository.join_requests(session, challenge_id, status=PENDING)
-
-
-def decide_join(
-    session: Session, user: User, challenge_id: int, request_id: int, *, approve: bool
-) -> JoinRequest:
-    """Organizers only, checked first: to anyone else every request id answers alike."""
-    from server.challenges import repository as challenges_repo
-    from server.challenges.service import invite_team
-
-    accounts.require_organizer(session, user, challenge_id)
-    row = session.get(JoinRequest, request_id, with_for_update=True)
-    if row is None or row.challenge_id != challenge_id:
-        raise NotFound(f"no join request {request_id} in this challenge", field="request")
-    if row.status != PENDING:
-        raise Conflict(f"join request {request_id} is already {row.status}", field="request")
-    row.status = APPROVED if approve else DECLINED
-    row.decided_by_id, row.decided_at = user.id, utcnow()
-    if approve:
-        requester = session.get(User, row.user_id)
-        assert requester is not None
-        team = team_for(session, challenge_id, requester)
-        for phase in challenges_repo.list_phases(session, challenge_id):
-            if phase.spec.rules.invite_only:
-                invite_team(session, user, phase, team.id)
-    session.flush()
-    return row
