@@ -445,7 +445,23 @@ async function submissionPage(ctx, id) {
         logs.replaceChildren(h("h3", { text: `Log of ${j.kind} job ${j.id}` }), h("pre", { tabindex: "0", text: l.released_log || l.log || "(empty)" }));
       } catch (e) { logs.replaceChildren(note(e.message, "error")); }
     } }))));
-  page(`Submission ${s.id}`, facts, actions,
+  // A codebase's trained /output: the API allows it in a feedback round (public training
+  // data) and to organizers; anyone else gets its refusal, shown in place.
+  const trained = jobs.some((j) => j.kind === "train" && j.status === "succeeded");
+  const artifactBox = h("p", { id: "artifacts" });
+  if (trained) artifactBox.append(h("button", { type: "button", text: "Download trained model", onclick: async () => {
+    try {
+      const resp = await fetch(`${API}/submissions/${s.id}/artifacts`, { headers: { Authorization: `Bearer ${token()}` } });
+      if (!resp.ok) {
+        const body = await resp.json().catch(() => null);
+        throw new ApiError(body && body.detail ? body.detail : `HTTP ${resp.status}`);
+      }
+      const link = h("a", { href: URL.createObjectURL(await resp.blob()), download: `submission-${s.id}-artifacts.tar`, text: `submission-${s.id}-artifacts.tar` });
+      artifactBox.replaceChildren("Ready: ", link);
+      link.focus();
+    } catch (e) { artifactBox.append(note(e.message, "error")); }
+  } }));
+  page(`Submission ${s.id}`, facts, actions, artifactBox,
     h("section", { "aria-labelledby": "tl-h" }, h("h2", { id: "tl-h", text: "Timeline" }), timeline),
     h("section", { "aria-labelledby": "steps-h" }, h("h2", { id: "steps-h", text: "Steps" }), steps,
       h("details", { id: "jobs-box", open: jobs.length <= 8 }, h("summary", { text: `Every job and its log (${jobs.length})` }),
