@@ -73,6 +73,22 @@ def alembic_config(settings: Settings) -> Config:
     return cfg
 
 
+def has_database(settings: Settings) -> bool:
+    """Whether this installation's database exists and has been migrated (a SQLite file in
+    the data directory, or a server database with alembic's version table)."""
+    import sqlalchemy
+
+    from server.db import get_engine
+
+    if settings.database_url is None and not (settings.data_dir / "heldout.db").exists():
+        return False  # asking SQLite would create the file
+    try:
+        with get_engine(settings).connect() as conn:
+            return sqlalchemy.inspect(conn).has_table("alembic_version")
+    except sqlalchemy.exc.OperationalError:
+        return False
+
+
 def migrate(settings: Settings) -> None:
     from server.db import get_engine
 

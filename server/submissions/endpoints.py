@@ -13,7 +13,13 @@ from server.jobs import service as jobs
 from server.params import PathId
 from server.submissions import repository, rules, service
 from server.submissions.models import Submission
-from server.submissions.schemas import JobSummary, SubmissionCreate, SubmissionRead, TransitionRead
+from server.submissions.schemas import (
+    JobSummary,
+    SubmissionCreate,
+    SubmissionPrecheck,
+    SubmissionRead,
+    TransitionRead,
+)
 from server.teams.models import Team
 
 router = APIRouter(tags=["submissions"])
@@ -60,6 +66,15 @@ def create_submission(
 ) -> SubmissionRead:
     submission = service.create(session, settings, user, challenge, phase, body)
     return view(session, submission, detail=True)
+
+
+@router.post("/challenges/{challenge}/phases/{phase}/submissions/precheck")
+def precheck_submission(
+    challenge: str, phase: str, body: SubmissionPrecheck, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
+    """The refusals a submission would meet, asked before its upload; changes nothing."""
+    service.precheck(session, user, challenge, phase, body)
+    return {"ok": True}
 
 
 @router.get(

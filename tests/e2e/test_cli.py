@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import need
+from tests.support.archives import image_archive
 from tests.support.factories import STOIC_PHASE, stoic_cases, write_dataset
 from tests.support.workers import ROOT, free_port, wait_healthy
 
-HELDOUT = [sys.executable, "-m", "server.cli"]
+HELDOUT = [sys.executable, "-m", "heldout"]
 
 
 @pytest.fixture
@@ -103,11 +104,10 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("slug: x\nphases: [\n")
     bad = run(env, "challenge", "apply", str(broken), token=admin["token"], ok=False)
-    assert bad.returncode == 1 and "not valid YAML at line" in bad.stderr
+    assert bad.returncode == 2 and "not valid YAML at line" in bad.stderr
 
     alice = json.loads(run(env, "token", "create", "--user", "alice", "--json").stdout)["token"]
-    archive = tmp_path / "algo.tar"
-    archive.write_bytes(b"x" * 300_000)
+    archive = image_archive(tmp_path / "algo.tar", layer_bytes=300_000)
     sub = json.loads(
         run(
             env, "submit", "stoic", "qualification", "--image", str(archive), "--json", token=alice
@@ -125,7 +125,7 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     refused = run(
         env, "submit", "stoic", "qualification", "--image", str(archive), token=alice, ok=False
     )
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "429" in refused.stderr and "next allowed" in refused.stderr
 
     rules = run(env, "rules", "stoic", "qualification", token=alice).stdout
@@ -136,7 +136,7 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     # Another participant cannot read alice's submission.
     bob = json.loads(run(env, "token", "create", "--user", "bob", "--json").stdout)["token"]
     hidden = run(env, "status", str(sub["id"]), "--no-follow", token=bob, ok=False)
-    assert hidden.returncode == 1 and "404" in hidden.stderr
+    assert hidden.returncode == 2 and "404" in hidden.stderr
 
     # Teams: an invitation the invitee accepts, then leaving a team that has not submitted.
     carol = json.loads(run(env, "token", "create", "--user", "carol", "--json").stdout)["token"]
@@ -150,7 +150,7 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     # Alice's team of one has submitted: she cannot move her quota elsewhere.
     mine = json.loads(run(env, "team", "show", "stoic", "--json", token=alice).stdout)
     stuck = run(env, "team", "leave", str(mine["id"]), token=alice, ok=False)
-    assert stuck.returncode == 1 and "409" in stuck.stderr and "submitted" in stuck.stderr
+    assert stuck.returncode == 2 and "409" in stuck.stderr and "submitted" in stuck.stderr
 
 
 def test_cli_without_server_says_so(env: dict[str, str]) -> None:
@@ -183,7 +183,7 @@ def test_cli_plan_refusal_and_events(server: dict[str, str], tmp_path: Path) -> 
     bad.write_text(bundle.read_text().replace("label: probSevere", "label: probSevre"))
     for extra in (["--plan"], []):
         refused = run(env, "challenge", "apply", str(bad), *extra, token=token, ok=False)
-        assert refused.returncode == 1
+        assert refused.returncode == 2
         assert "no column 'probSevre'" in refused.stderr, refused.stderr
     assert "no events" in run(env, "challenge", "events", "stoic", token=token).stdout
     assert json.loads(run(env, "challenge", "events", "stoic", "--json", token=token).stdout) == []
