@@ -195,12 +195,15 @@ def phases(challenge: str, as_json: bool = JsonOpt) -> None:
     rows = _call(_client().phases, challenge, challenge=challenge)
     if _emit(rows, as_json):
         return
-    table = Table(title=f"{challenge}: phases")
-    for col in ("phase", "title", "kind", "opens", "closes"):
-        table.add_column(col)
     for p in rows:
-        table.add_row(p["slug"], p["title"], p["kind"], _when(p["opens_at"]), _when(p["closes_at"]))
-    out.print(table)
+        out.print(
+            f"{p['slug']:16} {p['kind']:9} opens {_when(p['opens_at']):20} "
+            f"closes {_when(p['closes_at']):20} {p['title']}",
+            markup=False,
+            highlight=False,
+        )
+    if not rows:
+        out.print("no phases yet")
 
 
 # --- organizers ------------------------------------------------------------------------
@@ -379,20 +382,24 @@ def submit(
     if repo and not ref:
         _fail("--repo needs --ref", EXIT_REFUSED)
     client = _client()
-    with Progress(
+    # Shown once the upload starts: the checks before it print nothing but their verdict.
+    bar = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         console=err,
-        disable=as_json or not image,
+        disable=as_json,
         transient=True,
-    ) as bar:
-        task = bar.add_task(f"upload {image.name if image else ''}", total=None)
+    )
+    task = bar.add_task(f"upload {image.name if image else ''}", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def progress(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
 
+    try:
         sub = _call(
             client.submit,
             challenge,
@@ -405,6 +412,9 @@ def submit(
             challenge=challenge,
             phase=phase,
         )
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     if follow:
         _exit_for(_follow(client, sub["id"], as_json))
     if not _emit(sub, as_json):

@@ -78,13 +78,17 @@ def server(
     import uvicorn
 
     from server.app import create_app
-    from server.embedded import ensure_redis, migrate
+    from server.embedded import ensure_redis, migrate, stop_redis
 
     settings = get_settings()
-    ensure_redis(settings)
-    migrate(settings)
-    _rescore_stale(settings)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+    started = ensure_redis(settings)
+    try:
+        migrate(settings)
+        _rescore_stale(settings)
+        uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+    finally:
+        if started:  # the embedded Redis goes with the server that started it
+            stop_redis(settings)
 
 
 @app.command()

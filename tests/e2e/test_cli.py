@@ -4,72 +4,13 @@ set-up: SQLite in the data directory and a redis-server the CLI starts itself.""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from tests.conftest import need
 from tests.support.archives import image_archive
+from tests.support.cli import run
 from tests.support.factories import STOIC_PHASE, stoic_cases, write_dataset
-from tests.support.workers import ROOT, free_port, wait_healthy
-
-HELDOUT = [sys.executable, "-m", "heldout"]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("HELDOUT_")}
-    e.update(HELDOUT_DATA_DIR=str(tmp_path / "d"), PYTHONPATH=str(ROOT))
-    return e
-
-
-def run(env: dict[str, str], *args: str, token: str | None = None, ok: bool = True) -> Any:
-    e = dict(env)
-    if token:
-        e["HELDOUT_TOKEN"] = token
-    proc = subprocess.run(
-        [*HELDOUT, *args],
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-@pytest.fixture
-def server(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    need(shutil.which("redis-server") is not None, "redis-server")
-    port = free_port()
-    env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{port}"}
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [*HELDOUT, "server", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    try:
-        wait_healthy(env["HELDOUT_API_URL"], 60, "heldout server to answer")
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        pid = Path(env["HELDOUT_DATA_DIR"]) / "redis.pid"
-        if pid.exists():
-            os.kill(int(pid.read_text()), 15)
+from tests.support.workers import free_port
 
 
 def _bundle(tmp_path: Path, max_submissions: int = 1) -> Path:
