@@ -6,15 +6,20 @@ succeeded, 1 failed, 2 usage or refusal, 3 cancelled."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
 import textwrap
 from pathlib import Path
 
 import httpx
 
+from tests.conftest import need
 from tests.support.archives import image_archive
-from tests.support.cli import run
+from tests.support.cli import HELDOUT, run
 from tests.support.factories import STOIC_PHASE, stoic_cases, write_dataset
-from tests.support.workers import free_port
+from tests.support.workers import free_port, wait_for, wait_healthy
 
 
 def _bundle_two_phases(tmp_path: Path) -> Path:
@@ -150,3 +155,33 @@ def test_expected_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> No
     assert not (tmp_path / "elsewhere").exists()
     made = run(fresh, "token", "create", "--user", "x", "--create")
     assert f"data directory {tmp_path / 'elsewhere'}" in made.stderr
+
+
+def test_embedded_redis_stops_with_the_server(env: dict[str, str], tmp_path: Path) -> None:
+    need(shutil.which("redis-server") is not None, "redis-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [*HELDOUT, "server", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 60, "heldout server to answer")
+        pid = int((Path(env["HELDOUT_DATA_DIR"]) / "redis.pid").read_text())
+        os.kill(pid, 0)  # running
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, 10, "the embedded redis-server to stop with the server")
