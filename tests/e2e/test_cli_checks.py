@@ -185,3 +185,8 @@ def test_embedded_redis_stops_with_the_server(env: dict[str, str], tmp_path: Pat
         return False
 
     wait_for(gone, 10, "the embedded redis-server to stop with the server")
+
+
+def test_run_local_help_names_the_command(env: dict[str, str]) -> None:
+    shown = run(env, "run-local", "--help").stdout
+    assert "Usage: heldout run-local" in shown and "worker.local" not in shown
