@@ -486,7 +486,7 @@ def _exit_for(sub: dict[str, Any]) -> NoReturn:
 
 
 def _pct(level: Any) -> str:
-    return f"{float(level) * 100:g}% CI" if level is not None else "CI"
+    return f"{round(float(level) * 100, 2):g}% CI" if level is not None else "CI"
 
 
 def _print_outcome(client: Client, sub: dict[str, Any]) -> None:
