@@ -210,3 +210,17 @@ def test_light_client_submits_and_follows_to_the_score(
         [py, "-c", script], env=env, capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout
     assert json.loads(api_out) == ["succeeded", 0.9]
+    board = subprocess.run(
+        [cli, "leaderboard", "stoic", "qualification"], env=env, capture_output=True, text=True,
+        cwd=tmp_path,
+    ).stdout  # fmt: skip
+    assert "90% CI" in board and "95% CI" not in board
+
+    # A failed submission: `submit --follow` ends with exit code 1 and the classified reason.
+    broken = images.build_image(docker_client, "cli-light-broken", "raise SystemExit(3)\n")
+    bad = images.save_image(docker_client, [broken], tmp_path / "broken.tar")
+    code, text = _in_pty(
+        [cli, "submit", "stoic", "qualification", "--image", str(bad), "--follow"], env, 300
+    )
+    assert code == 1, text
+    assert re.search(r"^failed in \d+s: cases_failed: ", text, re.MULTILINE), text
