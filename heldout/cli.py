@@ -636,36 +636,25 @@ def team_leave(team_id: int, as_json: bool = JsonOpt) -> None:
 @app.command()
 def rules(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
     """Show a phase's dates, submission rules and your team's use of them."""
-    client = _client()
-    data = _call(client.rules, challenge, phase, challenge=challenge, phase=phase)
-    info = _call(client.phase, challenge, phase)
-    mine = _call(client.submissions, challenge, phase)
-    charged = [s for s in mine if s["charged"]]
-    data.update(opens_at=info["opens_at"], closes_at=info["closes_at"], submitted=len(mine))
-    data["charged"] = len(charged)
-    limit = data["rules"].get("max_submissions")
-    window_h = float(data["rules"].get("window_hours") or 24)
-    if limit:
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=window_h)
-        used = sum(1 for s in charged if _parse(s["created_at"]) >= since)
-        data["used_in_window"] = used
+    data = _call(_client().rules, challenge, phase, challenge=challenge, phase=phase)
     if _emit(data, as_json):
         return
     out.print(
-        f"{challenge} / {phase}: opens {_when(info['opens_at'])}, "
-        f"closes {_when(info['closes_at'])}",
+        f"{challenge} / {phase}: opens {_when(data['opens_at'])}, "
+        f"closes {_when(data['closes_at'])}",
         markup=False,
     )
     for line in data["text"]:
         out.print(f"- {line}", markup=False)
-    if limit:
+    used, r = data["usage"], data["rules"]
+    if r.get("max_submissions"):
         out.print(
-            f"your team: {data['used_in_window']} of {limit} used in the last "
-            f"{window_h:g} h ({len(mine)} submission(s) in all)",
+            f"your team: {used['used_in_window']} of {r['max_submissions']} used in the last "
+            f"{r['window_hours']:g} h ({used['charged']} counted in all)",
             markup=False,
         )
     else:
-        out.print(f"your team: {len(mine)} submission(s) so far", markup=False)
+        out.print(f"your team: {used['charged']} submission(s) counted so far", markup=False)
 
 
 def _fmt(value: Any) -> str:

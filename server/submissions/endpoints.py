@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from server.challenges import service as challenges
 from server.challenges.models import Challenge, Phase
+from server.db import utcnow
 from server.deps import CurrentUser, SessionDep, SettingsDep
 from server.jobs import queue
 from server.jobs import service as jobs
@@ -20,6 +21,7 @@ from server.submissions.schemas import (
     SubmissionRead,
     TransitionRead,
 )
+from server.teams import repository as teams_repo
 from server.teams.models import Team
 
 router = APIRouter(tags=["submissions"])
@@ -93,8 +95,16 @@ def list_submissions(
 def phase_rules(
     challenge: str, phase: str, user: CurrentUser, session: SessionDep
 ) -> dict[str, Any]:
-    _, ph = challenges.get_phase(session, challenge, phase)
-    return {"rules": ph.spec.rules.model_dump(), "text": rules.describe(ph)}
+    row, ph = challenges.get_phase(session, challenge, phase)
+    team = teams_repo.team_of(session, row.id, user.id)
+    return {
+        "rules": ph.spec.rules.model_dump(),
+        "text": rules.describe(ph),
+        "opens_at": ph.spec.opens_at,
+        "closes_at": ph.spec.closes_at,
+        # The caller's team, counted as the rules count (charged submissions only).
+        "usage": rules.usage(session, ph, team, utcnow()),
+    }
 
 
 @router.get("/submissions/{submission_id}", response_model=SubmissionRead)

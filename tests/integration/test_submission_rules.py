@@ -248,7 +248,13 @@ def test_precheck_names_the_refusal_and_changes_nothing(
     ok = api.post(PRECHECK, json={"kind": "algorithm"}, headers=auth(alice))
     assert ok.status_code == 200 and ok.json() == {"ok": True}
     assert api.get("/api/v1/challenges/stoic/teams/mine", headers=auth(alice)).status_code == 404
+    rules_url = "/api/v1/challenges/stoic/phases/qualification/rules"
+    assert api.get(rules_url, headers=auth(alice)).json()["usage"]["charged"] == 0
     assert submit_blob(api, alice).status_code == 201
+    assert api.get(rules_url, headers=auth(alice)).json()["usage"] == {
+        "charged": 1,
+        "used_in_window": None,  # no max_submissions in this phase
+    }
     for _ in range(2):  # asking twice during the cooldown: no penalty was added the first time
         r = api.post(PRECHECK, json={"kind": "algorithm"}, headers=auth(alice))
         assert r.status_code == 429 and r.json()["rule"] == "cooldown", r.text
