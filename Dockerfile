@@ -13,7 +13,7 @@ COPY . .
 # Editable, so that alembic.ini and migrations/ stay next to the code that finds them.
 ARG PIP_ARGS=""
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir $PIP_ARGS -e . \
+    && /opt/venv/bin/pip install --no-cache-dir $PIP_ARGS -e '.[worker]' \
     && rm -rf .wheels
 ENV PATH=/opt/venv/bin:$PATH HELDOUT_DATA_DIR=/var/lib/heldout
 EXPOSE 8000

@@ -29,6 +29,8 @@ from baseline_algorithm import build
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALLENGE = "stoic-demo"
+# `heldout status` exit codes of a submission that ended: succeeded, failed, cancelled.
+FINISHED = (0, 1, 3)
 
 BUNDLE = """\
 version: 1
@@ -109,7 +111,13 @@ class Platform:
         self.port = port
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def cli(self, *args: str, token: str | None = None, capture: bool = False) -> str:
+    def cli(
+        self,
+        *args: str,
+        token: str | None = None,
+        capture: bool = False,
+        allow: tuple[int, ...] = (0,),
+    ) -> str:
         env = dict(self.env)
         if token:
             env["HELDOUT_TOKEN"] = token
@@ -121,7 +129,7 @@ class Platform:
             capture_output=capture,
             stdin=subprocess.DEVNULL,
         )
-        if proc.returncode != 0:
+        if proc.returncode not in allow:
             detail = (proc.stderr or "") if capture else ""
             raise SystemExit(f"`heldout {' '.join(args)}` failed: {detail.strip()}")
         return proc.stdout or ""
@@ -288,7 +296,15 @@ def follow(
             if name in final:
                 continue
             sub = json.loads(
-                platform.cli("status", str(sid), "--no-follow", "--json", token=token, capture=True)
+                platform.cli(
+                    "status",
+                    str(sid),
+                    "--no-follow",
+                    "--json",
+                    token=token,
+                    capture=True,
+                    allow=FINISHED,
+                )
             )
             for t in sub["transitions"][seen[name] :]:
                 note = f" ({t['note']})" if t["note"] else ""
@@ -406,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "report", CHALLENGE, "--out", str(root / "report"), token=admin, capture=True
             ).rstrip()
         )
-        logs = platform.cli("status", str(t3["id"]), "--no-follow", token=team, capture=True)
+        logs = platform.cli(
+            "status", str(t3["id"]), "--no-follow", token=team, capture=True, allow=FINISHED
+        )
         print(logs.rstrip())
         print(
             f"\ndemo finished in {time.monotonic() - started:.0f} s; "

@@ -3,7 +3,9 @@ the CLI when HELDOUT_REDIS_URL is unset, and migrations applied at start."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,16 +18,18 @@ from server.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def ensure_redis(settings: Settings) -> None:
+def ensure_redis(settings: Settings) -> bool:
+    """Start the embedded redis-server unless one answers (or HELDOUT_REDIS_URL is set);
+    True when this call started it, so that its caller stops it (`stop_redis`)."""
     if settings.redis_url:
-        return
+        return False
     import redis
 
     sock = settings.embedded_redis_socket
     client = redis.Redis(unix_socket_path=str(sock))
     try:
         client.ping()
-        return
+        return False
     except redis.RedisError:
         pass
     exe = shutil.which("redis-server")
@@ -61,16 +65,46 @@ def ensure_redis(settings: Settings) -> None:
     for _ in range(100):
         try:
             client.ping()
-            return
+            return True
         except redis.RedisError:
             time.sleep(0.05)
     raise SystemExit(f"embedded redis-server did not answer on {sock}")
+
+
+def stop_redis(settings: Settings) -> None:
+    """Stop the embedded redis-server (daemonized, so no signal of ours reaches it)."""
+    import redis
+
+    try:
+        redis.Redis(unix_socket_path=str(settings.embedded_redis_socket)).shutdown(nosave=True)
+    except redis.ConnectionError:
+        pass  # shutting down closes the connection: that is the answer
+    except redis.RedisError:
+        pid = settings.data_dir / "redis.pid"
+        if pid.exists():
+            os.kill(int(pid.read_text()), signal.SIGTERM)
 
 
 def alembic_config(settings: Settings) -> Config:
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     return cfg
+
+
+def has_database(settings: Settings) -> bool:
+    """Whether this installation's database exists and has been migrated (a SQLite file in
+    the data directory, or a server database with alembic's version table)."""
+    import sqlalchemy
+
+    from server.db import get_engine
+
+    if settings.database_url is None and not (settings.data_dir / "heldout.db").exists():
+        return False  # asking SQLite would create the file
+    try:
+        with get_engine(settings).connect() as conn:
+            return sqlalchemy.inspect(conn).has_table("alembic_version")
+    except sqlalchemy.exc.OperationalError:
+        return False
 
 
 def migrate(settings: Settings) -> None:

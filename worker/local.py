@@ -316,4 +316,5 @@ def run_local(
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    # Run through `heldout run-local`: its help and errors name that command.
+    sys.exit(app(prog_name="heldout run-local"))

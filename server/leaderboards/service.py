@@ -206,6 +206,7 @@ def leaderboard(session: Session, phase: Phase) -> dict[str, Any]:
         "phase": phase.slug,
         "primary_metric": cfg.primary,
         "higher_is_better": primary.higher_is_better,
+        "ci_level": cfg.ci_level,
         "ranking": "ties share a rank when the DeLong test against the rank's leader is not "
         f"significant (p >= {ALPHA})"
         if primary.kind is MetricKind.auc

@@ -205,7 +205,8 @@ def _after_canary(session: Session, submission: Submission) -> None:
         return
     if failed:
         reasons = "; ".join(
-            f"public case {name}: {msg}" for name, msg in case_failures(session, failed)
+            f"public case {name}: {msg}"
+            for name, msg in case_failures(session, failed, public=True)
         )
         submissions.fail(
             session,
@@ -288,19 +289,29 @@ def _case_details(session: Session, infer_jobs: list[Job]) -> str:
     return "\n".join(lines[: 10 * MAX_LISTED_CASES])
 
 
-def case_failures(session: Session, infer_jobs: list[Job]) -> list[tuple[str, str]]:
-    """(public case name, classified message) for every case that failed."""
+def case_failures(
+    session: Session, infer_jobs: list[Job], *, public: bool = False
+) -> list[tuple[str, str]]:
+    """(case, classified message) for every case that failed. A private case is named by
+    the UUID the algorithm saw; a public one (the canary's) by its name in the dataset, as
+    `heldout run-local` names the same case."""
+
+    def shown(case: Case | None, fallback: str) -> str:
+        if case is None:
+            return fallback
+        return case.name if public else case.public_name
+
     out: list[tuple[str, str]] = []
     for j in infer_jobs:
         if j.case_id is not None:
             if j.status != JobStatus.succeeded.value:
                 case = session.get(Case, j.case_id)
-                name = case.public_name if case else str(j.case_id)
-                out.append((name, j.failure_message or j.status))
+                out.append((shown(case, str(j.case_id)), j.failure_message or j.status))
         else:
             if j.status != JobStatus.succeeded.value and not j.result.get("cases"):
                 out.append(("(all)", j.failure_message or j.status))
             for name, entry in sorted(j.result.get("cases", {}).items()):
                 if entry.get("failure"):
-                    out.append((name, entry["failure"]["message"]))
+                    case = session.scalar(select(Case).where(Case.public_name == name))
+                    out.append((shown(case, name), entry["failure"]["message"]))
     return out

@@ -7,13 +7,21 @@ from sqlalchemy.orm import Session
 
 from server.challenges import service as challenges
 from server.challenges.models import Challenge, Phase
+from server.db import utcnow
 from server.deps import CurrentUser, SessionDep, SettingsDep
 from server.jobs import queue
 from server.jobs import service as jobs
 from server.params import PathId
 from server.submissions import repository, rules, service
 from server.submissions.models import Submission
-from server.submissions.schemas import JobSummary, SubmissionCreate, SubmissionRead, TransitionRead
+from server.submissions.schemas import (
+    JobSummary,
+    SubmissionCreate,
+    SubmissionPrecheck,
+    SubmissionRead,
+    TransitionRead,
+)
+from server.teams import repository as teams_repo
 from server.teams.models import Team
 
 router = APIRouter(tags=["submissions"])
@@ -62,6 +70,15 @@ def create_submission(
     return view(session, submission, detail=True)
 
 
+@router.post("/challenges/{challenge}/phases/{phase}/submissions/precheck")
+def precheck_submission(
+    challenge: str, phase: str, body: SubmissionPrecheck, user: CurrentUser, session: SessionDep
+) -> dict[str, Any]:
+    """The refusals a submission would meet, asked before its upload; changes nothing."""
+    service.precheck(session, user, challenge, phase, body)
+    return {"ok": True}
+
+
 @router.get(
     "/challenges/{challenge}/phases/{phase}/submissions", response_model=list[SubmissionRead]
 )
@@ -78,8 +95,16 @@ def list_submissions(
 def phase_rules(
     challenge: str, phase: str, user: CurrentUser, session: SessionDep
 ) -> dict[str, Any]:
-    _, ph = challenges.get_phase(session, challenge, phase)
-    return {"rules": ph.spec.rules.model_dump(), "text": rules.describe(ph)}
+    row, ph = challenges.get_phase(session, challenge, phase)
+    team = teams_repo.team_of(session, row.id, user.id)
+    return {
+        "rules": ph.spec.rules.model_dump(),
+        "text": rules.describe(ph),
+        "opens_at": ph.spec.opens_at,
+        "closes_at": ph.spec.closes_at,
+        # The caller's team, counted as the rules count (charged submissions only).
+        "usage": rules.usage(session, ph, team, utcnow()),
+    }
 
 
 @router.get("/challenges/{challenge}/phases/{phase}/usage")

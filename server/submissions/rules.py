@@ -3,7 +3,7 @@ submissions see each other. Each refusal names the rule and when the next one is
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -34,6 +34,23 @@ def describe(phase: Phase) -> list[str]:
         out.append("invited teams only")
     out.append("failures caused by the platform never count against these limits")
     return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def usage(session: Session, phase: Phase, team: Team | None, now: datetime) -> dict[str, Any]:
+    """The team's use of the rules, counted as `check` counts it (charged submissions)."""
+    r = phase.spec.rules
+    if team is None:  # no submission yet: nothing used
+        return {"charged": 0, "used_in_window": 0 if r.max_submissions else None}
+    since = now - timedelta(hours=r.window_hours)
+    return {
+        "charged": len(repository.charged_since(session, phase.id, team.id, _EPOCH)),
+        "used_in_window": len(repository.charged_since(session, phase.id, team.id, since))
+        if r.max_submissions
+        else None,
+    }
 
 
 def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:

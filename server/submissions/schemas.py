@@ -1,9 +1,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ImageConfig(BaseModel):
+    """The part of an image archive's config that intake checks without the engine."""
+
+    model_config = ConfigDict(extra="forbid")
+    os: str | None = None
+    architecture: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict, description="Entrypoint, Cmd, User")
+
+
+class SubmissionPrecheck(BaseModel):
+    """Asked before uploading: would a submission of this kind be accepted now?"""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["algorithm", "codebase"]
+    image: ImageConfig | None = None
 
 
 class SubmissionCreate(BaseModel):

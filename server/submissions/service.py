@@ -3,9 +3,12 @@ participant or organizer may see."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from heldout.archive import IntakeError, check_config
 from server.accounts import service as accounts
 from server.accounts.models import User
 from server.challenges import phases
@@ -18,7 +21,7 @@ from server.jobs import service as jobs
 from server.jobs.states import JobKind
 from server.submissions import charging, repository, rules
 from server.submissions.models import Submission, SubmissionTransition
-from server.submissions.schemas import SubmissionCreate
+from server.submissions.schemas import SubmissionCreate, SubmissionPrecheck
 from server.submissions.states import ACTIVE, FINAL, SubmissionStatus, can_transition
 from server.teams import repository as teams_repo
 from server.teams import service as teams
@@ -127,15 +130,7 @@ def create(
     # long: intake under every phase rule, in the order participants see errors
     challenge, phase = phases.get_phase(session, challenge_slug, phase_slug)
     now = utcnow()
-    open_, why = phases.is_open(phase, now)
-    if not open_:
-        spec = phase.spec
-        raise RuleViolation(
-            f"submissions are not accepted: {why}",
-            rule="phase_window",
-            next_allowed_at=spec.opens_at if spec.opens_at and now < spec.opens_at else None,
-            status_code=403,
-        )
+    _check_open(phase, now)
     kind = PhaseKind(phase.kind)
     fields: dict[str, object] = {}
     if kind is PhaseKind.algorithm:
@@ -178,6 +173,48 @@ def create(
     transition(session, submission, SubmissionStatus.validating)
     jobs.create(session, submission, JobKind.validate)
     return submission
+
+
+def _check_open(phase: Phase, now: datetime) -> None:
+    open_, why = phases.is_open(phase, now)
+    if not open_:
+        spec = phase.spec
+        raise RuleViolation(
+            f"submissions are not accepted: {why}",
+            rule="phase_window",
+            next_allowed_at=spec.opens_at if spec.opens_at and now < spec.opens_at else None,
+            status_code=403,
+        )
+
+
+def precheck(
+    session: Session, user: User, challenge_slug: str, phase_slug: str, payload: SubmissionPrecheck
+) -> None:
+    """What `create` would refuse before anything is uploaded, with the same code: the
+    phase, its window, its kind, the team's rules, and the image config's cheap intake
+    checks. Changes nothing: a first submission's solo team and a cooldown penalty are
+    rolled back with the savepoint."""
+    challenge, phase = phases.get_phase(session, challenge_slug, phase_slug)
+    now = utcnow()
+    _check_open(phase, now)
+    kind = PhaseKind(phase.kind)
+    if payload.kind != kind.value:
+        how = "an image archive (--image)" if kind is PhaseKind.algorithm else "--repo and --ref"
+        raise InvalidInput(
+            f"phase {phase_slug!r} is a {kind.value} phase: submit {how}", field="kind"
+        )
+    nested = session.begin_nested()
+    try:
+        team = teams.team_for(session, challenge.id, user)
+        rules.check(session, phase, team, now)
+    finally:
+        nested.rollback()
+    if payload.image is not None:
+        image = payload.image
+        try:
+            check_config(image.os, image.architecture, image.config)
+        except IntakeError as exc:
+            raise InvalidInput(exc.reason, field="image") from None
 
 
 def _resolve_codebase(settings: Settings, url: str, ref: str) -> tuple[str, str]:

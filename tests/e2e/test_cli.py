@@ -4,71 +4,13 @@ set-up: SQLite in the data directory and a redis-server the CLI starts itself.""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from tests.conftest import need
+from tests.support.archives import image_archive
+from tests.support.cli import run
 from tests.support.factories import STOIC_PHASE, stoic_cases, write_dataset
-from tests.support.workers import ROOT, free_port, wait_healthy
-
-HELDOUT = [sys.executable, "-m", "server.cli"]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("HELDOUT_")}
-    e.update(HELDOUT_DATA_DIR=str(tmp_path / "d"), PYTHONPATH=str(ROOT))
-    return e
-
-
-def run(env: dict[str, str], *args: str, token: str | None = None, ok: bool = True) -> Any:
-    e = dict(env)
-    if token:
-        e["HELDOUT_TOKEN"] = token
-    proc = subprocess.run(
-        [*HELDOUT, *args],
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-@pytest.fixture
-def server(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    need(shutil.which("redis-server") is not None, "redis-server")
-    port = free_port()
-    env = {**env, "HELDOUT_API_URL": f"http://127.0.0.1:{port}"}
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [*HELDOUT, "server", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    try:
-        wait_healthy(env["HELDOUT_API_URL"], 60, "heldout server to answer")
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        pid = Path(env["HELDOUT_DATA_DIR"]) / "redis.pid"
-        if pid.exists():
-            os.kill(int(pid.read_text()), 15)
+from tests.support.workers import free_port
 
 
 def _bundle(tmp_path: Path, max_submissions: int = 1) -> Path:
@@ -103,11 +45,10 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("slug: x\nphases: [\n")
     bad = run(env, "challenge", "apply", str(broken), token=admin["token"], ok=False)
-    assert bad.returncode == 1 and "not valid YAML at line" in bad.stderr
+    assert bad.returncode == 2 and "not valid YAML at line" in bad.stderr
 
     alice = json.loads(run(env, "token", "create", "--user", "alice", "--json").stdout)["token"]
-    archive = tmp_path / "algo.tar"
-    archive.write_bytes(b"x" * 300_000)
+    archive = image_archive(tmp_path / "algo.tar", layer_bytes=300_000)
     sub = json.loads(
         run(
             env, "submit", "stoic", "qualification", "--image", str(archive), "--json", token=alice
@@ -125,7 +66,7 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     refused = run(
         env, "submit", "stoic", "qualification", "--image", str(archive), token=alice, ok=False
     )
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "429" in refused.stderr and "next allowed" in refused.stderr
 
     rules = run(env, "rules", "stoic", "qualification", token=alice).stdout
@@ -136,7 +77,7 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     # Another participant cannot read alice's submission.
     bob = json.loads(run(env, "token", "create", "--user", "bob", "--json").stdout)["token"]
     hidden = run(env, "status", str(sub["id"]), "--no-follow", token=bob, ok=False)
-    assert hidden.returncode == 1 and "404" in hidden.stderr
+    assert hidden.returncode == 2 and "404" in hidden.stderr
 
     # Teams: an invitation the invitee accepts, then leaving a team that has not submitted.
     carol = json.loads(run(env, "token", "create", "--user", "carol", "--json").stdout)["token"]
@@ -150,7 +91,7 @@ def test_cli_end_to_end(server: dict[str, str], tmp_path: Path) -> None:
     # Alice's team of one has submitted: she cannot move her quota elsewhere.
     mine = json.loads(run(env, "team", "show", "stoic", "--json", token=alice).stdout)
     stuck = run(env, "team", "leave", str(mine["id"]), token=alice, ok=False)
-    assert stuck.returncode == 1 and "409" in stuck.stderr and "submitted" in stuck.stderr
+    assert stuck.returncode == 2 and "409" in stuck.stderr and "submitted" in stuck.stderr
 
 
 def test_cli_without_server_says_so(env: dict[str, str]) -> None:
@@ -183,7 +124,7 @@ def test_cli_plan_refusal_and_events(server: dict[str, str], tmp_path: Path) -> 
     bad.write_text(bundle.read_text().replace("label: probSevere", "label: probSevre"))
     for extra in (["--plan"], []):
         refused = run(env, "challenge", "apply", str(bad), *extra, token=token, ok=False)
-        assert refused.returncode == 1
+        assert refused.returncode == 2
         assert "no column 'probSevre'" in refused.stderr, refused.stderr
     assert "no events" in run(env, "challenge", "events", "stoic", token=token).stdout
     assert json.loads(run(env, "challenge", "events", "stoic", "--json", token=token).stdout) == []

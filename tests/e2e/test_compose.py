@@ -58,7 +58,14 @@ def _build_stand_ins(client: docker.DockerClient) -> dict[str, str]:
 def _download_wheels(client: docker.DockerClient) -> None:
     """The server image's dependencies, resolved by the image's own interpreter (its
     markers differ from the host's: bookworm's 3.11.2 needs async-timeout for redis)."""
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # The image installs heldout[worker]: the client's, the server's and the worker's.
+    extras = project["optional-dependencies"]
+    deps = [
+        d
+        for d in [*project["dependencies"], *extras["server"], *extras["worker"]]
+        if not d.startswith("heldout")
+    ]
     WHEELS.mkdir(exist_ok=True)
     download = "pip download -q -d /wheels " + shlex.join(["setuptools", *deps])
     client.containers.run(

@@ -233,3 +233,38 @@ def test_parallel_submissions_against_limit_of_one(
         "/api/v1/challenges/stoic/phases/qualification/submissions", headers=auth(alice)
     ).json()
     assert len(listed) == 1
+
+
+PRECHECK = "/api/v1/challenges/stoic/phases/qualification/submissions/precheck"
+
+
+def test_precheck_names_the_refusal_and_changes_nothing(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """The pre-check runs the same rules as a submission, before any upload; a refusal it
+    finds adds no cooldown penalty and makes no team."""
+    _challenge(api, settings, tmp_path, rules={"cooldown_hours": 24, "cooldown_penalty_hours": 48})
+    alice = user_token(settings, "alice")
+    ok = api.post(PRECHECK, json={"kind": "algorithm"}, headers=auth(alice))
+    assert ok.status_code == 200 and ok.json() == {"ok": True}
+    assert api.get("/api/v1/challenges/stoic/teams/mine", headers=auth(alice)).status_code == 404
+    rules_url = "/api/v1/challenges/stoic/phases/qualification/rules"
+    assert api.get(rules_url, headers=auth(alice)).json()["usage"]["charged"] == 0
+    assert submit_blob(api, alice).status_code == 201
+    assert api.get(rules_url, headers=auth(alice)).json()["usage"] == {
+        "charged": 1,
+        "used_in_window": None,  # no max_submissions in this phase
+    }
+    for _ in range(2):  # asking twice during the cooldown: no penalty was added the first time
+        r = api.post(PRECHECK, json={"kind": "algorithm"}, headers=auth(alice))
+        assert r.status_code == 429 and r.json()["rule"] == "cooldown", r.text
+    image = {"os": "linux", "architecture": "arm64", "config": {"User": "app", "Cmd": ["x"]}}
+    bob = user_token(settings, "bob")
+    r = api.post(PRECHECK, json={"kind": "algorithm", "image": image}, headers=auth(bob))
+    assert r.status_code == 422 and r.json()["field"] == "image"
+    assert "linux/arm64" in r.json()["detail"]
+    r = api.post(PRECHECK, json={"kind": "codebase"}, headers=auth(bob))
+    assert r.status_code == 422 and r.json()["field"] == "kind"
+    r = api.post(PRECHECK.replace("qualification", "qualifcation"), json={"kind": "algorithm"},
+                 headers=auth(bob))  # fmt: skip
+    assert r.status_code == 404 and r.json()["field"] == "phase"

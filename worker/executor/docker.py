@@ -38,6 +38,7 @@ import requests
 from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
+from heldout.archive import refused_user_reason  # shared with the client's checks
 from worker.executor.base import (
     LABEL_ATTEMPT,
     LABEL_INDEX,
@@ -69,16 +70,6 @@ _MAX_OUTPUT_DEPTH = 32
 
 # ---------------------------------------------------------------------------------------
 # Users: refuse root, and find the numeric uid/gid that must own /output.
-
-
-def refused_user_reason(user: str | None) -> str | None:
-    """Why an image USER is refused (empty, root or 0, as grand-challenge does), or None."""
-    name = (user or "").strip().split(":", 1)[0]
-    if not name:
-        return "The image has no USER, so it would run as root; add a non-root USER."
-    if name in ("root", "0"):
-        return f"The image runs as {user!r} (root); add a non-root USER to the Dockerfile."
-    return None
 
 
 def resolve_user(user: str, passwd: str | None, group: str | None) -> tuple[int, int] | None:
