@@ -22,7 +22,7 @@ from server.jobs.models import Job
 from server.jobs.states import JobStatus
 from server.submissions.advance import lock_for_record, retry_or_fail
 from worker import steps
-from worker.executor.base import LABEL_JOB, LABEL_MANAGED
+from worker.executor.base import LABEL_JOB
 from worker.images import release_in_background
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,11 @@ def queue_sizes(queues: set[str], broker_url: str | None = None) -> dict[str, in
 def stop_cancelled(settings: Settings) -> list[int]:
     """Containers still running for jobs that were cancelled (the participant cancelled the
     submission) are removed, so cancelling frees the node at once."""
-    import docker
-
     prefix = steps.instance_prefix(settings)
     keys: dict[int, str] = {}
-    for c in docker.from_env().containers.list(filters={"label": f"{LABEL_MANAGED}=1"}):
-        key = c.labels.get(LABEL_JOB, "")
+    # No wait for an engine that is down: this pass logs it, the next one tries again.
+    for labels in steps.executor(settings, wait_s=0).running({}):
+        key = labels.get(LABEL_JOB, "")
         if key.startswith(prefix) and key[len(prefix) :].isdigit():
             keys[int(key[len(prefix) :])] = key
     if not keys:

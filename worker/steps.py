@@ -113,10 +113,10 @@ def smoke_train_limits(settings: Settings, spec: PhaseSpec) -> Limits:
 ENGINE_WAIT_S = 60.0
 
 
-def docker_client() -> Any:
+def docker_client(wait_s: float = ENGINE_WAIT_S) -> Any:
     import docker
 
-    deadline = time.monotonic() + ENGINE_WAIT_S
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             return docker.from_env(timeout=300)
@@ -127,13 +127,13 @@ def docker_client() -> Any:
             time.sleep(1)
 
 
-def executor(settings: Settings) -> Any:
+def executor(settings: Settings, wait_s: float = ENGINE_WAIT_S) -> Any:
     from worker.executor.docker import DockerExecutor
 
     work = (settings.data_dir / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
     return DockerExecutor(
-        docker_client(), work, allow_unsized_fallback=settings.allow_unsized_output
+        docker_client(wait_s), work, allow_unsized_fallback=settings.allow_unsized_output
     )
 
 

@@ -349,6 +349,11 @@ class Executor(ABC, Generic[H]):
         `labels`, e.g. {LABEL_JOB: "42"} when a crashed worker's job is picked up again.
         Returns the names removed."""
 
+    @abstractmethod
+    def running(self, labels: Mapping[str, str]) -> list[dict[str, str]]:
+        """The labels of this backend's running containers whose labels include `labels`
+        (the reaper finds the runs of cancelled jobs by them)."""
+
     def run(self, spec: RunSpec, dest: Path) -> RunResult:
         """provision → execute → collect → deprovision, always deprovisioning."""
         handle = self.provision(spec)

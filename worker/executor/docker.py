@@ -494,6 +494,12 @@ class DockerExecutor(Executor[DockerHandle]):
             log.error("deprovision of %s incomplete: %s", handle.spec.name, errors)
             raise ExecutionError(Failure.engine_error()) from errors[0]
 
+    def running(self, labels: Mapping[str, str]) -> list[dict[str, str]]:
+        want = {**labels, LABEL_MANAGED: "1"}
+        with _engine_errors("list"):
+            filters = {"label": [f"{k}={v}" for k, v in want.items()]}
+            return [dict(c.labels) for c in self.client.containers.list(filters=filters)]
+
     def cleanup_stale(self, labels: Mapping[str, str]) -> list[str]:
         want = {**labels, LABEL_MANAGED: "1"}
         removed: set[str] = set()

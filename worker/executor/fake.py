@@ -75,6 +75,13 @@ class FakeExecutor(Executor[FakeHandle]):
         handle.removed = True
         self.live.pop(handle.spec.name, None)
 
+    def running(self, labels: Mapping[str, str]) -> list[dict[str, str]]:
+        return [
+            h.spec.all_labels
+            for h in self.live.values()
+            if all(h.spec.all_labels.get(k) == v for k, v in labels.items())
+        ]
+
     def cleanup_stale(self, labels: Mapping[str, str]) -> list[str]:
         names = [
             name

@@ -47,6 +47,9 @@ class Fake(Executor[str]):
     def cleanup_stale(self, labels: Mapping[str, str]) -> list[str]:
         return []
 
+    def running(self, labels: Mapping[str, str]) -> list[dict[str, str]]:
+        return []
+
 
 def test_the_four_steps_in_order() -> None:
     ex = Fake()

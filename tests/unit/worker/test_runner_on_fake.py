@@ -145,3 +145,11 @@ def test_cleanup_stale_removes_a_crashed_run_by_its_job_label(tmp_path: Path) ->
     ex.provision(RunSpec("img", "13", 1, tmp_path, LIMITS))
     assert ex.cleanup_stale({LABEL_JOB: "12"}) == [left.spec.name]
     assert list(ex.live) == [RunSpec("img", "13", 1, tmp_path, LIMITS).name]
+
+
+def test_running_lists_the_labels_of_live_runs(tmp_path: Path) -> None:
+    ex = FakeExecutor()
+    ex.provision(RunSpec("img", "14", 1, tmp_path, LIMITS))
+    ex.provision(RunSpec("img", "15", 2, tmp_path, LIMITS))
+    assert sorted(labels[LABEL_JOB] for labels in ex.running({})) == ["14", "15"]
+    assert [labels[LABEL_JOB] for labels in ex.running({LABEL_JOB: "15"})] == ["15"]
