@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import IO, Any
 
 MiB, GiB = 1024**2, 1024**3
-_CHUNK = MiB
-_METADATA = ("manifest.json", "index.json")
+READ_CHUNK = MiB
+METADATA = ("manifest.json", "index.json")
 # Small members kept in pass 1 because one of them is the image config (named only by
 # manifest.json, which docker save writes last).
 _SMALL_FILE = 1 * MiB
 _SMALL_TOTAL = 16 * MiB
 _SAFE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
 # Annotations through which an OCI index names (tags) its images.
-_OCI_NAME_KEYS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
+OCI_NAME_KEYS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class HashingReader:
 
     def drain(self) -> str:
         """Read (and hash) whatever the consumer left unread; return the hex digest."""
-        while self.read(_CHUNK):
+        while self.read(READ_CHUNK):
             pass
         return self.hash.hexdigest()
 
@@ -127,7 +127,7 @@ def inspect_archive(path: Path, limits: IntakeLimits = IntakeLimits()) -> Archiv
         meter = _ExpansionMeter(limits, reader)
         members, total = 0, 0
         seen: set[str] = set()
-        for member, tar in _members(reader):
+        for member, tar in archive_members(reader):
             name = check_member(member)
             if name in seen:
                 raise IntakeError(f"The archive lists {name!r} twice; re-create it (docker save).")
@@ -141,11 +141,11 @@ def inspect_archive(path: Path, limits: IntakeLimits = IntakeLimits()) -> Archiv
                     "The archive unpacks to more than "
                     f"{limits.max_uncompressed_bytes / GiB:.1f} GiB."
                 )
-            if name in _METADATA:
-                metadata[name] = _read_small(tar, member, limits.max_metadata_bytes)
+            if name in METADATA:
+                metadata[name] = read_small(tar, member, limits.max_metadata_bytes)
                 meter.measure(io.BytesIO(metadata[name]), name)
             elif _maybe_config(name, member) and small_bytes < _SMALL_TOTAL:
-                small[name] = _read_small(tar, member, _SMALL_FILE)
+                small[name] = read_small(tar, member, _SMALL_FILE)
                 small_bytes += member.size
                 meter.measure(io.BytesIO(small[name]), name)
             elif member.isreg():
@@ -177,7 +177,7 @@ class _Decompressor:
         self.d = make()
 
     def feed(self, data: bytes) -> bytes:
-        """Up to _CHUNK bytes of output; call again with b"" while `more` is true."""
+        """Up to READ_CHUNK bytes of output; call again with b"" while `more` is true."""
         if self.d.eof:
             data = bytes(self.d.unused_data) + data
             if not data:
@@ -185,7 +185,7 @@ class _Decompressor:
             self.d = self.make()
         if self.is_zlib:
             data = self.d.unconsumed_tail + data
-        out: bytes = self.d.decompress(data, _CHUNK)
+        out: bytes = self.d.decompress(data, READ_CHUNK)
         return out
 
     @property
@@ -237,7 +237,7 @@ class _ExpansionMeter:
         d = _decompressor(head)
         if d is None:
             self._add(len(head), name)
-            while chunk := _read(f, _CHUNK):
+            while chunk := _read(f, READ_CHUNK):
                 self._add(len(chunk), name)
             return
         consumed, produced, data = len(head), 0, head
@@ -254,7 +254,7 @@ class _ExpansionMeter:
             if d.more:
                 data = b""
                 continue
-            data = _read(f, _CHUNK)
+            data = _read(f, READ_CHUNK)
             if not data:
                 return
             consumed += len(data)
@@ -349,7 +349,7 @@ def _inside(path: str, shown: str, *, parent_ok: bool) -> str:
     return posixpath.normpath(path)
 
 
-def _members(fileobj: Any) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+def archive_members(fileobj: Any) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
             for member in tar:
@@ -362,7 +362,7 @@ def _members(fileobj: Any) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
         ) from e
 
 
-def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, cap: int) -> bytes:
+def read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, cap: int) -> bytes:
     if not member.isreg() or member.size > cap:
         raise IntakeError(f"The archive's {member.name} is not a small regular file.")
     f = tar.extractfile(member)

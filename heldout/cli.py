@@ -71,13 +71,13 @@ def _options(
     _target.api_url, _target.token, _target.client = api_url, token, None
 
 
-def _client() -> Client:
+def make_client() -> Client:
     if _target.client is None:
         _target.client = Client(_target.api_url, _target.token)
     return _target.client
 
 
-def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+def exit_with(message: str, code: int = EXIT_FAILED) -> NoReturn:
     err.print("error:", style="red", end=" ")
     err.print(message, markup=False, highlight=False)
     raise typer.Exit(code)
@@ -99,7 +99,7 @@ def _suggestion(exc: ApiError, challenge: str | None, phase: str | None) -> str:
     """ "did you mean …" for an unknown challenge or phase slug."""
     if exc.status != 404 or challenge is None:
         return ""
-    client = _client()
+    client = make_client()
     try:
         if exc.body.get("field") == "challenge":
             known = [c["slug"] for c in client.challenges()]
@@ -117,7 +117,7 @@ def _suggestion(exc: ApiError, challenge: str | None, phase: str | None) -> str:
     return f"; list them: {listing}"
 
 
-def _call(
+def call_api(
     fn: Callable[..., T],
     *args: Any,
     challenge: str | None = None,
@@ -131,30 +131,32 @@ def _call(
     except ApiError as exc:
         _refused(exc, challenge, phase)
     except RefusedLocally as exc:
-        _fail(f"{exc.message} [field: {exc.field}] (refused here: nothing uploaded)", EXIT_REFUSED)
+        exit_with(
+            f"{exc.message} [field: {exc.field}] (refused here: nothing uploaded)", EXIT_REFUSED
+        )
     except httpx.TransportError as exc:
         _unreachable(exc)
 
 
 def _refused(exc: ApiError, challenge: str | None = None, phase: str | None = None) -> NoReturn:
     if exc.status == 401:
-        _fail(
+        exit_with(
             f"401 {exc.detail}: set HELDOUT_TOKEN to a token of this server "
             f"({_target.api_url}); an operator makes one with `heldout token create`",
             EXIT_REFUSED,
         )
     code = EXIT_REFUSED if exc.status < 500 else EXIT_FAILED
-    _fail(_api_message(exc) + _suggestion(exc, challenge, phase), code)
+    exit_with(_api_message(exc) + _suggestion(exc, challenge, phase), code)
 
 
 def _unreachable(exc: httpx.TransportError) -> NoReturn:
-    _fail(
+    exit_with(
         f"cannot reach the heldout server at {_target.api_url} ({exc}); is it running? "
         "Point HELDOUT_API_URL (or --api-url) at it"
     )
 
 
-def _emit(data: Any, as_json: bool) -> bool:
+def emit(data: Any, as_json: bool) -> bool:
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
     return as_json
@@ -163,7 +165,7 @@ def _emit(data: Any, as_json: bool) -> bool:
 def need_extra(module: str, extra: str, command: str) -> None:
     """End a command whose dependencies (an extra) are not installed with what to install."""
     if importlib.util.find_spec(module) is None:
-        _fail(
+        exit_with(
             f"`heldout {command}` needs the {extra} side of heldout, which is not installed: "
             f"pip install 'heldout[{extra}]'",
             EXIT_REFUSED,
@@ -176,8 +178,8 @@ def need_extra(module: str, extra: str, command: str) -> None:
 @app.command()
 def challenges(as_json: bool = JsonOpt) -> None:
     """List the challenges on the server."""
-    rows = _call(_client().challenges)
-    if _emit(rows, as_json):
+    rows = call_api(make_client().challenges)
+    if emit(rows, as_json):
         return
     for c in rows:
         out.print(f"{c['slug']:24} {c['title']}", markup=False, highlight=False)
@@ -192,8 +194,8 @@ def _when(value: str | None) -> str:
 @app.command()
 def phases(challenge: str, as_json: bool = JsonOpt) -> None:
     """List a challenge's phases with their kind and dates."""
-    rows = _call(_client().phases, challenge, challenge=challenge)
-    if _emit(rows, as_json):
+    rows = call_api(make_client().phases, challenge, challenge=challenge)
+    if emit(rows, as_json):
         return
     for p in rows:
         out.print(
@@ -237,18 +239,18 @@ def _read_bundle(bundle: Path) -> dict[str, Any]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        _fail(f"{bundle} is not valid YAML{where}: {exc.problem}", EXIT_REFUSED)
+        exit_with(f"{bundle} is not valid YAML{where}: {exc.problem}", EXIT_REFUSED)
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        _fail(f"cannot read {bundle}: {exc}", EXIT_REFUSED)
+        exit_with(f"cannot read {bundle}: {exc}", EXIT_REFUSED)
     if not isinstance(data, dict):
-        _fail(f"{bundle} must be a YAML mapping (slug, title, datasets, phases)", EXIT_REFUSED)
+        exit_with(f"{bundle} must be a YAML mapping (slug, title, datasets, phases)", EXIT_REFUSED)
     return dict(_jsonable(data))
 
 
 def _dataset_slugs(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for i, ds in enumerate(data.get("datasets") or []):
         if not isinstance(ds, dict) or not ds.get("slug") or not ds.get("path"):
-            _fail(f"datasets[{i}] needs a slug and a path [field: datasets]", EXIT_REFUSED)
+            exit_with(f"datasets[{i}] needs a slug and a path [field: datasets]", EXIT_REFUSED)
         yield str(ds["slug"]), str(ds["path"])
 
 
@@ -275,8 +277,8 @@ def challenge_apply(
     data = _read_bundle(bundle)
     slug = data.get("slug")
     if not isinstance(slug, str) or not slug:
-        _fail(f"{bundle} has no slug [field: slug]", EXIT_REFUSED)
-    client = _client()
+        exit_with(f"{bundle} has no slug [field: slug]", EXIT_REFUSED)
+    client = make_client()
     try:
         existing = client.get(f"/challenges/{slug}/datasets")
     except ApiError as exc:
@@ -284,9 +286,9 @@ def challenge_apply(
             _refused(exc)
         existing = []
         # A new challenge: only an administrator may create it; say so before uploading.
-        me = _call(client.me)
+        me = call_api(client.me)
         if not me["is_admin"]:
-            _fail(
+            exit_with(
                 f"challenge {slug!r} does not exist and only an administrator may create a "
                 "challenge; ask one to apply the bundle first (nothing was uploaded)",
                 EXIT_REFUSED,
@@ -298,7 +300,7 @@ def challenge_apply(
     for ds_slug, rel in _dataset_slugs(data):
         root = (bundle.parent / rel).resolve()
         if not root.is_dir():
-            _fail(
+            exit_with(
                 f"dataset {ds_slug!r}: {root} is not a directory [field: datasets.{ds_slug}.path]",
                 EXIT_REFUSED,
             )
@@ -309,13 +311,13 @@ def challenge_apply(
         try:
             cases = f" ({scanned[1]} cases)" if scanned else ""
             err.print(f"uploading dataset {ds_slug}{cases}")
-            up = _call(client.upload, archive)
+            up = call_api(client.upload, archive)
         finally:
             archive.unlink(missing_ok=True)
         uploads[ds_slug] = up["key"]
     body = {"bundle": data, "datasets": uploads, "plan": plan}
-    result = _call(client.post, "/challenges/apply", body)
-    if _emit(result, as_json):
+    result = call_api(client.post, "/challenges/apply", body)
+    if emit(result, as_json):
         return
     if plan:
         verb = "would change" if result["changed"] else "would not change"
@@ -345,8 +347,8 @@ def challenge_apply(
 @challenge_app.command("events")
 def challenge_events(slug: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
     """Events for the organizers: evaluations their metric config broke, platform errors."""
-    result = _call(_client().get, f"/challenges/{slug}/events", challenge=slug)
-    if _emit(result, as_json):
+    result = call_api(make_client().get, f"/challenges/{slug}/events", challenge=slug)
+    if emit(result, as_json):
         return
     if not result:
         out.print("no events")
@@ -378,10 +380,10 @@ def submit(
     """Submit an algorithm image or a codebase to a phase. The phase, its dates, your
     quota and the image are checked before anything is uploaded."""
     if bool(image) == bool(repo):
-        _fail("give either --image ARCHIVE or --repo URL --ref REF", EXIT_REFUSED)
+        exit_with("give either --image ARCHIVE or --repo URL --ref REF", EXIT_REFUSED)
     if repo and not ref:
-        _fail("--repo needs --ref", EXIT_REFUSED)
-    client = _client()
+        exit_with("--repo needs --ref", EXIT_REFUSED)
+    client = make_client()
     # Shown once the upload starts: the checks before it print nothing but their verdict.
     bar = Progress(
         "[progress.description]{task.description}",
@@ -400,7 +402,7 @@ def submit(
         bar.update(task, completed=done, total=total)
 
     try:
-        sub = _call(
+        sub = call_api(
             client.submit,
             challenge,
             phase,
@@ -417,7 +419,7 @@ def submit(
             bar.stop()
     if follow:
         _exit_for(_follow(client, sub["id"], as_json))
-    if not _emit(sub, as_json):
+    if not emit(sub, as_json):
         out.print(f"submission [bold]{sub['id']}[/bold] accepted: {sub['status']}")
         out.print(f"follow it with: heldout status {sub['id']}")
 
@@ -474,8 +476,8 @@ def _follow(
                 elapsed = _took(time.monotonic() - started)
                 out.print(f"  {elapsed:>6}  {line}", markup=False)
 
-    sub = _call(client.wait, submission_id, show, interval=interval)
-    if not _emit(sub, as_json):
+    sub = call_api(client.wait, submission_id, show, interval=interval)
+    if not emit(sub, as_json):
         _print_outcome(client, sub)
     return sub
 
@@ -528,11 +530,11 @@ def status(
 ) -> None:
     """Show a submission's state, following it live until it ends. Exit code: 0 succeeded
     (or still running, with --no-follow), 1 failed, 3 cancelled."""
-    client = _client()
+    client = make_client()
     if follow:
         _exit_for(_follow(client, submission_id, as_json))
-    sub = _call(client.submission, submission_id)
-    if not _emit(sub, as_json):
+    sub = call_api(client.submission, submission_id)
+    if not emit(sub, as_json):
         out.print(
             f"submission {sub['id']} ({sub['challenge']}/{sub['phase']}, team {sub['team']}): "
             f"[bold]{sub['status']}[/bold]"
@@ -559,8 +561,8 @@ def _print_queue(sub: dict[str, Any]) -> None:
 @app.command()
 def cancel(submission_id: int = typer.Argument(...), as_json: bool = JsonOpt) -> None:
     """Cancel one of your team's submissions."""
-    sub = _call(_client().cancel, submission_id)
-    if not _emit(sub, as_json):
+    sub = call_api(make_client().cancel, submission_id)
+    if not emit(sub, as_json):
         out.print(f"submission {sub['id']}: {sub['status']}")
 
 
@@ -573,34 +575,34 @@ def _print_team(team: dict[str, Any]) -> None:
 @team_app.command("create")
 def team_create(challenge: str, name: str, as_json: bool = JsonOpt) -> None:
     """Found a team in a challenge (you become its first member)."""
-    team = _call(
-        _client().post, f"/challenges/{challenge}/teams", {"name": name}, challenge=challenge
+    team = call_api(
+        make_client().post, f"/challenges/{challenge}/teams", {"name": name}, challenge=challenge
     )
-    if not _emit(team, as_json):
+    if not emit(team, as_json):
         _print_team(team)
 
 
 @team_app.command("show")
 def team_show(challenge: str, as_json: bool = JsonOpt) -> None:
     """Your team in a challenge: members and pending invitations."""
-    team = _call(_client().get, f"/challenges/{challenge}/teams/mine", challenge=challenge)
-    if not _emit(team, as_json):
+    team = call_api(make_client().get, f"/challenges/{challenge}/teams/mine", challenge=challenge)
+    if not emit(team, as_json):
         _print_team(team)
 
 
 @team_app.command("invite")
 def team_invite(team_id: int, username: str, as_json: bool = JsonOpt) -> None:
     """Invite a user into your team; they join only if they accept."""
-    inv = _call(_client().post, f"/teams/{team_id}/invitations", {"username": username})
-    if not _emit(inv, as_json):
+    inv = call_api(make_client().post, f"/teams/{team_id}/invitations", {"username": username})
+    if not emit(inv, as_json):
         out.print(f"invitation {inv['id']}: {inv['invitee']} to {inv['team']}, {inv['status']}")
 
 
 @team_app.command("invitations")
 def team_invitations(as_json: bool = JsonOpt) -> None:
     """Invitations waiting for your answer."""
-    invs = _call(_client().get, "/team-invitations")
-    if not _emit(invs, as_json):
+    invs = call_api(make_client().get, "/team-invitations")
+    if not emit(invs, as_json):
         for inv in invs:
             out.print(
                 f"invitation {inv['id']}: team {inv['team']} in {inv['challenge']}, "
@@ -613,31 +615,31 @@ def team_invitations(as_json: bool = JsonOpt) -> None:
 @team_app.command("accept")
 def team_accept(invitation_id: int, as_json: bool = JsonOpt) -> None:
     """Accept an invitation and join its team."""
-    team = _call(_client().post, f"/team-invitations/{invitation_id}/accept")
-    if not _emit(team, as_json):
+    team = call_api(make_client().post, f"/team-invitations/{invitation_id}/accept")
+    if not emit(team, as_json):
         _print_team(team)
 
 
 @team_app.command("decline")
 def team_decline(invitation_id: int, as_json: bool = JsonOpt) -> None:
-    inv = _call(_client().post, f"/team-invitations/{invitation_id}/decline")
-    if not _emit(inv, as_json):
+    inv = call_api(make_client().post, f"/team-invitations/{invitation_id}/decline")
+    if not emit(inv, as_json):
         out.print(f"invitation {inv['id']}: {inv['status']}")
 
 
 @team_app.command("leave")
 def team_leave(team_id: int, as_json: bool = JsonOpt) -> None:
     """Leave a team (refused once the team has submitted)."""
-    left = _call(_client().post, f"/teams/{team_id}/leave")
-    if not _emit(left, as_json):
+    left = call_api(make_client().post, f"/teams/{team_id}/leave")
+    if not emit(left, as_json):
         out.print(f"you left team {left['left']}")
 
 
 @app.command()
 def rules(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
     """Show a phase's dates, submission rules and your team's use of them."""
-    data = _call(_client().rules, challenge, phase, challenge=challenge, phase=phase)
-    if _emit(data, as_json):
+    data = call_api(make_client().rules, challenge, phase, challenge=challenge, phase=phase)
+    if emit(data, as_json):
         return
     out.print(
         f"{challenge} / {phase}: opens {_when(data['opens_at'])}, "
@@ -664,8 +666,8 @@ def _fmt(value: Any) -> str:
 @app.command()
 def leaderboard(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
     """Show a phase's leaderboard (primary metric with its confidence interval)."""
-    data = _call(_client().leaderboard, challenge, phase, challenge=challenge, phase=phase)
-    if _emit(data, as_json):
+    data = call_api(make_client().leaderboard, challenge, phase, challenge=challenge, phase=phase)
+    if emit(data, as_json):
         return
     table = Table(title=f"{challenge} / {phase} — ranked on {data['primary_metric']}")
     table.add_column("rank", justify="right")
@@ -703,14 +705,14 @@ def report(
     import io
     import zipfile
 
-    data = _call(_client().report, challenge, challenge=challenge)
+    data = call_api(make_client().report, challenge, challenge=challenge)
     target = (out_dir or Path(f"{challenge}-report")).resolve()
     target.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         for name in zf.namelist():
             dest = (target / name).resolve()
             if not dest.is_relative_to(target):
-                _fail(f"the report holds a path outside its directory: {name!r}")
+                exit_with(f"the report holds a path outside its directory: {name!r}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(zf.read(name))
     out.print(
@@ -728,7 +730,7 @@ def _operator_stubs(missing: str) -> None:
     for name in ("server", "worker", "db", "token", "run-local", "demo"):
 
         def stub(ctx: typer.Context, _name: str = name) -> None:
-            _fail(
+            exit_with(
                 f"`heldout {_name}` runs on the server side, which is not installed "
                 f"({missing} is missing): pip install 'heldout[server]' "
                 "(workers: 'heldout[worker]')",

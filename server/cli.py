@@ -13,12 +13,12 @@ import typer
 from heldout.cli import (  # noqa: F401  (re-exported for commands added here)
     EXIT_REFUSED,
     JsonOpt,
-    _call,
-    _client,
-    _emit,
-    _fail,
     app,
+    call_api,
+    emit,
     err,
+    exit_with,
+    make_client,
     need_extra,
     out,
 )
@@ -168,7 +168,7 @@ def token_create(
         else "database HELDOUT_DATABASE_URL"
     )
     if not create and not has_database(settings):
-        _fail(
+        exit_with(
             f"no heldout database in the {where}: run this where the server runs, with its "
             "HELDOUT_DATA_DIR (or HELDOUT_DATABASE_URL), or pass --create to start a new one",
             EXIT_REFUSED,
@@ -178,7 +178,7 @@ def token_create(
         account = accounts.get_or_create_user(session, user, is_admin=admin)
         row, token = accounts.create_token(session, account, name)
         data = {"user": account.username, "admin": account.is_admin, "token": token, "id": row.id}
-    if not _emit(data, as_json):
+    if not emit(data, as_json):
         err.print(f"using the {where}", markup=False, highlight=False)
         out.print(f"token for {data['user']} (shown once, store it now):")
         typer.echo(token)

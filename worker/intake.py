@@ -32,19 +32,19 @@ import requests
 
 # The engine-free checks live with the client, which runs them before uploading.
 from heldout.archive import (
-    _CHUNK,
-    _METADATA,
-    _OCI_NAME_KEYS,
+    METADATA,
+    OCI_NAME_KEYS,
+    READ_CHUNK,
     GiB,
     HashingReader,
     IntakeError,
     IntakeLimits,
     MiB,
-    _members,
-    _read_small,
+    archive_members,
     check_config,
     check_member,
     inspect_archive,
+    read_small,
     sha256_file,
 )
 from worker.executor.docker import read_container_file, resolve_user
@@ -85,12 +85,12 @@ class LoadedImage:
 def _untagged_stream(path: Path) -> Iterator[bytes]:
     """The archive re-emitted as an uncompressed tar with its tag metadata stripped."""
     with open(path, "rb") as raw:
-        for member, tar in _members(raw):
+        for member, tar in archive_members(raw):
             name = check_member(member)
             if name == "repositories":
                 continue  # legacy tags; unused when manifest.json is present
-            if name in _METADATA:
-                data = _strip_tags(name, _read_small(tar, member, 64 * MiB))
+            if name in METADATA:
+                data = _strip_tags(name, read_small(tar, member, 64 * MiB))
                 member = tarfile.TarInfo(member.name)
                 member.size = len(data)
                 yield member.tobuf(tarfile.PAX_FORMAT)
@@ -100,7 +100,7 @@ def _untagged_stream(path: Path) -> Iterator[bytes]:
             if member.isreg():
                 f = tar.extractfile(member)
                 assert f is not None
-                while chunk := f.read(_CHUNK):
+                while chunk := f.read(READ_CHUNK):
                     yield chunk
                 yield _padding(member.size)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
@@ -117,7 +117,7 @@ def _strip_tags(name: str, data: bytes) -> bytes:
         if name == "manifest.json":
             entry["RepoTags"] = None
         elif isinstance(entry.get("annotations"), dict):
-            for key in _OCI_NAME_KEYS:
+            for key in OCI_NAME_KEYS:
                 entry["annotations"].pop(key, None)
     return json.dumps(doc).encode()
 

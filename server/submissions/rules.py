@@ -39,7 +39,7 @@ def describe(phase: Phase) -> list[str]:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def usage(session: Session, phase: Phase, team: Team | None, now: datetime) -> dict[str, Any]:
+def counts(session: Session, phase: Phase, team: Team | None, now: datetime) -> dict[str, Any]:
     """The team's use of the rules, counted as `check` counts it (charged submissions)."""
     r = phase.spec.rules
     if team is None:  # no submission yet: nothing used
@@ -130,10 +130,11 @@ def check(session: Session, phase: Phase, team: Team, now: datetime) -> None:
 
 def usage(session: Session, phase: Phase, team: Team | None, now: datetime) -> dict[str, Any]:
     """The team's standing against the rules, read without side effects (check() may add a
-    penalty; this never does): what the page shows next to the rules."""
+    penalty; this never does): what the page and `heldout rules` show next to the rules."""
     r = phase.spec.rules
     is_open, why_closed = phase_is_open(phase, now)
     out: dict[str, Any] = {
+        **counts(session, phase, team, now),
         "open": is_open,
         "max_submissions": r.max_submissions,
         "window_hours": r.window_hours,
