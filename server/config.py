@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 20 * 1024**3
+    # Threads per server process for sync endpoints; database pools are sized to match, so
+    # a request never waits for a connection another thread could hand back.
+    server_threads: int = Field(32, ge=1, le=256)
+    # `heldout server --workers`: processes behind one port.
+    server_workers: int = Field(1, ge=1, le=64)
 
     # Intake of T2 image archives.
     max_image_archive_bytes: int = 20 * 1024**3

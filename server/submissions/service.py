@@ -12,7 +12,7 @@ from server.challenges import service as challenges
 from server.challenges.models import Challenge, Phase
 from server.challenges.schemas import PhaseKind
 from server.config import Settings
-from server.db import utcnow
+from server.db import no_transaction, utcnow
 from server.errors import InvalidInput, InvalidTransition, NotFound, NotPermitted, RuleViolation
 from server.jobs import service as jobs
 from server.jobs.states import JobKind
@@ -150,8 +150,10 @@ def create(
             raise InvalidInput(
                 "a codebase phase takes 'repository_url' and 'ref'", field="repository_url"
             )
-        # Resolve before taking the team lock: it talks to a git server.
-        url, sha = _resolve_codebase(settings, payload.repository_url, payload.ref)
+        # Resolve with no transaction open (nor the team lock): it talks to a git server
+        # for up to git_timeout_s, and on SQLite a transaction would hold the write lock.
+        with no_transaction(session):
+            url, sha = _resolve_codebase(settings, payload.repository_url, payload.ref)
         fields.update(repository_url=url, ref=payload.ref, commit_sha=sha)
 
     team = teams.team_for(session, challenge.id, user)
