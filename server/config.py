@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Threads per server process for sync endpoints; database pools are sized to match, so
     # a request never waits for a connection another thread could hand back.
     server_threads: int = Field(32, ge=1, le=256)
+    # A reader that finds the stored leaderboard out of date waits this long for its
+    # recompute, then is served the previous board (a phase's first board is waited for).
+    leaderboard_fresh_wait_s: float = Field(2.0, ge=0)
     # `heldout server --workers`: processes behind one port.
     server_workers: int = Field(1, ge=1, le=64)
 

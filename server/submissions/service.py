@@ -16,6 +16,7 @@ from server.db import no_transaction, utcnow
 from server.errors import InvalidInput, InvalidTransition, NotFound, NotPermitted, RuleViolation
 from server.jobs import service as jobs
 from server.jobs.states import JobKind
+from server.leaderboards import boards
 from server.submissions import charging, repository, rules
 from server.submissions.models import Submission, SubmissionTransition
 from server.submissions.schemas import SubmissionCreate
@@ -74,6 +75,8 @@ def transition(
         raise InvalidTransition(
             f"submission {submission.id} changed state concurrently", field="status"
         )
+    if SubmissionStatus.succeeded in (current, target):
+        boards.changed(session, submission.phase_id)  # it enters or leaves the board
     session.add(
         SubmissionTransition(
             submission_id=submission.id,
@@ -248,6 +251,7 @@ def renounce(session: Session, user: User, submission_id: int) -> Submission:
     if not phase.spec.rules.allow_renounce:
         raise NotPermitted("this phase does not allow renouncing a submission")
     submission.renounced = True
+    boards.changed(session, submission.phase_id)
     if SubmissionStatus(submission.status) in ACTIVE - {SubmissionStatus.evaluating}:
         transition(session, submission, SubmissionStatus.cancelled, note="renounced")
         jobs.cancel_open(session, submission)

@@ -96,3 +96,26 @@ def test_reads_are_answered_while_another_transaction_holds_the_write_lock(
         holder.close()
     writer.join(30)
     assert wrote == [201]  # ...and goes through once it is free
+
+
+def test_sigterm_stops_the_server_within_5_s_with_a_chunk_in_flight(
+    live_sqlite: LiveServer,
+) -> None:
+    """Graceful shutdown abandons a request nobody will finish (a stalled chunk)."""
+    import os
+    import signal
+
+    live = live_sqlite
+    alice = httpx.Client(base_url=f"{live.url}/api/v1", headers=auth(live.token), timeout=10)
+    key = alice.post("/uploads", json={"filename": "a", "size": 10 * MiB}).json()["key"]
+    sock = live.open_put(key, 0, 10 * MiB)
+    sock.sendall(b"x" * MiB)
+    try:
+        assert live.proc is not None
+        time.sleep(0.5)
+        started = time.monotonic()
+        os.killpg(live.proc.pid, signal.SIGTERM)
+        live.proc.wait(timeout=10)
+        assert time.monotonic() - started < 5
+    finally:
+        sock.close()
