@@ -49,6 +49,7 @@ def fill(settings: Any, teams: int, results: int, cases: int, work: Path) -> str
     from server.leaderboards import service as leaderboards
     from server.leaderboards.models import Result
     from server.submissions import service as submissions
+    from server.submissions.models import Submission
     from server.submissions.schemas import SubmissionCreate
     from server.submissions.states import SubmissionStatus as S
     from tests.support.factories import (
@@ -65,6 +66,8 @@ def fill(settings: Any, teams: int, results: int, cases: int, work: Path) -> str
     dispatch.sender = lambda tasks, _broker: None  # no broker: nothing runs the jobs
     all_cases = stoic_cases(cases)
     per_team = max(1, results // teams)
+    distinct = min(teams, 12)  # teams whose first submission is evaluated for real
+    scored: list[int] = []
     started = time.monotonic()
     with TestClient(create_app(settings)) as api:
         admin = user_token(settings, "admin", admin=True)
@@ -74,6 +77,31 @@ def fill(settings: Any, teams: int, results: int, cases: int, work: Path) -> str
         for t in range(teams):
             token = user_token(settings, f"team{t:03d}")
             first = submit_blob(api, token).json()["id"]
+            if t >= distinct:
+                # Recorded with the metrics of an earlier team's evaluation (the real
+                # evaluation of every team would take most of the run).
+                for step in (S.validating, S.queued, S.inferring, S.evaluating, S.succeeded):
+                    with session_scope(settings) as session:
+                        sub = session.get(Submission, first)
+                        assert sub is not None
+                        if sub.status != step.value:
+                            submissions.transition(session, sub, step)
+                with session_scope(settings) as session:
+                    res = (
+                        session.query(Result)
+                        .filter(Result.submission_id == scored[t % distinct])
+                        .one()
+                    )
+                    sub = session.get(Submission, first)
+                    phase = session.get(Phase, res.phase_id)
+                    assert sub is not None and phase is not None
+                    leaderboards.record(
+                        session, sub, phase, res.evaluator_version, res.ground_truth_digest,
+                        res.metrics, metrics_version=res.metrics_version,
+                    )  # fmt: skip
+                source = scored[t % distinct]
+            else:
+                source = first
             bend = (t % 17) / 17
             outputs = {
                 c: {
@@ -85,10 +113,12 @@ def fill(settings: Any, teams: int, results: int, cases: int, work: Path) -> str
                 }
                 for i, (c, v) in enumerate(all_cases.items())
             }
-            score(settings, first, outputs, work / f"t{t}")
+            if t < distinct:
+                score(settings, first, outputs, work / f"t{t}")
+                scored.append(first)
             key = upload_bytes(api, token, f"team {t}".encode())
             with session_scope(settings) as session:
-                res = session.query(Result).filter(Result.submission_id == first).one()
+                res = session.query(Result).filter(Result.submission_id == source).one()
                 phase = session.get(Phase, res.phase_id)
                 assert phase is not None
                 from server.accounts import service as accounts

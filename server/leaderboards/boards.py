@@ -69,15 +69,25 @@ def _stored(row: Board) -> Stored:
     return Stored(row.generation, row.etag, row.leaderboard_json, row.statistics_json)
 
 
+# The last board served per (database, phase, rule key), so a reader whose generation it
+# matches does not load the board's JSON again: the row is only read when it changed.
+_served: dict[tuple[str, int, str, str], Stored] = {}
+
+
 def current(session: Session, phase: Phase) -> Stored:
     """The phase's board as of the generation this session reads, or the previous one if
     its recompute is still running after the wait."""
     settings: Settings = session.info.get("settings") or get_settings()
     key = rule_key(session, phase)
-    row = session.scalar(select(Board).where(Board.phase_id == phase.id, Board.rule_key == key))
     wanted = phase.board_generation
+    memo = (settings.sqlalchemy_url, phase.id, phase.created_at.isoformat(), key)
+    hit = _served.get(memo)
+    if hit is not None and hit.generation >= wanted:
+        return hit
+    row = session.scalar(select(Board).where(Board.phase_id == phase.id, Board.rule_key == key))
     if row is not None and row.generation >= wanted:
-        return _stored(row)
+        _served[memo] = _stored(row)
+        return _served[memo]
     old = _stored(row) if row is not None else None
     # No board at all yet: the first reader waits for it (there is nothing to serve).
     deadline = None if old is None else time.monotonic() + settings.leaderboard_fresh_wait_s
@@ -90,6 +100,7 @@ def current(session: Session, phase: Phase) -> Stored:
             assert old is not None
             return old
         if new.generation >= wanted:
+            _served[memo] = new
             return new
         # That recompute started before the change this reader saw: start the next one.
         old = new

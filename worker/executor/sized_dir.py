@@ -14,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import subprocess
+import threading
+import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -48,12 +51,21 @@ class SizedDir:
     """`with SizedDir(path, 256) as d:` gives a directory at `path` that holds at most
     about 256 MiB; unmounted and deleted on exit. The image file sits next to it."""
 
-    def __init__(self, path: Path, size_mb: int, *, allow_fallback: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        size_mb: int,
+        *,
+        allow_fallback: bool = False,
+        pool: ImagePool | None = None,
+    ) -> None:
         self.path = path
         self.size_mb = size_mb
         self.image = path.with_name(path.name + ".img")
         self.allow_fallback = allow_fallback
+        self.pool = pool
         self.mounted = False
+        self._detached = False  # lazily unmounted: its image may still be in use
 
     def __enter__(self) -> SizedDir:
         self.create()
@@ -74,9 +86,13 @@ class SizedDir:
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=False)
         try:
-            with open(self.image, "wb") as f:
-                f.truncate(image_bytes(self.size_mb))
-            _run(*_MKFS, str(self.image))
+            ready = self.pool.take(self.size_mb) if self.pool is not None else None
+            if ready is not None:
+                os.replace(ready, self.image)  # formatted and wiped ahead of this case
+            else:
+                with open(self.image, "wb") as f:
+                    f.truncate(image_bytes(self.size_mb))
+                _run(*_MKFS, str(self.image))
             _run("mount", "-o", "loop,nosuid,nodev,noatime", str(self.image), str(self.path))
             self.mounted = True
             (self.path / "lost+found").rmdir()
@@ -117,12 +133,17 @@ class SizedDir:
         return st.f_bavail * st.f_frsize < slack or st.f_favail == 0
 
     def remove(self) -> None:
+        recycle = self.mounted and self.pool is not None
         # ismount: a redelivered task's provision may already have unmounted it.
         if self.mounted and os.path.ismount(self.path):
             self._unmount()
         self.mounted = False
         shutil.rmtree(self.path, ignore_errors=True)
-        self.image.unlink(missing_ok=True)
+        if recycle and not self._detached and self.image.exists():
+            assert self.pool is not None
+            self.pool.give_back(self.image, self.size_mb)  # wiped before any reuse
+        else:
+            self.image.unlink(missing_ok=True)
 
     def _unmount(self) -> None:
         try:
@@ -131,7 +152,118 @@ class SizedDir:
             # Still busy (a process holds it): detach now, the kernel frees it when idle.
             log.warning("SizedDir %s busy; lazy unmount", self.path)
             _run("umount", "-l", str(self.path))
+            self._detached = True
         self.mounted = False
+
+
+class ImagePool:
+    """Size-capped ext4 images formatted ahead of the cases that mount them, so a case's
+    /output costs a rename and a mount rather than a mkfs, and its removal an unmount and
+    a hand-back. An image handed back is wiped completely before anyone gets it again:
+    every block is discarded (truncated to nothing, so the file is all holes) and a fresh
+    filesystem is made on it, in a background thread, off the cases' path. Images live
+    in `root` (same filesystem as the work directories: a rename moves them); any found
+    there at start are left over from another process and deleted, never reused."""
+
+    def __init__(self, base: Path, per_size: int = 2) -> None:
+        # One directory per process (several workers may share the work root); those of
+        # processes that are gone are deleted, their images never reused.
+        base.mkdir(parents=True, exist_ok=True)
+        for other in base.iterdir():
+            if other.name.isdigit() and not _alive(int(other.name)):
+                shutil.rmtree(other, ignore_errors=True)
+        self.root = base / str(os.getpid())
+        self.per_size = per_size
+        self.root.mkdir(exist_ok=True)
+        for stale in self.root.glob("*.img"):
+            stale.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._ready: dict[int, list[Path]] = {}
+        self._pending: dict[int, int] = {}
+        self._out: dict[int, int] = {}  # taken by a SizedDir, not yet given back
+        self._work: queue.SimpleQueue[tuple[Path, int]] = queue.SimpleQueue()
+        threading.Thread(target=self._prepare_forever, name="image-pool", daemon=True).start()
+
+    def take(self, size_mb: int) -> Path | None:
+        """A wiped, formatted image of this size, or None (the caller formats its own);
+        either way the pool prepares more of this size for the next cases."""
+        with self._lock:
+            ready = self._ready.get(size_mb)
+            image = ready.pop() if ready else None
+            if image is not None:
+                self._out[size_mb] = self._out.get(size_mb, 0) + 1
+            # Images out come back (recycled): only the rest are made new.
+            missing = max(0, self.per_size - self._held(size_mb))
+            self._pending[size_mb] = self._pending.get(size_mb, 0) + missing
+        for _ in range(missing):
+            self._work.put((self.root / f"new-{uuid.uuid4().hex}.img", size_mb))
+        return image
+
+    def _held(self, size_mb: int) -> int:
+        return (
+            len(self._ready.get(size_mb, []))
+            + self._pending.get(size_mb, 0)
+            + self._out.get(size_mb, 0)
+        )
+
+    def give_back(self, image: Path, size_mb: int) -> None:
+        """Take back an unmounted image: it is wiped and formatted again before reuse (or
+        deleted, when the pool holds enough of its size)."""
+        with self._lock:
+            self._out[size_mb] = max(0, self._out.get(size_mb, 0) - 1)
+            if self._held(size_mb) >= self.per_size:
+                image.unlink(missing_ok=True)
+                return
+            self._pending[size_mb] = self._pending.get(size_mb, 0) + 1
+        dirty = self.root / f"dirty-{uuid.uuid4().hex}.img"
+        try:
+            os.replace(image, dirty)
+        except OSError:
+            image.unlink(missing_ok=True)
+            with self._lock:
+                self._pending[size_mb] -= 1
+            return
+        self._work.put((dirty, size_mb))
+
+    def ready_count(self, size_mb: int) -> int:
+        with self._lock:
+            return len(self._ready.get(size_mb, []))
+
+    def _prepare_forever(self) -> None:
+        while True:
+            path, size_mb = self._work.get()
+            ready = self.root / f"ready-{uuid.uuid4().hex}.img"
+            try:
+                wipe_and_format(path, size_mb)
+                os.replace(path, ready)
+            except (OSError, subprocess.SubprocessError) as e:
+                log.warning("image pool: could not prepare %s: %s", path, _detail(e))
+                path.unlink(missing_ok=True)
+                with self._lock:
+                    self._pending[size_mb] -= 1
+                continue
+            with self._lock:
+                self._pending[size_mb] -= 1
+                self._ready.setdefault(size_mb, []).append(ready)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wipe_and_format(image: Path, size_mb: int) -> None:
+    """Discard every byte of `image` (truncate to 0: no block of an earlier case survives,
+    not even unallocated ones) and make a fresh, empty filesystem of the capped size."""
+    with open(image, "ab") as f:
+        f.truncate(0)
+        f.truncate(image_bytes(size_mb))
+    _run(*_MKFS, str(image))
 
 
 def _detail(e: BaseException) -> str:
