@@ -235,8 +235,11 @@ def main() -> int:
     ap.add_argument("--proc-submissions", type=int, default=2)
     ap.add_argument("--proc-pairs", type=int, default=100)
     ap.add_argument("--no-proc", action="store_true")
-    ap.add_argument("--scaling", action="store_true",
-                    help="only the 10k -> 100k case scaling of the statistics path")
+    ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="only the 10k -> 100k case scaling of the statistics path",
+    )
     ap.add_argument("--scaling-submissions", type=int, default=5)
     args = ap.parse_args()
     if args.scaling:

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # use. Otherwise an image the operator provides; its reference is the evaluator's key.
     evaluation_image: str = ""
     max_attempts: int = 3
+    # Size-capped /output filesystems kept formatted and mounted ahead per size, reused
+    # (wiped completely) between cases: provisioning drops from a mkfs and a loop mount to
+    # one bind mount. 0: off (each case formats its own). docker-compose.yml sets 2.
+    output_pool: int = Field(0, ge=0, le=16)
     # Development only: where no size-capped (loop-mounted) /output can be made, run with a
     # plain directory checked after the run. Off: the worker refuses to start instead.
     allow_unsized_output: bool = False

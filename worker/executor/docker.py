@@ -257,13 +257,14 @@ class DockerExecutor(Executor[DockerHandle]):
         log_tail_bytes: int = LOG_TAIL_BYTES,
         rootfs_poll_s: float = 2.0,
         allow_unsized_fallback: bool = False,
-        image_pool: bool = True,
+        image_pool: int = 0,
     ) -> None:
         """`work_root`: host directory for per-run sized dirs (root-owned, not shared).
         `allow_unsized_fallback`: development only; where no loop mount can be made,
         /output and /scratch become plain directories checked for size after the run.
-        `image_pool`: size-capped images formatted ahead and reused, wiped, between runs
-        (a run's /output then costs a mount, not a mkfs)."""
+        `image_pool`: how many size-capped filesystems of each size to keep formatted and
+        mounted ahead, reused (wiped) between runs: a run's /output then costs a bind
+        mount, not a mkfs and a loop mount (0: none)."""
         self.client = client
         self.work_root = work_root
         self.log_tail_bytes = log_tail_bytes
@@ -272,7 +273,7 @@ class DockerExecutor(Executor[DockerHandle]):
         # Beside the work root (same filesystem: images move by rename), not in it: the
         # work root holds only runs, and is empty when none is in flight.
         pool_root = work_root.parent / f".{work_root.name}-image-pool"
-        self.image_pool = ImagePool(pool_root) if image_pool else None
+        self.image_pool = ImagePool.shared(pool_root, image_pool) if image_pool else None
         self._rootfs_quota: bool | None = None  # learnt on the first writable-rootfs run
         self._users: dict[tuple[str, str], tuple[int, int] | None] = {}
 
