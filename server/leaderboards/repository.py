@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from server.leaderboards.models import Result
 from server.submissions.models import Submission
@@ -51,9 +51,11 @@ def current_results_on_board(
     evaluator: str,
 ) -> list[tuple[Result, Submission, Team]]:
     """Current results of succeeded, unrenounced submissions with their submission and
-    team, in one query."""
+    team, in one query. Their metrics JSON (per-case predictions: large) is loaded only
+    when read, so picking each team's best of 10,000 results parses ~200 of them."""
     stmt = (
         select(Result, Submission, Team)
+        .options(defer(Result.metrics))
         .join(Submission, Submission.id == Result.submission_id)
         .join(Team, Team.id == Submission.team_id)
         .where(
