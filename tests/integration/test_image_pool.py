@@ -58,6 +58,15 @@ def test_a_reused_filesystem_never_shows_the_previous_case(tmp_path: Path) -> No
                 os.fsync(f.fileno())
     finally:
         second.remove()
-    _ready(pool, 8)
-    pool.discard(pool.take(8) or tmp_path / "none", 8)
-    assert mounts_under(tmp_path / "pool") == []
+    # Case after case on the same recycled image: each starts empty.
+    for i in range(4):
+        _ready(pool, 8)
+        d = SizedDir(tmp_path / f"next{i}" / "output", 8, pool=pool)
+        d.create()
+        try:
+            assert list(d.path.iterdir()) == []
+            (d.path / f"left-by-{i}").write_bytes(MARKER)
+        finally:
+            d.remove()
+    pool.close()
+    wait_for(lambda: mounts_under(tmp_path / "pool") == [], 30, "the pool's mounts to go")

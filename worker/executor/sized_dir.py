@@ -199,6 +199,7 @@ class ImagePool:
     def close(self) -> None:
         """Take down the pool's mounts and images (those bound into a case stay theirs)."""
         with self._lock:
+            self._closed = True
             ready = dict(self._ready)
             self._ready.clear()
         for mounts in ready.values():
@@ -224,6 +225,7 @@ class ImagePool:
         self._ready: dict[int, list[Path]] = {}
         self._pending: dict[int, int] = {}
         self._out: dict[int, int] = {}  # bound into a case, not yet given back
+        self._closed = False
         self._work: queue.SimpleQueue[tuple[Path, int]] = queue.SimpleQueue()
         threading.Thread(target=self._prepare_forever, name="image-pool", daemon=True).start()
 
@@ -286,17 +288,46 @@ class ImagePool:
                 continue
             with self._lock:
                 self._pending[size_mb] -= 1
-                self._ready.setdefault(size_mb, []).append(mount)
+                if not self._closed:
+                    self._ready.setdefault(size_mb, []).append(mount)
+                    continue
+            # Prepared after close(): taken down again.
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                _run("umount", str(mount))
+            shutil.rmtree(mount, ignore_errors=True)
+            _image_of(mount).unlink(missing_ok=True)
 
     @staticmethod
     def _prepare(mount: Path, size_mb: int) -> None:
         image = _image_of(mount)
         if os.path.ismount(mount):
             _run("umount", str(mount))  # fails if anything still holds it: not reused
+        # The loop device outlives the unmount for a moment (autoclear is asynchronous),
+        # and `mount -o loop` would reuse it, with its cache of the old filesystem:
+        # detach every loop device on this image before wiping it.
+        _detach_loops(image)
         mount.mkdir(exist_ok=True)
         wipe_and_format(image, size_mb)
         _run("mount", "-o", "loop,nosuid,nodev,noatime", str(image), str(mount))
+        # Fresh or nothing: a new filesystem holds lost+found alone.
+        if sorted(os.listdir(mount)) != ["lost+found"]:
+            raise OSError(f"{mount} is not a fresh filesystem after the wipe")
         (mount / "lost+found").rmdir()
+
+
+def _detach_loops(image: Path) -> None:
+    out = subprocess.run(
+        ["losetup", "-j", str(image)], check=True, capture_output=True, text=True, timeout=30
+    ).stdout
+    for line in out.splitlines():
+        device = line.split(":", 1)[0].strip()
+        if device:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run("losetup", "-d", device)
+    if subprocess.run(
+        ["losetup", "-j", str(image)], check=True, capture_output=True, text=True, timeout=30
+    ).stdout.strip():
+        raise OSError(f"a loop device still holds {image}")
 
 
 def _image_of(mount: Path) -> Path:
