@@ -266,6 +266,8 @@ def main() -> None:
                 )
             )
         report("batch mode", batch, time.perf_counter() - t0, args.cases)
+        if ex.image_pool is not None:
+            ex.image_pool.close()  # before the scratch directory goes
 
 
 if __name__ == "__main__":

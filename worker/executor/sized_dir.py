@@ -20,6 +20,7 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -197,17 +198,25 @@ class ImagePool:
             return pool
 
     def close(self) -> None:
-        """Take down the pool's mounts and images (those bound into a case stay theirs)."""
+        """Take down the pool's mounts and images (those bound into a case stay theirs).
+        Idempotent; waits a little for a filesystem still being prepared."""
         with self._lock:
             self._closed = True
-            ready = dict(self._ready)
-            self._ready.clear()
-        for mounts in ready.values():
-            for mount in mounts:
-                with contextlib.suppress(OSError, subprocess.SubprocessError):
-                    _run("umount", str(mount))
-                shutil.rmtree(mount, ignore_errors=True)
-                _image_of(mount).unlink(missing_ok=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self._lock:
+                ready = dict(self._ready)
+                self._ready.clear()
+                busy = sum(self._pending.values())
+            for mounts in ready.values():
+                for mount in mounts:
+                    with contextlib.suppress(OSError, subprocess.SubprocessError):
+                        _run("umount", str(mount))
+                    shutil.rmtree(mount, ignore_errors=True)
+                    _image_of(mount).unlink(missing_ok=True)
+            if not busy:
+                return
+            time.sleep(0.05)
 
     def __init__(self, base: Path, per_size: int = 2) -> None:
         base.mkdir(parents=True, exist_ok=True)
@@ -324,10 +333,14 @@ def _detach_loops(image: Path) -> None:
         if device:
             with contextlib.suppress(subprocess.CalledProcessError):
                 _run("losetup", "-d", device)
-    if subprocess.run(
-        ["losetup", "-j", str(image)], check=True, capture_output=True, text=True, timeout=30
-    ).stdout.strip():
-        raise OSError(f"a loop device still holds {image}")
+    # A container's mount namespace may hold the filesystem a little past its removal.
+    for _ in range(100):
+        if not subprocess.run(
+            ["losetup", "-j", str(image)], check=True, capture_output=True, text=True, timeout=30
+        ).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise OSError(f"a loop device still holds {image}")
 
 
 def _image_of(mount: Path) -> Path:
