@@ -133,7 +133,10 @@ def executor(settings: Settings, wait_s: float = ENGINE_WAIT_S) -> Any:
     work = (settings.data_dir / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
     return DockerExecutor(
-        docker_client(wait_s), work, allow_unsized_fallback=settings.allow_unsized_output
+        docker_client(wait_s),
+        work,
+        allow_unsized_fallback=settings.allow_unsized_output,
+        image_pool=settings.output_pool,
     )
 
 
