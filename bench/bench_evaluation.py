@@ -221,6 +221,39 @@ def analysis_bench(y: np.ndarray, scores: np.ndarray, r: int) -> None:
             f"{result.uncertainty.tau_median:.3f}; target < 5 s: "
             f"{'met' if best < 5 else 'MISSED'}"
         )
+def _statistics_path(y: np.ndarray, scores: np.ndarray, r: int) -> float:
+    """What scoring and a board cost: bootstrap CIs per submission, all-pairs DeLong, and
+    the board from predictions sections (alignment, ranks, top-3 ensemble with its CI)."""
+    from evaluation.leaderboard import Entry, board
+
+    cached_counts.cache_clear()
+    n = scores.shape[1]
+    cases = [f"C{i:06d}" for i in range(n)]
+    t0 = time.perf_counter()
+    cis = [stats.bootstrap_ci("auc", y, s, n_resamples=r, seed=SEED) for s in scores]
+    stats.delong_matrix(y, scores)
+    sections = [
+        {"cases": cases, "y_true": y.tolist(), "y_score": s.tolist(), "n_cases": n,
+         "positions": list(range(n))}
+        for s in scores
+    ]  # fmt: skip
+    entries = [Entry(str(i), ci.value, None) for i, ci in enumerate(cis)]
+    board("auc", entries, sections, higher_is_better=True, alpha=0.05, ensemble_k=3,
+          n_resamples=r, seed=SEED, level=0.95)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def scaling(k: int, r: int) -> None:
+    """The statistics path at 10,000 and 100,000 cases: N log N predicts x12.5."""
+    times = {}
+    _statistics_path(*make_data(k, 500), r)  # warm-up
+    for n in (10_000, 100_000):
+        y, scores = make_data(k, n)
+        times[n] = min(_statistics_path(y, scores, r) for _ in range(2))
+        print(f"  {k} submissions x {n} cases, {r} resamples: {times[n]:.2f} s")
+    factor = times[100_000] / times[10_000]
+    nlogn = 10 * np.log(100_000) / np.log(10_000)
+    print(f"scaling 10k -> 100k cases: x{factor:.1f} (N log N: x{nlogn:.1f}; N^2: x100)")
 
 
 def main() -> int:
@@ -234,7 +267,16 @@ def main() -> int:
     ap.add_argument("--proc-pairs", type=int, default=100)
     ap.add_argument("--no-proc", action="store_true")
     ap.add_argument("--analysis-only", action="store_true")
+    ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="only the 10k -> 100k case scaling of the statistics path",
+    )
+    ap.add_argument("--scaling-submissions", type=int, default=5)
     args = ap.parse_args()
+    if args.scaling:
+        scaling(args.scaling_submissions, args.resamples)
+        return 0
     k, n, r = args.submissions, args.cases, args.resamples
     y, scores = make_data(k, n)
     print(f"{k} submissions x {n} cases ({int(y.sum())} positive), {r} bootstrap resamples, "

@@ -28,7 +28,7 @@ import docker
 from server.challenges.schemas import Interface, InterfaceKind, Limits
 from tests.support import images as im
 from worker.executor.base import RunSpec
-from worker.executor.docker import DockerExecutor
+from worker.executor.docker import DockerExecutor, container_options
 from worker.outputs import (
     stage_batch_inputs,
     stage_case_inputs,
@@ -80,6 +80,61 @@ def run_case(ex: DockerExecutor, image: str, source: Path, work: Path, n: int) -
     assert result.failure is None and checked.ok, (result, checked)
     steps["execute"] -= result.duration_s
     return Timing(time.perf_counter() - t0, result.duration_s, 1, steps)
+
+
+def bare_case(client: docker.DockerClient, image: str, source: Path, work: Path, n: int) -> float:
+    """The engine alone: the same container options heldout uses (docker.container_options),
+    /input staged the same way, /output a plain directory; create, start, wait, remove."""
+    from docker.types import Mount
+
+    t0 = time.perf_counter()
+    stage_case_inputs(work / "in", [CT], {"ct": source})
+    out = work / "out"
+    out.mkdir(parents=True)
+    out.chmod(0o777)
+    spec = RunSpec(
+        image=image, job_id="bare", attempt=1, index=n, inputs=work / "in", limits=LIMITS
+    )
+    mounts = [
+        Mount("/input", str((work / "in").resolve()), type="bind", read_only=True),
+        Mount("/output", str(out.resolve()), type="bind"),
+    ]
+    opts = container_options(spec, image, mounts, rootfs_quota=False)
+    opts["name"] = f"heldout-bench-bare-{n}-{time.monotonic_ns()}"
+    container = client.containers.create(**opts)
+    try:
+        container.start()
+        status = container.wait(timeout=120)
+        assert status["StatusCode"] == 0, container.logs()[-500:]
+    finally:
+        container.remove(force=True, v=True)
+    return time.perf_counter() - t0
+
+
+def sized_output_cost(root: Path, n: int = 20) -> None:
+    """heldout's own part of a case's /output: provision + removal of the size-capped
+    directory, from the pool (formatted ahead) and fresh (mkfs on the case's path)."""
+    from worker.executor.sized_dir import ImagePool, SizedDir
+
+    pool = ImagePool(root / "pool", per_size=2)
+    pool.take(LIMITS.output_mb)
+    for label, use in (("fresh (mkfs per case)", None), ("pooled (formatted ahead)", pool)):
+        up, down = [], []
+        for i in range(n):
+            if use is not None:
+                deadline = time.monotonic() + 10
+                while use.ready_count(LIMITS.output_mb) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)  # the pool is ahead of the cases in a real run
+            d = SizedDir(root / f"{label[:5]}-{i}" / "output", LIMITS.output_mb, pool=use)
+            t0 = time.perf_counter()
+            d.create()
+            t1 = time.perf_counter()
+            d.remove()
+            up.append(t1 - t0)
+            down.append(time.perf_counter() - t1)
+        print(f"  /output {label:26s} provision {statistics.median(up) * 1000:6.1f} ms, "
+              f"removal {statistics.median(down) * 1000:6.1f} ms (median of {n})")  # fmt: skip
+    pool.close()
 
 
 def run_batch(ex: DockerExecutor, image: str, cases: dict[str, Path], work: Path, n: int) -> Timing:
@@ -144,11 +199,13 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="heldout-bench-") as tmp:
         root = Path(tmp)
-        ex = DockerExecutor(client, root / "work")
+        ex = DockerExecutor(client, root / "work", image_pool=args.concurrency)
         cases = {
             f"case-{i:04d}": im.write_mha(root / "dataset" / f"{i:04d}.mha", age=f"0{20 + i % 70}Y")
             for i in range(args.cases)
         }
+        print("\n== heldout's size-capped /output alone")
+        sized_output_cost(root / "sized")
         # Warm-up: first container start pays for page cache and the engine's lazy init.
         run_case(ex, image, next(iter(cases.values())), root / "warmup", 999_999)
 
@@ -162,7 +219,35 @@ def main() -> None:
                     enumerate(cases.items()),
                 )
             )
-        report("per-case mode", per_case, time.perf_counter() - t0, args.cases)
+        heldout_wall = time.perf_counter() - t0
+        report("per-case mode", per_case, heldout_wall, args.cases)
+
+        # The same cases through a bare engine run with the same flags, in the same run.
+        bare_case(client, image, next(iter(cases.values())), root / "bare-warmup", 999_998)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            bare = list(
+                pool.map(
+                    lambda item: bare_case(
+                        client, image, item[1][1], root / "bare" / item[1][0], item[0]
+                    ),
+                    enumerate(cases.items()),
+                )
+            )
+        bare_wall = time.perf_counter() - t0
+        h_med = statistics.median(t.wall_s for t in per_case)
+        b_med = statistics.median(bare)
+        print("\n== per-case mode vs a bare engine run (same flags, same cases, same slots)")
+        print(f"  wall, all cases               heldout {heldout_wall:7.2f} s, "
+              f"bare {bare_wall:7.2f} s")  # fmt: skip
+        print(f"  per case (median)             heldout {h_med * 1000:7.1f} ms, "
+              f"bare {b_med * 1000:7.1f} ms")  # fmt: skip
+        extra = (heldout_wall - bare_wall) / args.cases * 1000
+        print(f"  heldout's own cost per case   {(h_med - b_med) * 1000:7.1f} ms (median), "
+              f"{extra:7.1f} ms (wall / cases)")  # fmt: skip
+        ratio = heldout_wall / bare_wall
+        print(f"  ratio heldout / bare          {ratio:.2f} (target <= 1.1: "
+              f"{'met' if ratio <= 1.1 else 'MISSED'})")  # fmt: skip
 
         names = list(cases)
         batches = [names[i :: args.concurrency] for i in range(args.concurrency)]

@@ -101,12 +101,18 @@ def draw_counts(n_cases: int, n_resamples: int, seed: int) -> CaseCounts:
     counts: npt.NDArray[np.unsignedinteger] = np.empty((n_resamples, n_cases), dtype=np.uint8)
     for r0 in range(0, n_resamples, _DRAW_ROWS):
         block = rng.integers(0, n_cases, size=(min(_DRAW_ROWS, n_resamples - r0), n_cases))
-        for i, row in enumerate(block):
-            c = np.bincount(row, minlength=n_cases)
-            if c.max() > np.iinfo(counts.dtype).max:
-                counts = counts.astype(np.uint32)
-            counts[r0 + i] = c
+        c = _row_counts(block, n_cases)
+        if c.max() > np.iinfo(counts.dtype).max:
+            counts = counts.astype(np.uint32)
+        counts[r0 : r0 + block.shape[0]] = c
     return CaseCounts(counts)
+
+
+def _row_counts(block: npt.NDArray[np.integer[Any]], m: int) -> npt.NDArray[np.intp]:
+    """np.bincount of each row of `block` (values in [0, m)), for all rows in one call."""
+    rows = block.shape[0]
+    flat = (block + (np.arange(rows, dtype=np.int64) * m)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * m).reshape(rows, m)
 
 
 @functools.lru_cache(maxsize=4)
@@ -135,11 +141,10 @@ def draw_stratified_counts(strata: IntArray, n_resamples: int, seed: int) -> Cas
         m = members.size
         for r0 in range(0, n_resamples, _DRAW_ROWS):
             block = rng.integers(0, m, size=(min(_DRAW_ROWS, n_resamples - r0), m))
-            for i, row in enumerate(block):
-                c = np.bincount(row, minlength=m)
-                if c.max() > np.iinfo(counts.dtype).max:
-                    counts = counts.astype(np.uint32)
-                counts[r0 + i, members] = c
+            c = _row_counts(block, m)
+            if c.max() > np.iinfo(counts.dtype).max:
+                counts = counts.astype(np.uint32)
+            counts[r0 : r0 + block.shape[0], members] = c
     return CaseCounts(counts)
 
 

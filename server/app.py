@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,6 +31,9 @@ from server.uploads.endpoints import router as uploads_router
 
 PROBLEM = "application/problem+json"
 DB_RETRY_AFTER_S = 5
+# On SIGTERM, requests in flight get this long; then they are abandoned (their clients
+# have a retry; their transactions roll back).
+SHUTDOWN_GRACE_S = 3
 log = logging.getLogger(__name__)
 WEB = Path(__file__).resolve().parent / "web"
 
@@ -39,7 +45,15 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # As many threads for sync endpoints as the database pool has connections.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.server_threads
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="heldout",
         version="0.1.0",
         description="Challenges whose test and training data never leave the organizers' machines.",

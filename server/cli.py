@@ -125,18 +125,27 @@ def _rescore_stale(settings: config.Settings) -> None:
 def server(
     host: str = typer.Option(None, help="default: HELDOUT_HOST"),
     port: int = typer.Option(None, help="default: HELDOUT_PORT"),
+    workers: int = typer.Option(None, min=1, help="processes; default: HELDOUT_SERVER_WORKERS"),
 ) -> None:
     """Run the API server (migrates the database first; starts embedded Redis if needed)."""
     import uvicorn
 
-    from server.app import create_app
+    from server.app import SHUTDOWN_GRACE_S
     from server.embedded import ensure_redis, migrate
 
     settings = get_settings()
     ensure_redis(settings)
     migrate(settings)
     _rescore_stale(settings)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+    # Each worker process builds the app from the same HELDOUT_* environment.
+    uvicorn.run(
+        "server.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.server_workers,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
 
 
 @app.command()

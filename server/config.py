@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 20 * 1024**3
+    # Threads per server process for sync endpoints; database pools are sized to match, so
+    # a request never waits for a connection another thread could hand back.
+    server_threads: int = Field(32, ge=1, le=256)
+    # A reader that finds the stored leaderboard out of date waits this long for its
+    # recompute, then is served the previous board (a phase's first board is waited for).
+    leaderboard_fresh_wait_s: float = Field(2.0, ge=0)
+    # `heldout server --workers`: processes behind one port.
+    server_workers: int = Field(1, ge=1, le=64)
 
     # Intake of T2 image archives.
     max_image_archive_bytes: int = 20 * 1024**3
@@ -85,6 +93,10 @@ class Settings(BaseSettings):
     # use. Otherwise an image the operator provides; its reference is the evaluator's key.
     evaluation_image: str = ""
     max_attempts: int = 3
+    # Size-capped /output filesystems kept formatted and mounted ahead per size, reused
+    # (wiped completely) between cases: provisioning drops from a mkfs and a loop mount to
+    # one bind mount. 0: off (each case formats its own). docker-compose.yml sets 2.
+    output_pool: int = Field(0, ge=0, le=16)
     # Development only: where no size-capped (loop-mounted) /output can be made, run with a
     # plain directory checked after the run. Off: the worker refuses to start instead.
     allow_unsized_output: bool = False

@@ -51,9 +51,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 32) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size,
+            max_overflow=8,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -68,10 +73,18 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers (the default) take the write lock up front; readers (`write=False`)
+            # begin DEFERRED and, under WAL, never wait for a writer nor make one wait.
+            mode = conn.get_execution_options().get(BEGIN_OPTION, "IMMEDIATE")
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # One connection per thread that may hold a session (the server's threadpool, the
+    # background toucher), so no thread waits on the pool: see Settings.server_threads.
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=8)
+
+
+BEGIN_OPTION = "heldout_sqlite_begin"
 
 
 _engines: dict[str, Engine] = {}
@@ -83,22 +96,56 @@ def get_engine(settings: Settings | None = None) -> Engine:
     if url not in _engines:
         if url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        _engines[url] = make_engine(url)
+        _engines[url] = make_engine(url, settings.server_threads)
     return _engines[url]
 
 
-def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(settings), expire_on_commit=False)
+def session_factory(
+    settings: Settings | None = None, *, write: bool = True
+) -> sessionmaker[Session]:
+    engine = get_engine(settings)
+    bind = engine if write else engine.execution_options(**{BEGIN_OPTION: "DEFERRED"})
+    return sessionmaker(bind=bind, expire_on_commit=False)
+
+
+@event.listens_for(Session, "after_flush")
+def _wrote_by_flush(session: Session, _ctx: Any) -> None:
+    session.info["wrote"] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _wrote_by_statement(state: Any) -> None:
+    if not state.is_select:
+        state.session.info["wrote"] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:
+        session.info.pop("wrote", None)
 
 
 @contextmanager
-def session_scope(settings: Settings | None = None) -> Iterator[Session]:
+def no_transaction(session: Session) -> Iterator[None]:
+    """Run slow work (a network call, long file I/O) with no transaction open: ends the
+    session's transaction, which must only have read so far, so no lock (SQLite's write
+    lock, PostgreSQL row locks) and no pooled connection is held meanwhile. The next
+    statement begins a fresh transaction; objects already loaded stay usable. A unit that
+    has written already keeps its transaction (its writes commit with the rest of it)."""
+    if not (session.info.get("wrote") or session.new or session.dirty or session.deleted):
+        session.commit()
+    yield
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None, *, write: bool = True) -> Iterator[Session]:
     """One unit of work: commit at the end, roll back on error (except errors that keep
-    their changes, such as a recorded cooldown penalty)."""
+    their changes, such as a recorded cooldown penalty). `write=False` for a unit that only
+    reads: on SQLite it then takes no write lock (a write in it may fail when busy)."""
     from server.errors import HeldoutError
 
     settings = settings or get_settings()
-    session = session_factory(settings)()
+    session = session_factory(settings, write=write)()
     session.info["settings"] = settings
     try:
         yield session

@@ -14,10 +14,14 @@ from server.config import Settings
 from server.db import session_scope
 from server.storage import ArtifactStore
 
+# Requests that only read: on SQLite their transaction takes no write lock, so a slow
+# writer never holds them up (WAL readers see the last commit).
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 def get_session(request: Request) -> Iterator[Session]:
     settings: Settings = request.app.state.settings
-    with session_scope(settings) as session:
+    with session_scope(settings, write=request.method not in READ_METHODS) as session:
         yield session
 
 
@@ -57,7 +61,7 @@ def get_user_briefly(request: Request) -> User:
     """The current user, read in a session that is closed before the endpoint runs: for
     endpoints that stream a request body and must hold no transaction while they read it
     (on SQLite every transaction takes the write lock)."""
-    with session_scope(request.app.state.settings) as session:
+    with session_scope(request.app.state.settings, write=False) as session:
         return accounts.authenticate(session, _bearer(request))
 
 

@@ -12,7 +12,7 @@ from server.codebases.models import RepositoryLink, WebhookDelivery
 from server.datasets.models import Case, Dataset
 from server.db import Base
 from server.jobs.models import Job
-from server.leaderboards.models import Result
+from server.leaderboards.models import Board, Result
 from server.submissions.models import Penalty, Submission, SubmissionTransition
 from server.teams.models import Team, TeamInvitation, TeamMember
 from server.uploads.models import Upload, UploadChunk
@@ -20,6 +20,7 @@ from server.uploads.models import Upload, UploadChunk
 __all__ = [
     "ApiToken",
     "Base",
+    "Board",
     "Case",
     "Challenge",
     "ChallengeOrganizer",

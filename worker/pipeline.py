@@ -657,7 +657,12 @@ def _executor(settings: Settings) -> Any:
 
     work = (settings.data_dir / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    return DockerExecutor(_docker(), work, allow_unsized_fallback=settings.allow_unsized_output)
+    return DockerExecutor(
+        _docker(),
+        work,
+        allow_unsized_fallback=settings.allow_unsized_output,
+        image_pool=settings.output_pool,
+    )
 
 
 def _job_dir(settings: Settings, ctx: JobContext) -> Path:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import queue
 import re
 import secrets
+import threading
+import time
+from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from server.accounts import repository
@@ -13,7 +19,11 @@ from server.accounts.models import ApiToken, User
 from server.db import utcnow
 from server.errors import AlreadyExists, InvalidInput, NotFound, NotPermitted, Unauthorized
 
+log = logging.getLogger(__name__)
 TOKEN_PREFIX = "hld_"
+# A token's last_used_at is written at most this often, and never in the request's own
+# transaction: a read must not take SQLite's write lock (nor wait for it) to say it ran.
+TOUCH_EVERY = timedelta(seconds=60)
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -70,8 +80,54 @@ def authenticate(session: Session, token: str | None) -> User:
     user = session.get(User, row.user_id)
     if user is None:
         raise Unauthorized("the API token's user no longer exists")
-    row.last_used_at = utcnow()
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= TOUCH_EVERY:
+        _touch_later(session, row.id, now)
     return user
+
+
+_touches: queue.SimpleQueue[tuple[object, int, datetime]] = queue.SimpleQueue()
+_queued_at: dict[int, float] = {}  # token id -> monotonic time its last touch was queued
+_toucher_lock = threading.Lock()
+_toucher: threading.Thread | None = None
+
+
+def _touch_later(session: Session, token_id: int, now: datetime) -> None:
+    """Queue the write of last_used_at for a background thread (at most once a minute per
+    token in this process); a lost touch costs nothing but a staler timestamp."""
+    global _toucher
+    settings = session.info.get("settings")
+    if settings is None:
+        return
+    mono = time.monotonic()
+    with _toucher_lock:
+        if mono - _queued_at.get(token_id, -1e9) < TOUCH_EVERY.total_seconds():
+            return
+        _queued_at[token_id] = mono
+        if _toucher is None or not _toucher.is_alive():
+            # Daemon: a touch waiting on a busy database never delays the process's exit.
+            _toucher = threading.Thread(target=_touch_forever, name="token-touch", daemon=True)
+            _toucher.start()
+    _touches.put((settings, token_id, now))
+
+
+def _touch_forever() -> None:
+    from server.db import session_scope
+
+    while True:
+        settings, token_id, now = _touches.get()
+        try:
+            with session_scope(settings) as session:  # type: ignore[arg-type]
+                session.execute(
+                    update(ApiToken)
+                    .where(ApiToken.id == token_id)
+                    .values(last_used_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception as exc:  # best effort: the next use writes it again
+            log.info("last_used_at of token %s not written: %s", token_id, exc)
+            with _toucher_lock:
+                _queued_at.pop(token_id, None)
 
 
 def revoke_token(session: Session, user: User, token_id: int) -> None:

@@ -51,6 +51,10 @@ class Phase(Base):
     canary_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
     # Bumped whenever the metric config changes, so results are keyed by it (re-evaluation).
     metrics_version: Mapped[int] = mapped_column(Integer, default=1)
+    # Bumped in the transaction that changes what the leaderboard shows (a result recorded,
+    # a submission entering or leaving `succeeded`, a renounce): a stored board older than
+    # it is recomputed (server/leaderboards/boards.py).
+    board_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -21,7 +21,7 @@ from server.codebases import repository, webhooks
 from server.codebases.addresses import AddressPolicy
 from server.codebases.models import RepositoryLink, WebhookDelivery
 from server.config import Settings
-from server.db import utcnow
+from server.db import no_transaction, utcnow
 from server.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from server.submissions import service as submissions
 from server.submissions.models import Submission
@@ -43,9 +43,10 @@ def link(
     if phase.kind != "codebase":
         raise InvalidInput("only codebase phases take repository links", field="phase")
     try:
-        clean = git.validate_repository_url(
-            url, settings.allowed_local_repo_roots, policy=AddressPolicy.from_settings(settings)
-        )
+        with no_transaction(session):  # it resolves the host's addresses (DNS)
+            clean = git.validate_repository_url(
+                url, settings.allowed_local_repo_roots, policy=AddressPolicy.from_settings(settings)
+            )
     except git.CodebaseError as exc:
         raise InvalidInput(exc.message, field=exc.field) from exc
     team = teams.team_for(session, challenge.id, user)

@@ -27,7 +27,7 @@ from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
 from server.jobs.states import FINAL as JOB_FINAL
 from server.jobs.states import JobKind, JobStatus
-from server.leaderboards import repository
+from server.leaderboards import boards, repository
 from server.leaderboards.models import Result
 from server.submissions import repository as submissions_repo
 from server.submissions import service as submissions
@@ -91,6 +91,7 @@ def record(
     )
     session.add(result)
     session.flush()
+    boards.changed(session, phase.id)
     return result
 
 
@@ -111,16 +112,9 @@ def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission,
     if gt is None:
         return []
     sign = 1 if _primary(phase).higher_is_better else -1
-    rows: list[tuple[Result, Submission, Team]] = []
-    for result in repository.current_results(
+    rows = repository.current_results_on_board(
         session, phase.id, phase.metrics_version, gt, current_evaluator()
-    ):
-        sub = session.get(Submission, result.submission_id)
-        if sub is None or sub.renounced or sub.status != SubmissionStatus.succeeded.value:
-            continue
-        team = session.get(Team, sub.team_id)
-        assert team is not None
-        rows.append((result, sub, team))
+    )
     rows.sort(key=lambda t: (t[1].created_at, t[1].id))
     best: dict[int, tuple[Result, Submission, Team]] = {}
     for result, sub, team in rows:
@@ -185,10 +179,21 @@ def _board(
     return computed, by_key
 
 
-def leaderboard(session: Session, phase: Phase) -> dict[str, Any]:
+def compute(session: Session, phase: Phase) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The leaderboard and the statistics view, from one computation of the board."""
+    computed = _board(session, phase)
+    return leaderboard(session, phase, computed), statistics(session, phase, computed)
+
+
+def leaderboard(
+    session: Session,
+    phase: Phase,
+    computed_board: tuple[Board, dict[str, tuple[Result, Submission, Team]]] | None = None,
+) -> dict[str, Any]:
+    """Computed live: endpoints serve the stored board instead (`boards.current`)."""
     cfg = phase.spec.metrics
     primary = _primary(phase)
-    computed, by_key = _board(session, phase)
+    computed, by_key = computed_board or _board(session, phase)
     entries = []
     for r in computed.ranked:
         result, sub, team = by_key[r.key]
@@ -235,13 +240,17 @@ def _ensemble(computed: Board, by_key: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def statistics(session: Session, phase: Phase) -> dict[str, Any]:
+def statistics(
+    session: Session,
+    phase: Phase,
+    computed_board: tuple[Board, dict[str, tuple[Result, Submission, Team]]] | None = None,
+) -> dict[str, Any]:
     """All-pairs DeLong p-values on the primary metric and ROC points with CI bands.
     Only aggregates leave the server: no per-case labels or predictions."""
     from evaluation.leaderboard import delong_p_values
 
     primary = _primary(phase)
-    computed, by_key = _board(session, phase)
+    computed, by_key = computed_board or _board(session, phase)
     keys = [r.key for r in computed.ranked if r.rank is not None]
     out: dict[str, Any] = {
         "metric": primary.name,

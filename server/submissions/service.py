@@ -12,10 +12,11 @@ from server.challenges import service as challenges
 from server.challenges.models import Challenge, Phase
 from server.challenges.schemas import PhaseKind
 from server.config import Settings
-from server.db import utcnow
+from server.db import no_transaction, utcnow
 from server.errors import InvalidInput, InvalidTransition, NotFound, NotPermitted, RuleViolation
 from server.jobs import service as jobs
 from server.jobs.states import JobKind
+from server.leaderboards import boards
 from server.submissions import charging, repository, rules
 from server.submissions.models import Submission, SubmissionTransition
 from server.submissions.schemas import SubmissionCreate
@@ -74,6 +75,8 @@ def transition(
         raise InvalidTransition(
             f"submission {submission.id} changed state concurrently", field="status"
         )
+    if SubmissionStatus.succeeded in (current, target):
+        boards.changed(session, submission.phase_id)  # it enters or leaves the board
     session.add(
         SubmissionTransition(
             submission_id=submission.id,
@@ -150,8 +153,10 @@ def create(
             raise InvalidInput(
                 "a codebase phase takes 'repository_url' and 'ref'", field="repository_url"
             )
-        # Resolve before taking the team lock: it talks to a git server.
-        url, sha = _resolve_codebase(settings, payload.repository_url, payload.ref)
+        # Resolve with no transaction open (nor the team lock): it talks to a git server
+        # for up to git_timeout_s, and on SQLite a transaction would hold the write lock.
+        with no_transaction(session):
+            url, sha = _resolve_codebase(settings, payload.repository_url, payload.ref)
         fields.update(repository_url=url, ref=payload.ref, commit_sha=sha)
 
     team = teams.team_for(session, challenge.id, user)
@@ -246,6 +251,7 @@ def renounce(session: Session, user: User, submission_id: int) -> Submission:
     if not phase.spec.rules.allow_renounce:
         raise NotPermitted("this phase does not allow renouncing a submission")
     submission.renounced = True
+    boards.changed(session, submission.phase_id)
     if SubmissionStatus(submission.status) in ACTIVE - {SubmissionStatus.evaluating}:
         transition(session, submission, SubmissionStatus.cancelled, note="renounced")
         jobs.cancel_open(session, submission)

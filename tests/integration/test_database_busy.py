@@ -1,5 +1,6 @@
-"""A locked SQLite database (another writer holds it past the busy timeout) answers 503
-with Retry-After, as a documented problem response, instead of a 500."""
+"""A locked SQLite database (another writer holds it past the busy timeout) answers a write
+503 with Retry-After, as a documented problem response, instead of a 500; reads need no
+lock and are answered."""
 
 from __future__ import annotations
 
@@ -37,16 +38,18 @@ def test_a_locked_database_is_503_with_retry_after(
     holder.execute("BEGIN IMMEDIATE")  # the write lock, as a long transaction holds it
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as api:
-            r = api.get("/api/v1/me", headers=auth(token))
+            read = api.get("/api/v1/me", headers=auth(token))
+            r = api.post("/api/v1/uploads", json={"filename": "a", "size": 5}, headers=auth(token))
             spec = api.get("/api/v1/openapi.json").json()
     finally:
         holder.rollback()
         holder.close()
         event.remove(engine, "connect", _short_busy_timeout)
         engine.dispose()
+    assert read.status_code == 200, read.text
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "5"
     assert r.headers["content-type"] == "application/problem+json"
     assert "database is busy" in r.json()["detail"]
-    documented = spec["paths"]["/api/v1/me"]["get"]["responses"]["503"]
+    documented = spec["paths"]["/api/v1/uploads"]["post"]["responses"]["503"]
     assert "Retry-After" in documented["headers"]

@@ -50,7 +50,7 @@ from worker.executor.base import (
     RunResult,
     RunSpec,
 )
-from worker.executor.sized_dir import SizedDir, UnsizedError, unmount_all_under
+from worker.executor.sized_dir import ImagePool, SizedDir, UnsizedError, unmount_all_under
 
 log = logging.getLogger(__name__)
 
@@ -257,15 +257,23 @@ class DockerExecutor(Executor[DockerHandle]):
         log_tail_bytes: int = LOG_TAIL_BYTES,
         rootfs_poll_s: float = 2.0,
         allow_unsized_fallback: bool = False,
+        image_pool: int = 0,
     ) -> None:
         """`work_root`: host directory for per-run sized dirs (root-owned, not shared).
         `allow_unsized_fallback`: development only; where no loop mount can be made,
-        /output and /scratch become plain directories checked for size after the run."""
+        /output and /scratch become plain directories checked for size after the run.
+        `image_pool`: how many size-capped filesystems of each size to keep formatted and
+        mounted ahead, reused (wiped) between runs: a run's /output then costs a bind
+        mount, not a mkfs and a loop mount (0: none)."""
         self.client = client
         self.work_root = work_root
         self.log_tail_bytes = log_tail_bytes
         self.rootfs_poll_s = rootfs_poll_s
         self.allow_unsized_fallback = allow_unsized_fallback
+        # Beside the work root (same filesystem: images move by rename), not in it: the
+        # work root holds only runs, and is empty when none is in flight.
+        pool_root = work_root.parent / f".{work_root.name}-image-pool"
+        self.image_pool = ImagePool.shared(pool_root, image_pool) if image_pool else None
         self._rootfs_quota: bool | None = None  # learnt on the first writable-rootfs run
         self._users: dict[tuple[str, str], tuple[int, int] | None] = {}
 
@@ -322,7 +330,9 @@ class DockerExecutor(Executor[DockerHandle]):
             d.chown(uid, gid)
 
     def _sized(self, path: Path, size_mb: int) -> SizedDir:
-        d = SizedDir(path, size_mb, allow_fallback=self.allow_unsized_fallback)
+        d = SizedDir(
+            path, size_mb, allow_fallback=self.allow_unsized_fallback, pool=self.image_pool
+        )
         try:
             d.create()
         except UnsizedError as e:

@@ -1,0 +1,317 @@
+"""Leaderboard and statistics under load, on SQLite and PostgreSQL.
+
+Fills one phase with --results scored submissions from --teams teams through the services
+(each team's first submission goes through the worker's recording path and the real
+evaluation program; its others are recorded with that evaluation's metrics), starts
+`heldout server --workers N` on loopback, and loads the leaderboard and statistics
+endpoints at each concurrency for --seconds with a small keep-alive HTTP/1.1 load
+generator. Prints req/s, p50, p99, errors (non-200) and the server's RSS per process.
+
+    .venv/bin/python bench/bench_leaderboard.py --quick
+    .venv/bin/python bench/bench_leaderboard.py --db sqlite,postgres --workers 2
+    (PostgreSQL: --postgres-url, default $HELDOUT_TEST_POSTGRES_URL; its schema is wiped)
+
+Targets (2 cores, --workers 2, 10,000 results): leaderboard at c=64 >= 1,000 req/s and
+p99 < 50 ms; no 5xx anywhere; RSS < 300 MB per worker. The load generator shares the
+cores with the server, so figures are a lower bound on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BOARD = "/api/v1/challenges/stoic/phases/qualification/leaderboard"
+STATS = BOARD + "/statistics"
+
+
+def fill(settings: Any, teams: int, results: int, cases: int, work: Path) -> str:
+    """The phase, its teams and scored submissions; returns a participant's token."""
+    from fastapi.testclient import TestClient
+
+    from server import dispatch
+    from server.app import create_app
+    from server.challenges.models import Phase
+    from server.db import session_scope
+    from server.leaderboards import service as leaderboards
+    from server.leaderboards.models import Result
+    from server.submissions import service as submissions
+    from server.submissions.models import Submission
+    from server.submissions.schemas import SubmissionCreate
+    from server.submissions.states import SubmissionStatus as S
+    from tests.support.factories import (
+        apply_bundle,
+        stoic_bundle,
+        stoic_cases,
+        submit_blob,
+        upload_bytes,
+        user_token,
+        write_dataset,
+    )
+    from tests.support.scoring import score
+
+    dispatch.sender = lambda tasks, _broker: None  # no broker: nothing runs the jobs
+    all_cases = stoic_cases(cases)
+    per_team = max(1, results // teams)
+    distinct = min(teams, 12)  # teams whose first submission is evaluated for real
+    scored: list[int] = []
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        admin = user_token(settings, "admin", admin=True)
+        r = apply_bundle(api, admin, stoic_bundle(), {"test": write_dataset(work, all_cases)})
+        assert r.status_code == 200, r.text
+        token = admin
+        for t in range(teams):
+            token = user_token(settings, f"team{t:03d}")
+            first = submit_blob(api, token).json()["id"]
+            if t >= distinct:
+                # Recorded with the metrics of an earlier team's evaluation (the real
+                # evaluation of every team would take most of the run).
+                for step in (S.validating, S.queued, S.inferring, S.evaluating, S.succeeded):
+                    with session_scope(settings) as session:
+                        sub = session.get(Submission, first)
+                        assert sub is not None
+                        if sub.status != step.value:
+                            submissions.transition(session, sub, step)
+                with session_scope(settings) as session:
+                    res = (
+                        session.query(Result)
+                        .filter(Result.submission_id == scored[t % distinct])
+                        .one()
+                    )
+                    sub = session.get(Submission, first)
+                    phase = session.get(Phase, res.phase_id)
+                    assert sub is not None and phase is not None
+                    leaderboards.record(
+                        session, sub, phase, res.evaluator_version, res.ground_truth_digest,
+                        res.metrics, metrics_version=res.metrics_version,
+                    )  # fmt: skip
+                source = scored[t % distinct]
+            else:
+                source = first
+            bend = (t % 17) / 17
+            outputs = {
+                c: {
+                    "probability-covid-19": round(0.2 + 0.6 * v["probCOVID"] * (0.5 + bend), 3)
+                    % 1.0,
+                    "probability-severe-covid-19": round(
+                        min(1.0, 0.1 + 0.5 * v["probSevere"] + bend * ((i * 5) % 7) / 10), 3
+                    ),
+                }
+                for i, (c, v) in enumerate(all_cases.items())
+            }
+            if t < distinct:
+                score(settings, first, outputs, work / f"t{t}")
+                scored.append(first)
+            key = upload_bytes(api, token, f"team {t}".encode())
+            with session_scope(settings) as session:
+                res = session.query(Result).filter(Result.submission_id == source).one()
+                phase = session.get(Phase, res.phase_id)
+                assert phase is not None
+                from server.accounts import service as accounts
+
+                user = accounts.get_user(session, f"team{t:03d}")
+                for _ in range(per_team - 1):
+                    sub = submissions.create(
+                        session, settings, user, "stoic", "qualification",
+                        SubmissionCreate(upload=key),
+                    )  # fmt: skip
+                    for step in (S.queued, S.inferring, S.evaluating, S.succeeded):
+                        submissions.transition(session, sub, step)
+                    leaderboards.record(
+                        session, sub, phase, res.evaluator_version, res.ground_truth_digest,
+                        res.metrics, metrics_version=res.metrics_version,
+                    )  # fmt: skip
+            if t % 20 == 0:
+                print(f"  filled {t + 1}/{teams} teams ({time.monotonic() - started:.0f} s)")
+    print(f"filled {teams * per_team} results for {teams} teams in "
+          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    return token
+
+
+async def _worker(
+    port: int, path: str, token: str, until: float, lat: list[float], errors: list[int]
+) -> None:
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.monotonic() < until:
+            t0 = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            lat.append(time.perf_counter() - t0)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, path: str, token: str, c: int, seconds: float) -> dict[str, Any]:
+    lat: list[float] = []
+    errors: list[int] = []
+    until = time.monotonic() + seconds
+    t0 = time.monotonic()
+    await asyncio.gather(*(_worker(port, path, token, until, lat, errors) for _ in range(c)))
+    wall = time.monotonic() - t0
+    lat.sort()
+
+    def q(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+    return {
+        "req_s": len(lat) / wall,
+        "p50_ms": q(0.50),
+        "p99_ms": q(0.99),
+        "errors": len(errors),
+        "5xx": sum(1 for s in errors if s >= 500),
+    }
+
+
+def _rss_mb(pid: int) -> list[float]:
+    out = []
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [k for kid in kids for k in (kid, *_children(kid))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_db(db: str, args: argparse.Namespace) -> None:
+    from sqlalchemy import text
+
+    from server.config import Settings
+    from server.db import get_engine
+    from server.embedded import migrate
+
+    with tempfile.TemporaryDirectory(prefix="heldout-bench-lb-") as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HELDOUT_")}
+        env.update(HELDOUT_DATA_DIR=str(data), HELDOUT_REDIS_URL=args.redis_url,
+                   PYTHONPATH=str(ROOT))  # fmt: skip
+        if db == "postgres":
+            if not args.postgres_url:
+                print("postgres: skipped (no --postgres-url)")
+                return
+            env["HELDOUT_DATABASE_URL"] = args.postgres_url
+            settings = Settings(data_dir=data, database_url=args.postgres_url,
+                                redis_url=args.redis_url)  # fmt: skip
+            with get_engine(settings).begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        else:
+            settings = Settings(data_dir=data, redis_url=args.redis_url)
+        migrate(settings)
+        token = fill(settings, args.teams, args.results, args.cases, Path(tmp) / "work")
+        get_engine(settings).dispose()
+        port = _free_port()
+        log = (Path(tmp) / "server.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "server", "--port", str(port),
+             "--workers", str(args.workers)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            import httpx
+
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/api/v1/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not start: " + str(Path(tmp) / "server.log"))
+                time.sleep(0.2)
+            # The first look computes the stored board (once); every later one is served.
+            t0 = time.monotonic()
+            r = httpx.get(f"http://127.0.0.1:{port}{BOARD}",
+                          headers={"Authorization": f"Bearer {token}"}, timeout=300)  # fmt: skip
+            assert r.status_code == 200, r.text
+            print(f"[{db}] first view (computes the board): {time.monotonic() - t0:.2f} s, "
+                  f"{len(r.json()['entries'])} entries, {len(r.content) // 1024} KiB")  # fmt: skip
+            for name, path in (("leaderboard", BOARD), ("statistics", STATS)):
+                for c in args.concurrency:
+                    m = asyncio.run(_load(port, path, token, c, args.seconds))
+                    rss = _rss_mb(proc.pid)
+                    print(
+                        f"[{db}] {name:11s} c={c:<3d} {m['req_s']:8.0f} req/s  "
+                        f"p50 {m['p50_ms']:6.1f} ms  p99 {m['p99_ms']:6.1f} ms  "
+                        f"errors {m['errors']} (5xx {m['5xx']})  "
+                        f"RSS MB per process {', '.join(f'{x:.0f}' for x in rss)}",
+                        flush=True,
+                    )
+            t0 = time.monotonic()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+            print(f"[{db}] SIGTERM to exit: {time.monotonic() - t0:.2f} s")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1,000 results for 40 teams, 3 s loads")
+    ap.add_argument("--db", default="sqlite,postgres")
+    ap.add_argument("--teams", type=int, default=200)
+    ap.add_argument("--results", type=int, default=10_000)
+    ap.add_argument("--cases", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--postgres-url", default=os.environ.get("HELDOUT_TEST_POSTGRES_URL"))
+    ap.add_argument(
+        "--redis-url", default=os.environ.get("HELDOUT_TEST_REDIS_URL", "redis://127.0.0.1:1/0")
+    )
+    args = ap.parse_args()
+    if args.quick:
+        args.teams, args.results, args.seconds = 40, 1000, 3.0
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    print(json.dumps({k: v for k, v in vars(args).items() if k != "postgres_url"}))
+    for db in args.db.split(","):
+        run_db(db, args)
+
+
+if __name__ == "__main__":
+    main()
