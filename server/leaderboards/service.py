@@ -27,7 +27,7 @@ from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
 from server.jobs.states import FINAL as JOB_FINAL
 from server.jobs.states import JobKind, JobStatus
-from server.leaderboards import boards, repository
+from server.leaderboards import boards, repository, split
 from server.leaderboards.models import Result
 from server.submissions import repository as submissions_repo
 from server.submissions import service as submissions
@@ -104,10 +104,14 @@ def _primary(phase: Phase) -> MetricSpec:
     return next(m for m in cfg.metrics if m.name == cfg.primary)
 
 
-def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission, Team]]:
+def _team_best(
+    session: Session, phase: Phase, part: split.Part | None = None
+) -> list[tuple[Result, Submission, Team]]:
     """Each team's best current result, oldest submission first (also among a team's equal
     results). Renounced submissions are off the board: a single-shot phase stays single
-    shot. Submission time, unlike a result's id, survives re-evaluation."""
+    shot. Submission time, unlike a result's id, survives re-evaluation. `part`: every
+    result as its view on that part of the test set (chosen best on it too, so which
+    submission is shown says nothing about the other part)."""
     gt = ground_truth_digest(session, phase)
     if gt is None:
         return []
@@ -115,6 +119,9 @@ def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission,
     rows = repository.current_results_on_board(
         session, phase.id, phase.metrics_version, gt, current_evaluator()
     )
+    if part is not None:
+        settings = session.info.get("settings") or get_settings()
+        rows = [(split.view(settings, phase, r, part), s, t) for r, s, t in rows]
     rows.sort(key=lambda t: (t[1].created_at, t[1].id))
     best: dict[int, tuple[Result, Submission, Team]] = {}
     for result, sub, team in rows:
@@ -161,7 +168,7 @@ def _no_value_reason(result: Result) -> str | None:
 def _board(
     session: Session, phase: Phase
 ) -> tuple[Board, dict[str, tuple[Result, Submission, Team]]]:
-    rows = _team_best(session, phase)
+    rows = _team_best(session, phase, split.board_part(phase))
     primary = _primary(phase)
     cfg = phase.spec.metrics
     by_key = {str(r.submission_id): (r, s, t) for r, s, t in rows}
@@ -220,6 +227,8 @@ def leaderboard(
             for m in cfg.metrics
         ],
         "metrics_version": phase.metrics_version,
+        # None: all test cases; "public" while the phase is open, "private" from closes_at.
+        "part": split.board_part(phase),
         "entries": entries,
         "ensemble": _ensemble(computed, by_key),
     }
