@@ -119,9 +119,13 @@ def _team_best(
     rows = repository.current_results_on_board(
         session, phase.id, phase.metrics_version, gt, current_evaluator()
     )
+    settings = session.info.get("settings") or get_settings()
+    stored: dict[int, Result] = {}
     if part is not None:
-        settings = session.info.get("settings") or get_settings()
-        rows = [(split.view(settings, phase, r, part), s, t) for r, s, t in rows]
+        stored = {r.id: r for r, _, _ in rows}
+        # The part's primary value of every result (no intervals: cheap), then the full
+        # view of the best ones only.
+        rows = [(split.view(settings, phase, r, part, full=False), s, t) for r, s, t in rows]
     rows.sort(key=lambda t: (t[1].created_at, t[1].id))
     best: dict[int, tuple[Result, Submission, Team]] = {}
     for result, sub, team in rows:
@@ -136,7 +140,10 @@ def _team_best(
             or (sign * result.primary_value > sign * cur[0].primary_value)
         ):
             best[team.id] = (result, sub, team)
-    return sorted(best.values(), key=lambda t: (t[1].created_at, t[1].id))
+    chosen = sorted(best.values(), key=lambda t: (t[1].created_at, t[1].id))
+    if part is not None:
+        chosen = [(split.view(settings, phase, stored[r.id], part), s, t) for r, s, t in chosen]
+    return chosen
 
 
 def _section(result: Result, metric: str) -> dict[str, Any] | None:

@@ -93,9 +93,12 @@ def restrict(section: dict[str, Any], keep: npt.NDArray[np.bool_]) -> dict[str, 
     return out
 
 
-def view(settings: Settings, phase: Phase, result: Result, part: Part) -> Result:
+def view(
+    settings: Settings, phase: Phase, result: Result, part: Part, *, full: bool = True
+) -> Result:
     """A transient copy of `result` (never added to a session) whose aggregates and
-    predictions cover the part's cases only; no ROC, no per-case record."""
+    predictions cover the part's cases only; no ROC, no per-case record. `full=False`:
+    the primary metric's value only, without intervals (to choose each team's best)."""
     cfg = phase.spec.metrics
     fraction = phase.spec.private_fraction
     assert fraction is not None
@@ -104,13 +107,17 @@ def view(settings: Settings, phase: Phase, result: Result, part: Part) -> Result
     sections: dict[str, Any] = {}
     stored = result.metrics.get("predictions", {})
     for m in cfg.metrics:
+        if not full and m.name != cfg.primary:
+            continue
         section = stored.get(m.name)
         if not isinstance(section, dict):
             continue
         private = private_mask(secret, phase.id, [str(c) for c in section["cases"]], fraction)
         part_section = restrict(section, private if part == "private" else ~private)
         sections[m.name] = part_section
-        aggregates[m.name] = _aggregate(m.kind.value, part_section, cfg, m.higher_is_better)
+        aggregates[m.name] = _aggregate(
+            m.kind.value, part_section, cfg, m.higher_is_better, interval=full
+        )
     primary = aggregates.get(cfg.primary, {}).get("value")
     return Result(
         id=result.id,
@@ -126,18 +133,33 @@ def view(settings: Settings, phase: Phase, result: Result, part: Part) -> Result
     )
 
 
-def _aggregate(kind: str, section: dict[str, Any], cfg: Any, higher: bool | None) -> dict[str, Any]:
+def _aggregate(
+    kind: str, section: dict[str, Any], cfg: Any, higher: bool | None, *, interval: bool
+) -> dict[str, Any]:
     n = len(section["cases"])
     base: dict[str, Any] = {"n": n, "higher_is_better": higher, "seed": cfg.bootstrap_seed}
     try:
         value = score_section(kind, section)
-        ci = section_interval(
-            kind, section, n_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed,
-            level=cfg.ci_level,
-        )  # fmt: skip
+        ci = (
+            section_interval(
+                kind,
+                section,
+                n_resamples=cfg.bootstrap_resamples,
+                seed=cfg.bootstrap_seed,
+                level=cfg.ci_level,
+            )
+            if interval
+            else None
+        )
     except (MetricError, ValueError) as e:
-        return base | {"value": None, "ci_lower": None, "ci_upper": None,
-                       "ci_reason": f"undefined on this part's {n} cases: {e}"}  # fmt: skip
+        return base | {
+            "value": None,
+            "ci_lower": None,
+            "ci_upper": None,
+            "ci_reason": f"undefined on this part's {n} cases: {e}",
+        }
+    if ci is None:
+        return base | {"value": _finite(value)}
     return base | {
         "value": _finite(value),
         "ci_lower": _finite(ci.lower),
