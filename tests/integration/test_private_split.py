@@ -110,12 +110,24 @@ def test_open_board_shows_public_part_only_then_private_at_close(
         assert sub.status_code == 201, sub.text
         subs[team] = int(sub.json()["id"])
         score(settings, subs[team], _outputs(cases, bend), tmp_path / team)
-
     names = sorted(cases)
     with session_scope(settings) as session:
+        phase_id = session.query(Phase).one().id
+    private = split.private_mask(split.key(settings), phase_id, names, 0.5)
+    assert 0 < private.sum() < N
+    # gamma's second submission is perfect on the public cases and reversed on the private
+    # ones: its best on the public board, its worst at the reveal.
+    probe = _outputs(cases, BENDS["gamma"])
+    for i, c in enumerate(names):
+        label = cases[c]["probCOVID"]
+        probe[c]["probability-covid-19"] = 0.1 + 0.8 * (1 - label if private[i] else label)
+    sub = submit_blob(api, tokens["gamma"], challenge="split")
+    assert sub.status_code == 201, sub.text
+    probe_id = int(sub.json()["id"])
+    score(settings, probe_id, probe, tmp_path / "probe")
+
+    with session_scope(settings) as session:
         phase = session.query(Phase).one()
-        private = split.private_mask(split.key(settings), phase.id, names, 0.5)
-        assert 0 < private.sum() < N
         # What a participant must not see: every number of the stored (all-case) results
         # and of the private part.
         forbidden: set[float] = set()
@@ -125,7 +137,6 @@ def test_open_board_shows_public_part_only_then_private_at_close(
             forbidden |= _floats(result.metrics.get("roc"))
             forbidden |= _floats(split.view(settings, phase, result, "private").metrics)
             public_numbers |= _floats(split.view(settings, phase, result, "public").metrics)
-        phase_id = phase.id
     y = np.array([cases[c]["probCOVID"] for c in names])
 
     def expected(team: str, mask: Any) -> float:
@@ -136,7 +147,10 @@ def test_open_board_shows_public_part_only_then_private_at_close(
     board = api.get(BOARD, headers=auth(tokens["alpha"])).json()
     assert board["part"] == "public"
     values = {e["team"]: e["value"] for e in board["entries"]}
-    for team in BENDS:
+    shown = {e["team"]: e["submission_id"] for e in board["entries"]}
+    assert shown == {"alpha": subs["alpha"], "beta": subs["beta"], "gamma": probe_id}
+    assert values["gamma"] == 1.0 and board["entries"][0]["team"] == "gamma"
+    for team in ("alpha", "beta"):
         assert abs(values[team] - expected(team, ~private)) < 1e-12, team
         assert abs(expected(team, ~private) - expected(team, private)) > 1e-9
     assert all(e["metrics"]["auc-covid"]["n"] == int((~private).sum()) for e in board["entries"])
@@ -184,6 +198,6 @@ def test_open_board_shows_public_part_only_then_private_at_close(
     assert final["part"] == "private"
     for e in final["entries"]:
         assert abs(e["value"] - expected(e["team"], private)) < 1e-12, e["team"]
-    assert phase_id  # the same phase: the split did not move
+    assert {e["team"]: e["submission_id"] for e in final["entries"]}["gamma"] == subs["gamma"]
     with session_scope(settings) as session:
         assert session.query(Phase).one().id == phase_id
