@@ -74,12 +74,16 @@ def private_mask(
     return np.asarray(draws, dtype=np.float64) / 2.0**64 < fraction
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def board_part(phase: Phase, now: datetime | None = None) -> Part | None:
     """The part the phase's board ranks on now; None when the phase holds nothing back."""
     spec = phase.spec
     if spec.private_fraction is None:
         return None
-    now = now or datetime.now(UTC)
+    now = now or _now()
     return "private" if spec.closes_at is not None and now >= spec.closes_at else "public"
 
 

@@ -96,7 +96,9 @@ function renderBoard(board) {
   const head = $("leaderboard").tHead;
   head.replaceChildren();
   const hr = head.insertRow();
-  for (const h of ["rank", "team", board.primary_metric, "95% CI", ...others]) cell(hr, h);
+  // A phase holding back private cases ranks on its public part until it closes.
+  const primary = board.part ? `${board.primary_metric} (${board.part} part)` : board.primary_metric;
+  for (const h of ["rank", "team", primary, "95% CI", ...others]) cell(hr, h);
   const body = $("leaderboard").tBodies[0];
   body.replaceChildren();
   for (const e of board.entries) {

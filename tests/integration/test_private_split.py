@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from evaluation.metrics import roc_auc
@@ -95,7 +96,7 @@ def _participant_gets(api: TestClient, token: str, ids: dict[str, Any]) -> dict[
 
 
 def test_open_board_shows_public_part_only_then_private_at_close(
-    api: TestClient, settings: Settings, tmp_path: Path
+    api: TestClient, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     admin = user_token(settings, "admin", admin=True)
     cases = _cases()
@@ -188,6 +189,13 @@ def test_open_board_shows_public_part_only_then_private_at_close(
     assert what_if["what_if"] is True and what_if["cases"]["public"] > body["cases"]["public"]
     denied = api.get(shake, headers=auth(tokens["alpha"]))
     assert denied.status_code == 403 and "beta" not in denied.text
+
+    # At closes_at the board turns to the private part by itself (its rule key changes).
+    monkeypatch.setattr(split, "_now", lambda: closes + timedelta(seconds=1))
+    turned = api.get(BOARD, headers=auth(tokens["alpha"])).json()
+    assert turned["part"] == "private"
+    monkeypatch.undo()
+    assert api.get(BOARD, headers=auth(tokens["alpha"])).json() == board
 
     # From closes_at on the board ranks on the private part.
     later = copy.deepcopy(_bundle(datetime.now(UTC) - timedelta(minutes=1)))
