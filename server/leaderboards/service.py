@@ -123,9 +123,12 @@ def _team_best(
     stored: dict[int, Result] = {}
     if part is not None:
         stored = {r.id: r for r, _, _ in rows}
+        memo: dict[str, bool] = {}
         # The part's primary value of every result (no intervals: cheap), then the full
         # view of the best ones only.
-        rows = [(split.view(settings, phase, r, part, full=False), s, t) for r, s, t in rows]
+        rows = [
+            (split.view(settings, phase, r, part, full=False, memo=memo), s, t) for r, s, t in rows
+        ]
     rows.sort(key=lambda t: (t[1].created_at, t[1].id))
     best: dict[int, tuple[Result, Submission, Team]] = {}
     for result, sub, team in rows:
@@ -142,7 +145,9 @@ def _team_best(
             best[team.id] = (result, sub, team)
     chosen = sorted(best.values(), key=lambda t: (t[1].created_at, t[1].id))
     if part is not None:
-        chosen = [(split.view(settings, phase, stored[r.id], part), s, t) for r, s, t in chosen]
+        chosen = [
+            (split.view(settings, phase, stored[r.id], part, memo=memo), s, t) for r, s, t in chosen
+        ]
     return chosen
 
 

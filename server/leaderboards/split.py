@@ -78,6 +78,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _mask(
+    secret: bytes, phase_id: int, cases: list[str], fraction: float, memo: dict[str, bool] | None
+) -> npt.NDArray[np.bool_]:
+    """`private_mask`, each case's draw computed once per `memo` (one board's results
+    share their cases)."""
+    if memo is None:
+        return private_mask(secret, phase_id, cases, fraction)
+    new = [c for c in cases if c not in memo]
+    if new:
+        memo.update(zip(new, private_mask(secret, phase_id, new, fraction).tolist(), strict=True))
+    return np.fromiter((memo[c] for c in cases), dtype=bool, count=len(cases))
+
+
 def board_part(phase: Phase, now: datetime | None = None) -> Part | None:
     """The part the phase's board ranks on now; None when the phase holds nothing back."""
     spec = phase.spec
@@ -98,7 +111,13 @@ def restrict(section: dict[str, Any], keep: npt.NDArray[np.bool_]) -> dict[str, 
 
 
 def view(
-    settings: Settings, phase: Phase, result: Result, part: Part, *, full: bool = True
+    settings: Settings,
+    phase: Phase,
+    result: Result,
+    part: Part,
+    *,
+    full: bool = True,
+    memo: dict[str, bool] | None = None,
 ) -> Result:
     """A transient copy of `result` (never added to a session) whose aggregates and
     predictions cover the part's cases only; no ROC, no per-case record. `full=False`:
@@ -116,7 +135,7 @@ def view(
         section = stored.get(m.name)
         if not isinstance(section, dict):
             continue
-        private = private_mask(secret, phase.id, [str(c) for c in section["cases"]], fraction)
+        private = _mask(secret, phase.id, [str(c) for c in section["cases"]], fraction, memo)
         part_section = restrict(section, private if part == "private" else ~private)
         sections[m.name] = part_section
         aggregates[m.name] = _aggregate(

@@ -81,3 +81,11 @@ def test_restrict_drops_positions() -> None:
 def test_phase_spec_refuses_fraction_outside(bad: float) -> None:
     with pytest.raises(ValidationError, match="private_fraction"):
         PhaseSpec.model_validate({"private_fraction": bad})
+
+
+def test_memo_gives_the_same_mask() -> None:
+    memo: dict[str, bool] = {}
+    for cases in (CASES[:500], CASES[250:900], CASES[:900][::-1]):
+        got = split._mask(b"k" * 32, 3, cases, 0.3, memo)
+        assert (got == split.private_mask(b"k" * 32, 3, cases, 0.3)).all()
+    assert len(memo) == 900
