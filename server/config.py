@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # Keys submission image tags (heldout-<installation>/sub-<id>-<hmac>) so no team can
     # guess another's; unset: a random key per worker process (tags are never looked up).
     image_tag_key: SecretStr | None = None
+    # Keys which test cases are private (PhaseSpec.private_fraction); participants must not
+    # be able to compute it. Unset: a random key generated once into data_dir/split.key
+    # (set it when servers on several hosts share one database).
+    split_key: SecretStr | None = None
 
     # Worker.
     worker_concurrency: int = 2

@@ -46,10 +46,15 @@ def shake_up(
     phase: str,
     user: CurrentUser,
     session: SessionDep,
-    public_fraction: float = Query(0.3, gt=0.0, lt=1.0, description="share of public cases"),
+    public_fraction: float | None = Query(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="what-if: this share of public cases instead of the phase's own split",
+    ),
 ) -> dict[str, Any]:
     """Organizers only: per team, the bootstrap probability that its rank differs between
-    a public and a private part of the test set (a split by a keyed hash of case names)."""
+    the public and the private part of the test set (the phase's private_fraction split)."""
     row, ph = challenges.get_phase(session, challenge, phase)
     accounts.require_organizer(session, user, row.id)
     return service.shake_up(session, ph, public_fraction)

@@ -19,8 +19,10 @@ from evaluation.metrics import MetricError
 from server.challenges import repository as challenges_repo
 from server.challenges.models import Challenge, Phase
 from server.challenges.schemas import MetricSpec
+from server.config import get_settings
 from server.datasets.models import Dataset
 from server.leaderboards import service as leaderboards
+from server.leaderboards import split as case_split
 from server.submissions import repository as submissions_repo
 from server.submissions.states import SubmissionStatus
 
@@ -181,26 +183,38 @@ def analyse_phase(session: Session, phase: Phase) -> PhaseAnalysis:
     return out
 
 
-def shake_up(session: Session, phase: Phase, public_fraction: float) -> dict[str, Any]:
-    """Organizers only, before any reveal: if the phase's test cases were split into a
-    public part (a keyed hash of each case name below `public_fraction`) and a private
-    part, how likely is each team's rank to differ between the two boards? Each part is
-    bootstrapped on its own cases (`evaluation.analysis.shake_up`)."""
+def shake_up(
+    session: Session, phase: Phase, public_fraction: float | None = None
+) -> dict[str, Any]:
+    """Organizers only, before any reveal: how likely is each team's rank to differ
+    between the public and the private board? The phase's own split
+    (PhaseSpec.private_fraction), or, given `public_fraction`, a what-if split of the same
+    keyed hash at that fraction. Each part is bootstrapped on its own cases
+    (`evaluation.analysis.shake_up`)."""
     base, task, cases = _phase_task(session, phase)
+    private_fraction = phase.spec.private_fraction
+    what_if = public_fraction is not None
+    if public_fraction is not None:
+        private_fraction = 1.0 - public_fraction
     out: dict[str, Any] = {
         "phase": phase.slug,
         "metric": base.metric.name,
-        "public_fraction": public_fraction,
-        "split": "public: keyed hash (phase, test set digest) of the case name below the "
-        "fraction; each part bootstrapped on its own cases",
+        "public_fraction": None if private_fraction is None else 1.0 - private_fraction,
+        "what_if": what_if,
+        "split": "private: keyed hash (installation secret, phase, case name) below the "
+        "private fraction; each part bootstrapped on its own cases",
         "bootstrap": {"resamples": base.n_resamples, "seed": base.seed},
         "reason": base.reason,
         "teams": [],
     }
+    if private_fraction is None:
+        out["reason"] = "the phase holds back no private part (private_fraction); pass "
+        out["reason"] += "public_fraction for a what-if split"
+        return out
     if task is None:
         return out
-    salt = f"{phase.id}/{phase.slug}/{leaderboards.ground_truth_digest(session, phase)}"
-    public = an.public_split(cases, public_fraction, salt)
+    secret = case_split.key(session.info.get("settings") or get_settings())
+    public = ~case_split.private_mask(secret, phase.id, cases, private_fraction)
     out["cases"] = {"public": int(public.sum()), "private": int((~public).sum())}
     try:
         pub, priv = an.split_task(task, public)

@@ -168,6 +168,12 @@ class PhaseSpec(StrictModel):
     training_dataset: str | None = Field(None, description="dataset slug (codebase phases)")
     canary_dataset: str | None = Field(None, description="public cases for the canary run")
     metrics: MetricConfig
+    # Public/private split (shake-up): the share of test cases held back as the private
+    # part. A fraction, not a label column, so the bundle (which organizers share) never
+    # says which cases are private: each case falls in a part by a keyed hash of its name
+    # under the installation's secret (server/leaderboards/split.py). Until closes_at the
+    # board ranks on the public part only; from closes_at on, on the private part.
+    private_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     # Codebase phases: where the two Dockerfiles live inside the repository.
     training_dir: str = Field("training", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     inference_dir: str = Field("inference", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")

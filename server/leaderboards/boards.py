@@ -43,6 +43,7 @@ class Stored:
 
 def rule_key(session: Session, phase: Phase) -> str:
     from server.leaderboards.service import current_evaluator, ground_truth_digest
+    from server.leaderboards.split import board_part
 
     rules = [
         phase.metrics_version,
@@ -50,6 +51,7 @@ def rule_key(session: Session, phase: Phase) -> str:
         current_evaluator(),
         phase.spec_json,
         phase.slug,
+        board_part(phase),  # the board turns from the public to the private part at close
     ]
     return hashlib.sha256(json.dumps(rules, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -27,7 +27,7 @@ from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
 from server.jobs.states import FINAL as JOB_FINAL
 from server.jobs.states import JobKind, JobStatus
-from server.leaderboards import generation, repository
+from server.leaderboards import generation, repository, split
 from server.leaderboards.models import Result
 from server.submissions import repository as submissions_repo
 from server.submissions import service as submissions
@@ -104,10 +104,14 @@ def _primary(phase: Phase) -> MetricSpec:
     return next(m for m in cfg.metrics if m.name == cfg.primary)
 
 
-def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission, Team]]:
+def _team_best(
+    session: Session, phase: Phase, part: split.Part | None = None
+) -> list[tuple[Result, Submission, Team]]:
     """Each team's best current result, oldest submission first (also among a team's equal
     results). Renounced submissions are off the board: a single-shot phase stays single
-    shot. Submission time, unlike a result's id, survives re-evaluation."""
+    shot. Submission time, unlike a result's id, survives re-evaluation. `part`: every
+    result as its view on that part of the test set (chosen best on it too, so which
+    submission is shown says nothing about the other part)."""
     gt = ground_truth_digest(session, phase)
     if gt is None:
         return []
@@ -115,6 +119,16 @@ def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission,
     rows = repository.current_results_on_board(
         session, phase.id, phase.metrics_version, gt, current_evaluator()
     )
+    settings = session.info.get("settings") or get_settings()
+    stored: dict[int, Result] = {}
+    if part is not None:
+        stored = {r.id: r for r, _, _ in rows}
+        memo: dict[str, bool] = {}
+        # The part's primary value of every result (no intervals: cheap), then the full
+        # view of the best ones only.
+        rows = [
+            (split.view(settings, phase, r, part, full=False, memo=memo), s, t) for r, s, t in rows
+        ]
     rows.sort(key=lambda t: (t[1].created_at, t[1].id))
     best: dict[int, tuple[Result, Submission, Team]] = {}
     for result, sub, team in rows:
@@ -129,7 +143,12 @@ def _team_best(session: Session, phase: Phase) -> list[tuple[Result, Submission,
             or (sign * result.primary_value > sign * cur[0].primary_value)
         ):
             best[team.id] = (result, sub, team)
-    return sorted(best.values(), key=lambda t: (t[1].created_at, t[1].id))
+    chosen = sorted(best.values(), key=lambda t: (t[1].created_at, t[1].id))
+    if part is not None:
+        chosen = [
+            (split.view(settings, phase, stored[r.id], part, memo=memo), s, t) for r, s, t in chosen
+        ]
+    return chosen
 
 
 def _section(result: Result, metric: str) -> dict[str, Any] | None:
@@ -161,7 +180,7 @@ def _no_value_reason(result: Result) -> str | None:
 def _board(
     session: Session, phase: Phase
 ) -> tuple[Board, dict[str, tuple[Result, Submission, Team]]]:
-    rows = _team_best(session, phase)
+    rows = _team_best(session, phase, split.board_part(phase))
     primary = _primary(phase)
     cfg = phase.spec.metrics
     by_key = {str(r.submission_id): (r, s, t) for r, s, t in rows}
@@ -221,6 +240,8 @@ def leaderboard(
             for m in cfg.metrics
         ],
         "metrics_version": phase.metrics_version,
+        # None: all test cases; "public" while the phase is open, "private" from closes_at.
+        "part": split.board_part(phase),
         "entries": entries,
         "ensemble": _ensemble(computed, by_key),
     }

@@ -375,6 +375,8 @@ function renderBoard(board) {
   }
   return h("div", {},
     h("p", { class: "hint", id: "ranking-rule", text: `Ranked by ${board.primary_metric} (${board.higher_is_better ? "higher" : "lower"} is better); ${board.ranking}.` }),
+    // A phase holding back private cases ranks on its public part until it closes.
+    board.part ? h("p", { class: "hint", id: "board-part", text: `This board ranks on the ${board.part} part of the test set${board.part === "public" ? "; the final board, from the phase's close, ranks on the private part" : ""}.` }) : "",
     table(`Leaderboard: ${board.primary_metric} with 95% CI`, ["rank", "team", board.primary_metric, "95% CI", "tie", ...others], rows, { id: "leaderboard" }));
 }
 
