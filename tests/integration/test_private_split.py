@@ -150,7 +150,10 @@ def test_open_board_shows_public_part_only_then_private_at_close(
     values = {e["team"]: e["value"] for e in board["entries"]}
     shown = {e["team"]: e["submission_id"] for e in board["entries"]}
     assert shown == {"alpha": subs["alpha"], "beta": subs["beta"], "gamma": probe_id}
-    assert values["gamma"] == 1.0 and board["entries"][0]["team"] == "gamma"
+    # Top of the public board (another team may tie at 1.0 on some splits; the split is
+    # keyed per installation, so it differs between the two databases).
+    ranks = {e["team"]: e["rank"] for e in board["entries"]}
+    assert values["gamma"] == 1.0 and ranks["gamma"] == 1
     for team in ("alpha", "beta"):
         assert abs(values[team] - expected(team, ~private)) < 1e-12, team
         assert abs(expected(team, ~private) - expected(team, private)) > 1e-9
