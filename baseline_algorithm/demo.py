@@ -358,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         admin = json.loads(
             platform.cli(
-                "token", "create", "--user", "organizer", "--admin", "--json", capture=True
+                # The demo's platform is new: its first token creates the database.
+                "token", "create", "--user", "organizer", "--admin", "--create", "--json",
+                capture=True,
             )
         )["token"]
         platform.start()
