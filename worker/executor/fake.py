@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -251,8 +252,10 @@ class FakeExecutor(Backend[FakeHandle]):
         memory_bytes: int | None = None,
         max_log_chars: int = 2_000_000,
     ) -> BuiltImage:
-        """FROM names an image on this engine (no pulls); the rest of the file only shows in
-        the log. The image's size is the context's."""
+        """FROM names an image on this engine (no pulls); COPY adds context files (owned by
+        --chown, else root), USER/ENTRYPOINT/CMD/ONBUILD set the config, anything else (RUN)
+        shows in the log and history only. The image's size grows by the context's."""
+        # long: a small Dockerfile interpreter, one branch per instruction
         self._call("build")
         lines = [ln.strip() for ln in (context / dockerfile).read_text().splitlines()]
         steps = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -262,9 +265,47 @@ class FakeExecutor(Backend[FakeHandle]):
             base = self._find(base_ref)
         except ImageNotFound:
             raise BuildError(f"No such image: {base_ref}", log[:max_log_chars]) from None
+        config = json.loads(json.dumps(base.attrs["Config"]))
+        config["Labels"] = {**(config.get("Labels") or {}), **(labels or {})}
+        files = dict(base.files)
+        history = list(base.history)
+        workdir = "/"
+        for step in steps[1:]:
+            word, _, rest = step.partition(" ")
+            word, rest = word.upper(), rest.strip()
+            created = f"/bin/sh -c {rest}"
+            if word == "COPY":
+                uid = gid = 0
+                if rest.startswith("--chown="):
+                    chown, _, rest = rest.partition(" ")
+                    u, _, g = chown[len("--chown=") :].partition(":")
+                    uid, gid = int(u), int(g or u)
+                args = json.loads(rest) if rest.startswith("[") else rest.split()
+                *srcs, dest = args
+                dest = posixpath.normpath(posixpath.join(workdir, dest))
+                for src_name in srcs:
+                    src = context / src_name
+                    found = [src] if src.is_file() else sorted(src.rglob("*"))
+                    for f in (f for f in found if f.is_file()):
+                        rel = f.name if src.is_file() else f.relative_to(src).as_posix()
+                        target = (
+                            dest
+                            if src.is_file() and not args[-1].endswith("/")
+                            else (posixpath.join(dest, rel))
+                        )
+                        files[target] = ImageFile(uid, gid, f.read_bytes())
+                created = f"/bin/sh -c #(nop) COPY dir:{len(files)} in {dest} "
+            elif word == "WORKDIR":
+                workdir = posixpath.normpath(posixpath.join(workdir, rest))
+                created = f"/bin/sh -c #(nop) WORKDIR {rest}"
+            elif word == "USER":
+                config["User"] = rest
+            elif word in ("ENTRYPOINT", "CMD"):
+                config[word.title() if word == "ENTRYPOINT" else "Cmd"] = json.loads(rest)
+            elif word == "ONBUILD":
+                config["OnBuild"] = [*(config.get("OnBuild") or []), rest]
+            history.insert(0, {"CreatedBy": created})
         size = sum(p.stat().st_size for p in context.rglob("*") if p.is_file())
-        config = {**base.attrs["Config"], "Labels": {**(base.attrs["Config"].get("Labels") or {})}}
-        config["Labels"].update(labels or {})
         seed = json.dumps([base.id, config, steps, size], sort_keys=True).encode()
         attrs = {
             **base.attrs,
@@ -273,7 +314,7 @@ class FakeExecutor(Backend[FakeHandle]):
             "Config": config,
             "RepoTags": [],
         }
-        image = FakeImage(attrs, dict(base.files), [{"CreatedBy": s} for s in reversed(steps)])
+        image = FakeImage(attrs, files, history)
         self.add_image(image, tag)
         return BuiltImage(image.id, log[:max_log_chars])
 
