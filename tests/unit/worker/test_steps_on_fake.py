@@ -29,7 +29,7 @@ from tests.support.images import write_ct_dataset
 from worker import pipeline, steps
 from worker.executor.base import ExecutionError, Failure, RunSpec
 from worker.executor.engine import Backend, EngineError
-from worker.executor.fake import Behaviour, FakeExecutor
+from worker.executor.fake import Behaviour, FakeExecutor, make_image
 from worker.images import release_images, submission_tag
 
 GROUND_TRUTH = "/opt/ml/input/data/ground_truth"
@@ -261,3 +261,127 @@ def test_intake_on_the_fake_engine(settings: Settings, api: Any, tmp_path: Path)
     final = _final(api, alice, sid)
     assert final["status"] == "failed" and final["failure_code"] == "invalid_image"
     assert "root" in final["failure_message"] and final["charged"] is False
+
+
+# --- T3: clone (real git on 127.0.0.1), build, train, infer, evaluate on the fake --------
+
+T3_DOCKERFILE = """FROM heldout/base:bookworm
+RUN useradd --create-home --uid 1001 algorithm
+{copy}
+USER algorithm
+ENTRYPOINT ["python3", "/opt/{script}"]
+"""
+T3_FILES = {
+    "training/Dockerfile": T3_DOCKERFILE.format(
+        copy="COPY train.py /opt/train.py", script="train.py"
+    ),
+    "training/train.py": "# the fake's training behaviour stands in for it\n",
+    "inference/Dockerfile": T3_DOCKERFILE.format(
+        copy="COPY artifact/ /opt/artifact/\nCOPY process.py /opt/process.py", script="process.py"
+    ),
+    "inference/process.py": "# the fake's inference behaviour stands in for it\n",
+}
+
+
+def _t3_backend() -> FakeExecutor:
+    """Training writes a model; inference reads it from the inference *image* (where the
+    platform's second build put it), so the artifacts' way through the builds is checked."""
+    backend = FakeExecutor()
+
+    def train(inputs: Path, output: Path) -> None:
+        assert (inputs / "metadata" / "reference.csv").is_file()
+        (output / "model.json").write_text(json.dumps({"severe_from_age": 60}))
+
+    def behaviour(spec: RunSpec) -> Behaviour:
+        if spec.read_only_mounts:
+            return _evaluator(spec)
+        if spec.writable_rootfs:
+            return Behaviour(write=train, stdout="training on the private cases\n")
+        model_file = backend.images[spec.image].files["/opt/artifact/model.json"]
+        assert model_file.content is not None
+        model = json.loads(model_file.content)
+
+        def infer(inputs: Path, output: Path) -> None:
+            _algorithm(inputs, output)
+            (case,) = (inputs / "images" / "ct").iterdir()
+            age = int(case.read_bytes().split(b"PatientAge = ")[1][:3])
+            severe = 1.0 if age >= model["severe_from_age"] else 0.0
+            (output / f"{OUTPUTS[1]}.json").write_text(json.dumps(severe))
+
+        return Behaviour(write=infer)
+
+    backend.behaviour = behaviour
+    passwd = b"root:x:0:0::/root:/bin/sh\nalgorithm:x:1001:1001::/home/algorithm:/bin/sh\n"
+    backend.add_image(make_image(files={"/etc/passwd": passwd}), "heldout/base:bookworm")
+    return backend
+
+
+def _t3_setup(settings: Settings, api: Any, tmp_path: Path, daemon: Any) -> tuple[str, str]:
+    import yaml
+
+    from tests.support.factories import STOIC_PHASE
+
+    spec = yaml.safe_load(STOIC_PHASE)
+    spec.update(
+        slug="final", title="Final", kind="codebase", test_dataset="test",
+        training_dataset="train", limits={"wall_time_s": 60},
+        training_limits={"wall_time_s": 120, "memory_mb": 1024},
+    )  # fmt: skip
+    bundle = {
+        "version": 1,
+        "slug": "stoic",
+        "title": "STOIC final",
+        "datasets": [
+            {"slug": "test", "path": "test"},
+            {"slug": "train", "path": "train", "public": True},
+        ],
+        "phases": [spec],
+    }
+    rows = [(f"P{i:03d}", 30 + 8 * i, int(i >= 2), int(i >= 4)) for i in range(6)]
+    datasets = {
+        "test": write_ct_dataset(tmp_path / "test", rows),
+        "train": write_ct_dataset(tmp_path / "train", [(f"T{c[1:]}", *r) for c, *r in rows]),
+    }
+    admin = user_token(settings, "admin", admin=True)
+    r = apply_bundle(api, admin, bundle, datasets)
+    assert r.status_code == 200, r.text
+    return daemon.url("team"), user_token(settings, "alice")
+
+
+def test_a_t3_codebase_is_built_trained_and_scored(
+    settings: Settings, tmp_path: Path, sent_tasks: list[Any]
+) -> None:
+    from tests.support.gitserver import GitDaemon, RepoFactory
+
+    settings = settings.model_copy(update={"allow_loopback_repos": True})
+    factory = RepoFactory(tmp_path / "repos")
+    repo = factory.create("team")
+    repo.commit(T3_FILES, "solution")
+    repo.tag("v1")
+    with TestClient(create_app(settings)) as api, GitDaemon(factory.root) as daemon:
+        url, alice = _t3_setup(settings, api, tmp_path, daemon)
+        r = api.post(
+            "/api/v1/challenges/stoic/phases/final/submissions",
+            json={"repository_url": url, "ref": "v1"},
+            headers=auth(alice),
+        )
+        assert r.status_code == 201, r.text
+        sid = int(r.json()["id"])
+        backend = _t3_backend()
+        ran = _drive(settings, backend, sid)
+        final = _final(api, alice, sid)
+        assert final["status"] == "succeeded", final
+        assert [t["to_status"] for t in final["transitions"]] == [
+            "received", "validating", "queued", "building", "training", "inferring",
+            "evaluating", "succeeded",
+        ]  # fmt: skip
+        assert [k for k, _ in ran] == ["validate", "build", "train", *["infer"] * 6, "evaluate"]
+        # Two builds of the participant's and one of the platform's (FROM the inference base).
+        assert backend.calls.count("build") == 3
+        inference = submission_tag(settings, sid, "inference")
+        (image,) = backend.list_images(inference.rpartition(":")[0] + ":inference")
+        assert "/opt/artifact/model.json" in backend.images[image.id].files
+        board = api.get(
+            "/api/v1/challenges/stoic/phases/final/leaderboard", headers=auth(alice)
+        ).json()
+        assert board["entries"][0]["metrics"]["auc-covid"]["value"] == pytest.approx(1.0)
