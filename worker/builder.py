@@ -26,29 +26,17 @@ Clone rules (`clone`):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
-import re
 import shutil
 import stat
 import subprocess
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import suppress
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import docker
-import docker.types
-import docker.utils
-import requests
-from docker.utils.json_stream import json_stream
 
 from server.codebases.addresses import AddressPolicy, Resolver, system_resolver
 from server.codebases.git import (
@@ -67,34 +55,18 @@ from server.codebases.git import (
     run_git,
 )
 from worker import lfs
+from worker.executor.docker_engine import DEFAULT_MAX_LOG_CHARS as DEFAULT_MAX_LOG_CHARS
+from worker.executor.engine import BuilderError as BuilderError
+from worker.executor.engine import BuildError as BuildError
+from worker.executor.engine import Engine
 
 log = logging.getLogger(__name__)
-DEFAULT_MAX_LOG_CHARS = 2_000_000
 POLL_INTERVAL_S = 0.1
-READ_TIMEOUT_MARGIN_S = 60
 ARTIFACT_DIRNAME = "artifact"  # contracts.md: trained /output lands in inference/artifact/
-_NONZERO_RE = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
-_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the engine colours stderr lines
-
-
-class BuilderError(Exception):
-    """A failure caused by the codebase; `message` is shown to the participant."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class CloneError(BuilderError):
     pass
-
-
-class BuildError(BuilderError):
-    """`docker build` failed; `log` is the (capped) build log, kept for the participant."""
-
-    def __init__(self, message: str, log: str) -> None:
-        super().__init__(message)
-        self.log = log
 
 
 class ArtifactError(BuilderError):
@@ -427,48 +399,8 @@ class BuildResult:
     duration_s: float
 
 
-@dataclass
-class _CappedLog:
-    """Keeps the head and the tail of a log: the start says what ran, the end what broke."""
-
-    max_chars: int
-    head: list[str] = field(default_factory=list)
-    head_chars: int = 0
-    tail: deque[str] = field(default_factory=deque)
-    tail_chars: int = 0
-    dropped: int = 0
-
-    def write(self, text: str) -> None:
-        head_cap = self.max_chars // 4
-        if self.head_chars < head_cap:
-            part = text[: head_cap - self.head_chars]
-            self.head.append(part)
-            self.head_chars += len(part)
-            text = text[len(part) :]
-        if not text:
-            return
-        self.tail.append(text)
-        self.tail_chars += len(text)
-        tail_cap = self.max_chars - head_cap
-        while self.tail_chars > tail_cap and self.tail:
-            first = self.tail[0]
-            excess = self.tail_chars - tail_cap
-            if len(first) <= excess:
-                self.tail.popleft()
-                self.tail_chars -= len(first)
-                self.dropped += len(first)
-            else:
-                self.tail[0] = first[excess:]
-                self.tail_chars -= excess
-                self.dropped += excess
-
-    def text(self) -> str:
-        middle = f"\n[... {self.dropped} characters of build log left out ...]\n"
-        return "".join(self.head) + (middle if self.dropped else "") + "".join(self.tail)
-
-
 def build_image(
-    client: docker.DockerClient,
+    engine: Engine,
     context_dir: Path,
     dockerfile_dir: Path,
     tag: str,
@@ -480,14 +412,12 @@ def build_image(
     memory_bytes: int | None = None,
     max_log_chars: int = DEFAULT_MAX_LOG_CHARS,
 ) -> BuildResult:
-    # long: a build's whole life (limits, streamed log, timeout, cleanup) in one try
     """Build `dockerfile_dir/Dockerfile` with `context_dir` as context and tag it `tag`.
 
     `network` is the build's network mode: "host" where builds need the network
     (contracts.md: they do; real codebases install dependencies), "none" to cut it, None for
-    the engine's default. Uses the classic builder through the engine API: the HTTP response
-    is the build, so closing it at the deadline makes the engine stop the build and remove
-    its intermediate container (`forcerm`).
+    the engine's default. The build itself (streamed log, deadline, cleanup) is the
+    backend's `Engine.build`; an image over `max_image_bytes` is removed again.
     """
     started = time.monotonic()
     context = Path(context_dir).resolve()
@@ -502,186 +432,31 @@ def build_image(
         raise BuildError(f"there is no Dockerfile in '{rel}/'", "")
     dockerfile_rel = dockerfile.relative_to(context).as_posix()
 
-    params: dict[str, Any] = {
-        "t": tag,
-        "dockerfile": dockerfile_rel,
-        "rm": True,
-        "forcerm": True,
-        "pull": False,
-        "nocache": False,
-        "q": False,
-    }
-    if network:
-        params["networkmode"] = network
-    if labels:
-        params["labels"] = json.dumps(dict(labels))
-    if memory_bytes:
-        params["memory"] = memory_bytes
-        params["memswap"] = memory_bytes  # no swap on top
-
-    log = _CappedLog(max_log_chars)
-    with _context_archive(context, dockerfile_rel) as archive:
-        url = f"{client.api.base_url}/v{client.api.api_version}/build"
-        remaining = max(timeout_s - (time.monotonic() - started), 0.001)
-        try:
-            response = client.api.post(
-                url,
-                params=params,
-                data=archive,
-                headers={"Content-Type": "application/x-tar"},
-                stream=True,
-                # The read timeout only bounds an engine that never answers: while the build
-                # streams, the timer in _follow_build (same deadline, no margin) ends it first.
-                timeout=(30, remaining + READ_TIMEOUT_MARGIN_S),
-            )
-        except requests.exceptions.ReadTimeout as exc:
-            # Other connection errors are the platform's (engine down) and propagate.
-            raise BuildError(f"the build did not start within {timeout_s:g} s", "") from exc
-        with response:
-            if 400 <= response.status_code < 500:  # e.g. a Dockerfile that does not parse
-                raise BuildError(f"the engine refused the build: {_api_message(response)}", "")
-            response.raise_for_status()  # an engine failure is the platform's, not the team's
-            outcome = _follow_build(response, log, timeout_s - (time.monotonic() - started))
-
-    if outcome.timed_out:
-        raise BuildError(f"the build took longer than its limit of {timeout_s:g} s", log.text())
-    if outcome.error:
-        raise BuildError(outcome.failure_message(), log.text())
-    image_id = outcome.image_id
-    if not image_id:
-        raise BuildError("the build ended without producing an image", log.text())
-
-    size = int(client.api.inspect_image(image_id)["Size"])
+    built = engine.build(
+        context,
+        dockerfile_rel,
+        tag,
+        timeout_s=timeout_s,
+        network=network,
+        labels=labels,
+        memory_bytes=memory_bytes,
+        max_log_chars=max_log_chars,
+    )
+    size = int(engine.inspect_image(built.image_id)["Size"])
     if size > max_image_bytes:
         # By tag, not id: an identical image may be in use under another tag.
-        client.api.remove_image(tag)
+        engine.remove_image(tag)
         raise BuildError(
             f"the image is {_mb(size)} MB, above the cap of {_mb(max_image_bytes)} MB",
-            log.text(),
+            built.log,
         )
     return BuildResult(
-        image_id=image_id,
+        image_id=built.image_id,
         tag=tag,
         size=size,
-        log=log.text(),
+        log=built.log,
         duration_s=time.monotonic() - started,
     )
-
-
-class _context_archive:  # lower case: used like a function in a with statement
-    """The build context as a tar file, honoring .dockerignore (as `docker build` does)."""
-
-    def __init__(self, context: Path, dockerfile_rel: str) -> None:
-        exclude = None
-        ignore = context / ".dockerignore"
-        if ignore.is_file():
-            lines = (ln.strip() for ln in ignore.read_text(errors="replace").splitlines())
-            exclude = [ln for ln in lines if ln and not ln.startswith("#")]
-        self._file: IO[bytes] = docker.utils.tar(
-            str(context), exclude=exclude, dockerfile=(dockerfile_rel, None), gzip=False
-        )
-
-    def __enter__(self) -> IO[bytes]:
-        return self._file
-
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
-
-
-@dataclass
-class _BuildOutcome:
-    image_id: str | None = None
-    error: str | None = None
-    timed_out: bool = False
-    step: str | None = None  # "Step 3/5 : RUN false" for the step that was running
-    step_output: list[str] = field(default_factory=list)
-
-    def failure_message(self) -> str:
-        message = (self.error or "the build failed").strip()
-        exit_code = _NONZERO_RE.match(message)
-        if self.step and exit_code:
-            # The engine repeats the whole command; the step line already shows it.
-            message = f"{self.step.strip()} failed with exit code {exit_code.group(1)}"
-        elif self.step:
-            message = f"{self.step.strip()} failed: {message}"
-        telling = _telling_line(self.step_output)
-        if telling and telling not in message:
-            message = f"{message} (last output: {telling})"
-        return message[:1000]
-
-
-def _follow_build(response: Any, log: _CappedLog, timeout_s: float) -> _BuildOutcome:
-    """Read the engine's JSON stream into `log` until it ends or the deadline passes."""
-    outcome = _BuildOutcome()
-    stream = docker.types.CancellableStream(iter(()), response)
-    cancelled = threading.Event()
-
-    def cancel() -> None:
-        cancelled.set()
-        # Shuts the socket: the engine sees the client leave and stops the build. A socket
-        # the stream already closed may raise anything; it no longer matters then.
-        with suppress(Exception):
-            stream.close()
-
-    timer = threading.Timer(max(timeout_s, 0.001), cancel)
-    timer.daemon = True
-    timer.start()
-    try:
-        for item in _messages(response):
-            _record(item, outcome, log)
-    except Exception:
-        if not cancelled.is_set():
-            raise
-    finally:
-        timer.cancel()
-    # A build that produced its image just as the timer fired did finish in time.
-    outcome.timed_out = cancelled.is_set() and outcome.image_id is None
-    return outcome
-
-
-def _messages(response: Any) -> Iterator[dict[str, Any]]:
-    chunks: Iterable[bytes] = response.iter_content(chunk_size=None)
-    for item in json_stream(chunks):
-        if isinstance(item, dict):
-            yield item
-
-
-def _record(item: dict[str, Any], outcome: _BuildOutcome, log: _CappedLog) -> None:
-    if "stream" in item:
-        text = str(item["stream"])
-        log.write(text)
-        for line in _ANSI_RE.sub("", text).splitlines():
-            if line.startswith("Step "):
-                outcome.step = line
-                outcome.step_output = []
-            elif line.strip() and not line.startswith((" ---> ", "Removing intermediate")):
-                outcome.step_output.append(line.strip())
-                del outcome.step_output[:-50]
-    elif "status" in item and not item.get("progressDetail"):
-        log.write(f"{item['status']} {item.get('id', '')}".rstrip() + "\n")
-    if "error" in item or "errorDetail" in item:
-        detail = item.get("errorDetail") or {}
-        outcome.error = str(detail.get("message") or item.get("error") or "the build failed")
-        log.write(f"ERROR: {outcome.error}\n")
-    aux = item.get("aux")
-    if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
-        outcome.image_id = aux["ID"]
-
-
-def _telling_line(lines: list[str]) -> str | None:
-    """The line of a failed step's output most likely to say why: the last error-ish one."""
-    keywords = ("error", "exception", "not found", "denied", "fatal", "failed", "no such")
-    for line in reversed(lines):
-        if any(k in line.lower() for k in keywords):
-            return line[:300]
-    return lines[-1][:300] if lines else None
-
-
-def _api_message(response: Any) -> str:
-    try:
-        return str(response.json().get("message", response.text))
-    except ValueError:
-        return str(response.text)[:500]
 
 
 # ---------------------------------------------------------------------------------------------

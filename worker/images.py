@@ -17,9 +17,7 @@ import secrets
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-import docker
 from sqlalchemy import select
 
 from server.challenges.schemas import PhaseSpec
@@ -31,6 +29,8 @@ from server.jobs.states import FINAL as JOB_FINAL
 from server.submissions.models import Submission
 from server.submissions.states import FINAL as SUBMISSION_FINAL
 from worker.dockerfile import DockerfileError, check_images
+from worker.executor.engine import Engine, EngineError, ImageNotFound
+from worker.steps import engine as connect
 from worker.steps import instance_prefix
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def allowed_rules(settings: Settings, phase: PhaseSpec) -> list[list[ImageRefere
 
 
 def vet_dockerfile(
-    client: Any, settings: Settings, phase: PhaseSpec, path: Path, shown: str
+    engine: Engine, settings: Settings, phase: PhaseSpec, path: Path, shown: str
 ) -> None:
     """Refuse `path` unless each image it builds from is allowed and, where pinned, is the
     pinned image on this engine. `shown` names the file in messages ("training/Dockerfile")."""
@@ -91,8 +91,8 @@ def vet_dockerfile(
         if not pins:
             continue
         try:
-            attrs = client.api.inspect_image(use.image.name)
-        except docker.errors.ImageNotFound:
+            attrs = engine.inspect_image(use.image.name)
+        except ImageNotFound:
             attrs = {"Id": "none", "RepoDigests": []}
         held = {attrs["Id"]} | {d.partition("@")[2] for d in attrs.get("RepoDigests") or []}
         for pin in sorted(p for p in pins if p):
@@ -110,11 +110,11 @@ def release_images(settings: Settings, submission_ids: Iterable[int] | None = No
     """Remove the tags of this installation's submissions that are over with no open job
     (all such submissions, or those of `submission_ids`); returns the tags removed."""
     # Deleting layers can take minutes on a busy engine.
-    client = docker.from_env(timeout=REMOVE_TIMEOUT_S)
+    engine = connect(wait_s=0, timeout=REMOVE_TIMEOUT_S)
     inst = installation_id(settings)
     wanted = None if submission_ids is None else set(submission_ids)
     tags: dict[int, list[str]] = {}
-    for image in client.images.list(filters={"reference": f"heldout-{inst}/*"}):
+    for image in engine.list_images(f"heldout-{inst}/*"):
         for tag in image.tags:
             match = _TAG_RE.match(tag)
             if match and match[1] == inst and (wanted is None or int(match[2]) in wanted):
@@ -141,11 +141,11 @@ def release_images(settings: Settings, submission_ids: Iterable[int] | None = No
     for submission_id in sorted(set(tags) - live):
         for tag in tags[submission_id]:
             try:
-                client.images.remove(tag)
+                engine.remove_image(tag)
                 removed.append(tag)
-            except docker.errors.ImageNotFound:
+            except ImageNotFound:
                 pass
-            except docker.errors.APIError as exc:  # a container still uses it: next pass
+            except EngineError as exc:  # a container still uses it: next pass
                 log.info("image %s of submission %s stays for now: %s", tag, submission_id, exc)
     return removed
 

@@ -15,25 +15,21 @@ An ONBUILD trigger would run participant instructions in the second build: refus
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import re
 import secrets
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
-
 from worker.builder import (
     ARTIFACT_DIRNAME,
-    BuildError,
     assemble_inference_context,
     build_image,
     copy_artifacts,
 )
+from worker.executor.engine import BuildError, Engine, EngineError
 
 PLACEHOLDER_PREFIX = ".heldout-artifact-"
 AFTER_TRAINING = (
@@ -62,7 +58,7 @@ class InferenceBase:
 
 
 def build_inference_base(
-    client: docker.DockerClient,
+    engine: Engine,
     repo: Path,
     inference_dir: str,
     work: Path,
@@ -81,7 +77,7 @@ def build_inference_base(
     (empty / placeholder).write_bytes(b"")
     context = assemble_inference_context(repo, inference_dir, empty, work / "inference-base")
     res = build_image(
-        client,
+        engine,
         context,
         context,
         tag,
@@ -90,23 +86,23 @@ def build_inference_base(
         network=network,
         labels=labels,
     )
-    config = client.api.inspect_image(res.image_id).get("Config") or {}
+    config = engine.inspect_image(res.image_id).get("Config") or {}
     if config.get("OnBuild"):
-        client.api.remove_image(tag)
+        engine.remove_image(tag)
         raise BuildError(
             "the inference image declares ONBUILD instructions, which heldout does not allow "
             "(they would run after training, next to the trained artifacts)",
             res.log,
         )
-    places = _find_places(client, res.image_id, placeholder)
+    places = _find_places(engine, res.image_id, placeholder)
     return InferenceBase(res.image_id, places, res.log)
 
 
-def _candidates(client: docker.DockerClient, image_id: str) -> list[str]:
+def _candidates(engine: Engine, image_id: str) -> list[str]:
     """Directories COPY/ADD wrote to (and their artifact/ subdirectory, for `COPY . dir`)."""
     workdir = "/"
     out: list[str] = []
-    for entry in reversed(client.api.history(image_id)):  # oldest first
+    for entry in reversed(engine.image_history(image_id)):  # oldest first
         created = str(entry.get("CreatedBy") or "")
         if m := _WORKDIR_RE.search(created):
             workdir = posixpath.normpath(posixpath.join(workdir, m.group(1)))
@@ -118,27 +114,21 @@ def _candidates(client: docker.DockerClient, image_id: str) -> list[str]:
     return out
 
 
-def _find_places(
-    client: docker.DockerClient, image_id: str, placeholder: str
-) -> list[ArtifactPlace]:
+def _find_places(engine: Engine, image_id: str, placeholder: str) -> list[ArtifactPlace]:
     places: list[ArtifactPlace] = []
-    container = client.containers.create(image_id, network_mode="none", entrypoint=["/"])
-    try:
-        for cand in _candidates(client, image_id):
-            try:
-                stream, _ = container.get_archive(posixpath.join(cand, placeholder))
-            except docker.errors.APIError:  # not there, or the candidate is a file
-                continue
-            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                member = tar.getmembers()[0]
-            places.append(ArtifactPlace(cand, member.uid, member.gid))
-    finally:
-        container.remove(force=True)
+    for cand in _candidates(engine, image_id):
+        path = posixpath.join(cand, placeholder)
+        try:
+            found = engine.read_image_files(image_id, [path])[path]
+        except EngineError:  # the candidate is a file, say
+            continue
+        if found is not None:  # None: not there
+            places.append(ArtifactPlace(cand, found.uid, found.gid))
     return places
 
 
 def add_artifacts(
-    client: docker.DockerClient,
+    engine: Engine,
     base_image_id: str,
     places: list[dict[str, Any]],
     artifacts: Path,
@@ -163,7 +153,7 @@ def add_artifacts(
     (context / "Dockerfile").write_text("\n".join(lines) + "\n")
     (context / ".dockerignore").write_text("")
     res = build_image(
-        client,
+        engine,
         context,
         context,
         tag,

@@ -1,7 +1,7 @@
 """Intake of an uploaded `docker save` archive (.tar, .tar.gz; legacy or OCI layout).
 
     info = inspect_archive(path)                 # streaming checks, no engine involved
-    image = load_image(client, path, tag=...)    # inspect_archive, docker load, image checks
+    image = load_image(engine, path, tag=...)    # inspect_archive, docker load, image checks
 
 Archives may be several GB: both passes stream the file and never hold a layer in
 memory. The archive's own tags are stripped before `docker load` (a participant's archive
@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import docker
-import docker.errors
-import requests
 
 # The engine-free checks live with the client, which runs them before uploading.
 from heldout.archive import (
@@ -47,7 +42,7 @@ from heldout.archive import (
     read_small,
     sha256_file,
 )
-from worker.executor.docker import read_container_file, resolve_user
+from worker.executor.engine import ArchiveRefused, Engine, EngineError, ImageNotFound, resolve_user
 
 __all__ = [
     "GiB",
@@ -123,7 +118,7 @@ def _strip_tags(name: str, data: bytes) -> bytes:
 
 
 def load_image(
-    client: docker.DockerClient,
+    engine: Engine,
     path: Path,
     *,
     tag: str | None = None,
@@ -134,38 +129,38 @@ def load_image(
     A refused image is removed again, unless the engine already had it before.
     """
     info = inspect_archive(path, limits)
-    _check_free_disk(client, info.expanded_bytes)
+    _check_free_disk(engine, info.expanded_bytes)
     # Without a known id assume it existed: never delete an image this call did not add.
-    existed = info.image_id is None or _exists(client, info.image_id)
+    existed = info.image_id is None or _exists(engine, info.image_id)
     try:
-        loaded = _load(client, _untagged_stream(path))
-    except docker.errors.ImageLoadError as e:
+        loaded = engine.load_archive(_untagged_stream(path))
+    except ArchiveRefused as e:
         raise IntakeError(f"Docker could not load the archive: {str(e)[:300]}") from e
-    except (docker.errors.APIError, requests.RequestException) as e:
+    except EngineError as e:
         log.error("docker load failed: %s", e)
         raise IntakeError("The platform could not load the image.", platform_caused=True) from e
     if len(loaded) != 1:
         raise IntakeError(f"Docker loaded {len(loaded)} images from the archive; expected one.")
     (loaded_id,) = loaded
-    image = client.images.get(loaded_id)
-    if info.image_id is not None and image.id != info.image_id:
+    attrs = engine.inspect_image(loaded_id)
+    image_id = str(attrs["Id"])
+    if info.image_id is not None and image_id != info.image_id:
         raise IntakeError("The loaded image does not match the archive's manifest.")
     try:
-        check_image(client, image.attrs, limits)
+        check_image(engine, attrs, limits)
     except IntakeError:
         if not existed:
-            client.images.remove(image.id, force=True)
+            engine.remove_image(image_id, force=True)
         raise
     tags: list[str] = []
     if tag:
-        repo, _, version = tag.rpartition(":")
-        image.tag(repo or tag, version if repo else "latest")
-        tags.append(tag if repo else f"{tag}:latest")
-    config = image.attrs.get("Config") or {}
+        engine.tag_image(image_id, tag)
+        tags.append(tag if ":" in tag else f"{tag}:latest")
+    config = attrs.get("Config") or {}
     return LoadedImage(
-        image_id=image.id,
+        image_id=image_id,
         tags=tags,
-        size_bytes=int(image.attrs.get("Size") or 0),
+        size_bytes=int(attrs.get("Size") or 0),
         user=config.get("User") or "",
         entrypoint=config.get("Entrypoint"),
         cmd=config.get("Cmd"),
@@ -173,23 +168,7 @@ def load_image(
     )
 
 
-_LOADED = re.compile(r"^Loaded image(?: ID)?: (\S+)$", re.MULTILINE)
-
-
-def _load(client: docker.DockerClient, stream: Iterator[bytes]) -> set[str]:
-    """`docker load`; the distinct image ids it reports. A manifest naming one image once
-    per tag (newer engines' `docker save REPO`) loads it once per entry, and the engine may
-    send those lines in one message, which the SDK's parser then misses."""
-    ids: set[str] = set()
-    for chunk in client.api.load_image(stream):
-        if "errorDetail" in chunk:
-            raise docker.errors.ImageLoadError(chunk["errorDetail"]["message"])
-        ids.update(_LOADED.findall(str(chunk.get("stream", ""))))
-    # A name (tags are stripped, so not expected) is resolved to the image it names.
-    return {i if i.startswith("sha256:") else client.images.get(i).id for i in ids}
-
-
-def check_image(client: docker.DockerClient, attrs: dict[str, Any], limits: IntakeLimits) -> None:
+def check_image(engine: Engine, attrs: dict[str, Any], limits: IntakeLimits) -> None:
     """The loaded image's own checks: its config again, size, and the uid of its USER."""
     config = attrs.get("Config") or {}
     check_config(attrs.get("Os"), attrs.get("Architecture"), config)
@@ -200,14 +179,11 @@ def check_image(client: docker.DockerClient, attrs: dict[str, Any], limits: Inta
             f"The image is {size / 1e9:.1f} GB; the limit is {limits.max_image_bytes / 1e9:.1f} GB."
         )
     # A USER name may still map to uid 0 in the image's own /etc/passwd.
-    container = client.containers.create(
-        attrs["Id"], network_disabled=True, labels={"heldout.intake": "1"}
-    )
-    try:
-        passwd = read_container_file(container, "/etc/passwd")
-        group = read_container_file(container, "/etc/group") if ":" in user else None
-    finally:
-        container.remove(force=True)
+    wanted = ["/etc/passwd", "/etc/group"] if ":" in user else ["/etc/passwd"]
+    files = engine.read_image_files(attrs["Id"], wanted, labels={"heldout.intake": "1"})
+    passwd_file, group_file = files["/etc/passwd"], files.get("/etc/group")
+    passwd = passwd_file.text() if passwd_file else None
+    group = group_file.text() if group_file else None
     ids = resolve_user(user, passwd, group)
     if ids is None:
         raise IntakeError(f"The image's USER {user!r} is not defined in its /etc/passwd.")
@@ -215,17 +191,17 @@ def check_image(client: docker.DockerClient, attrs: dict[str, Any], limits: Inta
         raise IntakeError(f"The image's USER {user!r} has uid 0 (root); use a non-root user.")
 
 
-def _exists(client: docker.DockerClient, image_id: str) -> bool:
+def _exists(engine: Engine, image_id: str) -> bool:
     try:
-        client.images.get(image_id)
+        engine.inspect_image(image_id)
         return True
-    except docker.errors.ImageNotFound:
+    except ImageNotFound:
         return False
 
 
-def _check_free_disk(client: docker.DockerClient, needed: int) -> None:
-    root = Path(client.info().get("DockerRootDir") or "/var/lib/docker")
-    if not root.exists():
+def _check_free_disk(engine: Engine, needed: int) -> None:
+    root = engine.storage_root()
+    if root is None:
         return  # a remote engine: its disk is not ours to measure
     free = shutil.disk_usage(root).free
     if free < 2 * needed:  # the layers land once in the engine's temp dir, once unpacked

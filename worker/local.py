@@ -29,6 +29,7 @@ from server.challenges.schemas import PhaseSpec
 from server.config import get_settings
 from server.datasets.manifest import read_labels, split_case_file
 from server.errors import HeldoutError
+from worker.executor.engine import Backend, Engine, EngineError
 
 app = typer.Typer(add_completion=False)
 
@@ -109,29 +110,31 @@ def _cases(root: Path, spec: PhaseSpec) -> dict[str, dict[str, Path]]:
     return cases
 
 
-def _image(run_key: str, client: Any, image: str) -> str:
+def _image(run_key: str, engine: Engine, image: str) -> str:
     from worker.intake import IntakeError, IntakeLimits, check_image, load_image
 
     path = Path(image)
     try:
         if path.is_file():
-            return str(load_image(client, path, tag=f"heldout/{run_key}:image").image_id)
-        attrs = client.images.get(image).attrs
-        check_image(client, attrs, IntakeLimits())
+            return str(load_image(engine, path, tag=f"heldout/{run_key}:image").image_id)
+        attrs = engine.inspect_image(image)
+        check_image(engine, attrs, IntakeLimits())
         return str(attrs["Id"])
     except IntakeError as exc:
         _report({"status": "refused", "reason": exc.reason}, False)
         raise typer.Exit(1) from exc
 
 
-def _build(run_key: str, client: Any, context: Path, what: str, out: dict[str, Any]) -> str | None:
+def _build(
+    run_key: str, engine: Engine, context: Path, what: str, out: dict[str, Any]
+) -> str | None:
     """Build as the platform does (same caps and build network); None on failure."""
     from worker.builder import BuildError, build_image
 
     settings = get_settings()
     try:
         return build_image(
-            client,
+            engine,
             context,
             context,
             f"heldout/{run_key}:{what}",
@@ -152,8 +155,7 @@ def _build(run_key: str, client: Any, context: Path, what: str, out: dict[str, A
 
 def _train(
     run_key: str,
-    client: Any,
-    executor: Any,
+    executor: Backend[Any],
     spec: PhaseSpec,
     codebase: Path,
     data: Path,
@@ -163,7 +165,7 @@ def _train(
     from worker.builder import assemble_inference_context
     from worker.runner import run_training
 
-    training_image = _build(run_key, client, codebase / spec.training_dir, "training", out)
+    training_image = _build(run_key, executor, codebase / spec.training_dir, "training", out)
     if training_image is None:
         return None
     slug = spec.inputs[0].slug
@@ -196,7 +198,7 @@ def _train(
     context = assemble_inference_context(
         codebase, spec.inference_dir, work / "train" / "output", work / "inference"
     )
-    return _build(run_key, client, context, "inference", out)
+    return _build(run_key, executor, context, "inference", out)
 
 
 STDERR_LINES = 20  # per case in the plain report; --json carries the last 2,000 characters
@@ -243,9 +245,8 @@ def run_local(
 ) -> None:
     # long: a CLI command mirroring the pipeline: image, run, evaluate, report
     """Run like the platform does, on your own cases."""
-    import docker
-
     from worker.executor.docker import DockerExecutor
+    from worker.executor.docker_engine import connect
     from worker.runner import run_case
 
     try:
@@ -257,7 +258,7 @@ def run_local(
     if codebase is not None and training_data is None:
         raise typer.BadParameter("--codebase needs --training-data", param_hint="--training-data")
     samples = _cases(cases, spec)
-    client = docker.from_env()
+    client = connect(timeout=60)
     work = Path(tempfile.mkdtemp(prefix="heldout-local-"))
     # A participant's own machine may not allow loop mounts: /output is then checked for
     # size after each run (logged), where the platform's workers refuse to run at all.
@@ -267,13 +268,13 @@ def run_local(
     try:
         if codebase is not None:
             assert training_data is not None
-            image_id = _train(run_key, client, executor, spec, codebase, training_data, work, out)
+            image_id = _train(run_key, executor, spec, codebase, training_data, work, out)
             if image_id is None:
                 _report(out, as_json)
                 raise typer.Exit(1)
         else:
             assert image is not None
-            image_id = _image(run_key, client, image)
+            image_id = _image(run_key, executor, image)
         for i, (case, files) in enumerate(samples.items()):
             done = run_case(
                 executor,
@@ -308,11 +309,11 @@ def run_local(
         # participant's own tags (a loaded archive of an image they have): removing a tag
         # by name, unforced, untags it and deletes the image only when no other tag is left.
         ours = f"heldout/{run_key}:"
-        for made in client.images.list(name=f"heldout/{run_key}"):
+        for made in executor.list_images(f"heldout/{run_key}"):
             for tag in made.tags:
                 if tag.startswith(ours):
-                    with contextlib.suppress(docker.errors.APIError):
-                        client.images.remove(tag)
+                    with contextlib.suppress(EngineError):
+                        executor.remove_image(tag)
 
 
 if __name__ == "__main__":

@@ -290,7 +290,7 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
     )
     try:
         loaded = load_image(
-            steps.docker_client(),
+            steps.engine(),
             store.path(ctx.archive_digest),
             tag=submission_tag(settings, ctx.submission_id, "image"),
             limits=limits,
@@ -573,31 +573,30 @@ def ensure_evaluation_image(settings: Settings) -> tuple[str, str]:
     """(image id, evaluator key) of the evaluation image. heldout's own is tagged by the
     digest of its code and built the first time that code is needed, so an upgrade never
     runs a stale image; its key is the digest recorded in the image it runs."""
-    import docker
+    from evaluation.build_image import DIGEST_LABEL, default_tag
+    from worker.executor.engine import ImageNotFound
 
-    from evaluation.build_image import DIGEST_LABEL, build_evaluation_image, default_tag
-
-    client = steps.docker_client()
+    engine = steps.engine()
     if settings.evaluation_image:
         try:
-            image = client.images.get(settings.evaluation_image)
-        except docker.errors.ImageNotFound:
+            image = engine.inspect_image(settings.evaluation_image)
+        except ImageNotFound:
             raise InfrastructureError(
                 f"evaluation image {settings.evaluation_image} (HELDOUT_EVALUATION_IMAGE) "
                 "is not on this worker's engine"
             ) from None
-        return str(image.id), settings.evaluation_image
+        return str(image["Id"]), settings.evaluation_image
     tag = default_tag()
     with _eval_lock:
         try:
-            image = client.images.get(tag)
-        except docker.errors.ImageNotFound:
-            build_evaluation_image(client, tag=tag)
-            image = client.images.get(tag)
-    key = (image.labels or {}).get(DIGEST_LABEL)
+            image = engine.inspect_image(tag)
+        except ImageNotFound:
+            engine.build_evaluation_image(tag)
+            image = engine.inspect_image(tag)
+    key = ((image.get("Config") or {}).get("Labels") or {}).get(DIGEST_LABEL)
     if not key:
         raise InfrastructureError(f"evaluation image {tag} carries no {DIGEST_LABEL} label")
-    return str(image.id), str(key)
+    return str(image["Id"]), str(key)
 
 
 def step_validate_any(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
-from typing import Any
 
 from server.config import Settings
+from worker.executor.engine import Engine, EngineError
 from worker.executor.sized_dir import SizedDir, UnsizedError
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ def check_sized_output(root: Path) -> None:
         (d.path / "probe").write_bytes(b"x")
 
 
-def check_worker(settings: Settings, client: Any | None = None) -> None:
-    """Raises PreflightError naming each problem; `client`: a Docker client, if at hand."""
+def check_worker(settings: Settings, engine: Engine | None = None) -> None:
+    """Raises PreflightError naming each problem; `engine`: the backend, if at hand."""
     root = work_root(settings)
     try:
         check_sized_output(root)
@@ -53,20 +53,20 @@ def check_worker(settings: Settings, client: Any | None = None) -> None:
             e,
         )
     if settings.container_runtime != "runc":
-        check_runtime(settings.container_runtime, client)
+        check_runtime(settings.container_runtime, engine)
 
 
-def check_runtime(runtime: str, client: Any | None) -> None:
-    if client is None:
-        import docker
+def check_runtime(runtime: str, engine: Engine | None) -> None:
+    if engine is None:
+        from worker.executor.docker_engine import DockerEngine
 
         try:
-            client = docker.from_env(timeout=30)
-        except docker.errors.DockerException as e:
+            engine = DockerEngine.from_env(timeout=30)
+        except EngineError as e:
             log.warning("preflight: no Docker engine to check runtime %r on (%s)", runtime, e)
             return
     try:
-        have = set((client.info().get("Runtimes") or {}).keys())
+        have = engine.runtimes()
     except Exception as e:  # the engine is down: the jobs themselves will say so
         log.warning("preflight: could not ask the engine for its runtimes (%s)", e)
         return

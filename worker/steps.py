@@ -1,5 +1,5 @@
 """What every step shares: the context a step runs in, its outcome, the two exceptions that
-drive transitions, the engine connection, job directories and GPU claims.
+drive transitions, the backend (engine) in use, job directories and GPU claims.
 
 - `StepFailed`: the participant's side (bad image, timeout, invalid output); the job fails
   with a message safe to show.
@@ -24,6 +24,7 @@ from typing import Any
 from server.challenges.schemas import Limits, PhaseSpec
 from server.config import Settings
 from server.jobs.states import JobKind
+from worker.executor.engine import Backend, Engine, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -113,27 +114,51 @@ def smoke_train_limits(settings: Settings, spec: PhaseSpec) -> Limits:
 ENGINE_WAIT_S = 60.0
 
 
-def docker_client(wait_s: float = ENGINE_WAIT_S) -> Any:
-    import docker
+# The backend every step uses; None: the Docker backend. Tests put the fake here.
+_override: Backend[Any] | None = None
+
+
+@contextmanager
+def using_backend(backend: Backend[Any]) -> Iterator[Backend[Any]]:
+    """Run the steps on `backend` (the fake, in unit tests) instead of the Docker engine."""
+    global _override
+    before, _override = _override, backend
+    try:
+        yield backend
+    finally:
+        _override = before
+
+
+def engine(wait_s: float = ENGINE_WAIT_S, timeout: int = 300) -> Engine:
+    """The engine for image operations (load, build, inspect, remove)."""
+    if _override is not None:
+        return _override
+    from worker.executor.docker_engine import DockerEngine
 
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return docker.from_env(timeout=300)
-        except docker.errors.DockerException as exc:
+            return DockerEngine.from_env(timeout=timeout)
+        except EngineError as exc:
             if time.monotonic() >= deadline:
                 raise InfrastructureError(f"Docker engine unavailable: {exc}") from exc
             log.warning("Docker engine unavailable (%s); waiting for it", exc)
             time.sleep(1)
 
 
-def executor(settings: Settings, wait_s: float = ENGINE_WAIT_S) -> Any:
+def executor(settings: Settings, wait_s: float = ENGINE_WAIT_S) -> Backend[Any]:
+    """The backend that runs containers (and, being an `Engine`, handles images too)."""
+    if _override is not None:
+        return _override
     from worker.executor.docker import DockerExecutor
+    from worker.executor.docker_engine import DockerEngine
 
     work = (settings.data_dir / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
+    client = engine(wait_s)
+    assert isinstance(client, DockerEngine)
     return DockerExecutor(
-        docker_client(wait_s),
+        client.client,
         work,
         allow_unsized_fallback=settings.allow_unsized_output,
         image_pool=settings.output_pool,

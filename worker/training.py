@@ -97,7 +97,7 @@ def _vet(settings: Settings, ctx: JobContext, dockerfile: Path, shown: str) -> N
     from worker.images import BaseImageError, vet_dockerfile
 
     try:
-        vet_dockerfile(steps.docker_client(), settings, ctx.phase, dockerfile, shown)
+        vet_dockerfile(steps.engine(), settings, ctx.phase, dockerfile, shown)
     except BaseImageError as exc:
         raise StepFailed(exc.code, exc.message) from exc
 
@@ -111,7 +111,7 @@ def _build(
     _vet(settings, ctx, context / "Dockerfile", f"{dir_}/Dockerfile")
     try:
         res = build_image(
-            steps.docker_client(),
+            steps.engine(),
             context,
             context,
             tag,
@@ -145,7 +145,7 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         )
         try:
             base = build_inference_base(
-                steps.docker_client(),
+                steps.engine(),
                 repo,
                 ctx.phase.inference_dir,
                 work,
@@ -251,7 +251,7 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         built = ctx.earlier["build"]
         try:
             image_id, build_log = add_artifacts(
-                steps.docker_client(),
+                steps.engine(),
                 built["inference_base_image_id"],
                 built["artifact_places"],
                 work / "output",

@@ -50,6 +50,7 @@ from worker.builder import (
     build_image,
     clone,
 )
+from worker.executor.docker_engine import DockerEngine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = AddressPolicy(allow_loopback=True)  # the servers here listen on 127.0.0.1
@@ -424,7 +425,7 @@ def test_build_training_image(
     repo_dir = _checkout(served, tmp_path, served.second)
     labels = {"org.heldout.submission": "42", "org.heldout.commit": served.second}
     result = build_image(
-        docker_client, repo_dir / "training", repo_dir / "training", tag,
+        DockerEngine(docker_client), repo_dir / "training", repo_dir / "training", tag,
         timeout_s=120, max_image_bytes=2_000 * MB, network="host", labels=labels,
     )  # fmt: skip
     print(f"build: {result.duration_s:.2f} s, {result.size / MB:.1f} MB, {result.image_id}")
@@ -448,7 +449,8 @@ def test_failing_build_gives_the_step_and_the_log(
         f"FROM {BASE_IMAGE}\nRUN echo preparing\nRUN python3 -c 'import torch'\nRUN true\n",
     )
     with pytest.raises(BuildError) as info:
-        build_image(docker_client, ctx, ctx, tag, timeout_s=120, max_image_bytes=2_000 * MB,
+        build_image(DockerEngine(docker_client),
+                    ctx, ctx, tag, timeout_s=120, max_image_bytes=2_000 * MB,
                     network="none")  # fmt: skip
     err = info.value
     assert err.message == (
@@ -482,7 +484,9 @@ def test_dockerfile_mistakes_are_explained(
 ) -> None:
     ctx = _context(tmp_path, dockerfile)
     with pytest.raises(BuildError) as info:
-        build_image(docker_client, ctx, ctx, tag, timeout_s=60, max_image_bytes=2_000 * MB)
+        build_image(
+            DockerEngine(docker_client), ctx, ctx, tag, timeout_s=60, max_image_bytes=2_000 * MB
+        )
     assert info.value.message.startswith(message)
 
 
@@ -494,7 +498,8 @@ def test_build_time_cap_stops_the_build(
     ctx = _context(tmp_path, f"FROM {BASE_IMAGE}\nRUN echo started && sleep 120 && echo {token}\n")
     started = time.monotonic()
     with pytest.raises(BuildError, match="took longer than its limit of 3 s") as info:
-        build_image(docker_client, ctx, ctx, tag, timeout_s=3, max_image_bytes=2_000 * MB,
+        build_image(DockerEngine(docker_client),
+                    ctx, ctx, tag, timeout_s=3, max_image_bytes=2_000 * MB,
                     network="none")  # fmt: skip
     elapsed = time.monotonic() - started
     print(f"time cap: raised after {elapsed:.2f} s")
@@ -517,7 +522,8 @@ def test_image_over_the_size_cap_is_removed(
 ) -> None:
     ctx = _context(tmp_path, f"FROM {BASE_IMAGE}\nRUN head -c 5000000 /dev/urandom > /blob\n")
     with pytest.raises(BuildError, match=r"the image is 1\d\d(\.\d)? MB, above the cap of 50 MB"):
-        build_image(docker_client, ctx, ctx, tag, timeout_s=120, max_image_bytes=50 * MB,
+        build_image(DockerEngine(docker_client),
+                    ctx, ctx, tag, timeout_s=120, max_image_bytes=50 * MB,
                     network="none")  # fmt: skip
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.api.inspect_image(tag)
@@ -530,10 +536,12 @@ def test_dockerfile_outside_the_context_is_refused(
     ctx = _context(tmp_path, f"FROM {BASE_IMAGE}\n", "training")
     other = _context(tmp_path, f"FROM {BASE_IMAGE}\n", "elsewhere")
     with pytest.raises(BuildError, match="outside the build context"):
-        build_image(docker_client, ctx, other, tag, timeout_s=60, max_image_bytes=MB)
+        build_image(DockerEngine(docker_client), ctx, other, tag, timeout_s=60, max_image_bytes=MB)
     with pytest.raises(BuildError, match="no Dockerfile in 'training/sub/'"):
         (ctx / "sub").mkdir()
-        build_image(docker_client, ctx, ctx / "sub", tag, timeout_s=60, max_image_bytes=MB)
+        build_image(
+            DockerEngine(docker_client), ctx, ctx / "sub", tag, timeout_s=60, max_image_bytes=MB
+        )
 
 
 @pytest.mark.docker
@@ -545,7 +553,8 @@ def test_inference_image_carries_the_trained_artifacts(
     output.mkdir()
     (output / "model.txt").write_text("weights v2\n")
     ctx = assemble_inference_context(repo_dir, "inference", output, tmp_path / "inference-ctx")
-    build_image(docker_client, ctx, ctx, tag, timeout_s=120, max_image_bytes=2_000 * MB,
+    build_image(DockerEngine(docker_client),
+                ctx, ctx, tag, timeout_s=120, max_image_bytes=2_000 * MB,
                 network="none")  # fmt: skip
     out = docker_client.containers.run(
         tag, ["cat", "/opt/algorithm/artifact/model.txt"], remove=True, network_mode="none"

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import need
 from tests.support import images as im
+from worker.executor.docker_engine import DockerEngine
 from worker.intake import IntakeError, IntakeLimits, load_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -71,7 +72,7 @@ def saved_then_removed(
 
 def refused(client: docker.DockerClient, archive: Path, **kw: object) -> str:
     with pytest.raises(IntakeError) as err:
-        load_image(client, archive, **kw)  # type: ignore[arg-type]
+        load_image(DockerEngine(client), archive, **kw)  # type: ignore[arg-type]
     assert not err.value.platform_caused
     return err.value.reason
 
@@ -82,7 +83,7 @@ def test_a_real_archive_loads_under_the_platforms_tag_only(
 ) -> None:
     archive, image_id = saved_then_removed(client, tmp_path, "intake-ok", im.WELL_BEHAVED, gz=gz)
     try:
-        loaded = load_image(client, archive, tag=LOADED_TAG)
+        loaded = load_image(DockerEngine(client), archive, tag=LOADED_TAG)
         assert loaded.image_id == image_id
         assert loaded.tags == [LOADED_TAG]
         assert loaded.user == "algorithm"
@@ -105,7 +106,7 @@ def test_an_archive_cannot_retag_a_platform_image(
     base_before = client.images.get(im.BASE_IMAGE).id
     archive = im.save_image(client, ["heldout/base:bookworm-impostor"], tmp_path / "i.tar")
     _remove(client, "heldout/base:bookworm-impostor")
-    loaded = load_image(client, archive)
+    loaded = load_image(DockerEngine(client), archive)
     assert loaded.tags == []
     assert _gone(client, "heldout/base:bookworm-impostor")
     assert client.images.get(im.BASE_IMAGE).id == base_before
@@ -143,7 +144,7 @@ def test_several_tags_of_one_image_are_one_image(
     tags = ["heldout-test/intake-tags:latest", "heldout-test/intake-tags:v2"]
     two = _retagged_manifest(archive, tmp_path / "two-tags.tar", tags, split=split)
     try:
-        loaded = load_image(client, two, tag=LOADED_TAG)
+        loaded = load_image(DockerEngine(client), two, tag=LOADED_TAG)
         assert loaded.image_id == image_id and loaded.tags == [LOADED_TAG]
         assert all(_gone(client, t) for t in tags)
     finally:

@@ -5,6 +5,7 @@ imports (which hide a circle from the reader, not from the import graph)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import grimp
@@ -106,3 +107,43 @@ def test_the_cycle_check_sees_a_circle() -> None:
     for a, b in [("p.a", "p.b"), ("p.b", "p.c"), ("p.c", "p.a"), ("p.c", "p.d")]:
         graph.add_import(importer=a, imported=b)
     assert _cycles(graph) == [["p.a", "p.b", "p.c"]]
+
+
+# The Docker backend is one package: worker/executor/docker.py (runs) and docker_engine.py
+# (images, builds). Every other worker module reaches the engine through the Backend
+# interface (worker/executor/engine.py), so a second backend is one more module.
+DOCKER_BACKEND = re.compile(r"^worker/executor/docker[a-z_]*\.py$")
+
+
+def docker_imports(path: Path) -> list[str]:
+    """Imports of the Docker SDK in one file, function-level ones included: 'line: what'."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] == "docker":
+                found.append(f"{node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            found += [
+                f"{node.lineno}: import {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] == "docker"
+            ]
+    return found
+
+
+def test_only_the_docker_backend_imports_the_docker_sdk() -> None:
+    offenders = [
+        f"{rel}:{hit}"
+        for path in sorted((ROOT / "worker").rglob("*.py"))
+        if not DOCKER_BACKEND.match(rel := path.relative_to(ROOT).as_posix())
+        for hit in docker_imports(path)
+    ]
+    assert offenders == []
+
+
+def test_the_docker_check_sees_an_import(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("import docker.errors\ndef f():\n    from docker.types import Mount\n")
+    assert docker_imports(f) == ["1: import docker.errors", "3: from docker.types import ..."]
+    assert DOCKER_BACKEND.match("worker/executor/docker_engine.py")
+    assert not DOCKER_BACKEND.match("worker/intake.py")

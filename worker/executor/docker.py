@@ -46,11 +46,13 @@ from worker.executor.base import (
     LABEL_MANAGED,
     LOG_TAIL_BYTES,
     ExecutionError,
-    Executor,
     Failure,
     RunResult,
     RunSpec,
 )
+from worker.executor.docker_engine import DockerEngine
+from worker.executor.engine import Backend
+from worker.executor.engine import resolve_user as resolve_user
 from worker.executor.sized_dir import ImagePool, SizedDir, UnsizedError, unmount_all_under
 
 log = logging.getLogger(__name__)
@@ -70,36 +72,6 @@ _MAX_OUTPUT_DEPTH = 32
 
 # ---------------------------------------------------------------------------------------
 # Users: refuse root, and find the numeric uid/gid that must own /output.
-
-
-def resolve_user(user: str, passwd: str | None, group: str | None) -> tuple[int, int] | None:
-    """Numeric (uid, gid) of a Docker USER string ("name", "uid", "name:group", ...) given
-    the image's /etc/passwd and /etc/group; None when a name is not found there."""
-    name, _, grp = user.strip().partition(":")
-    users = {f[0]: (int(f[2]), int(f[3])) for f in _db_rows(passwd, 4)}
-    if name.isdigit():
-        # Docker's rule: a numeric uid without a passwd entry gets gid 0.
-        uid, gid = int(name), next((g for u, g in users.values() if u == int(name)), 0)
-    elif name in users:
-        uid, gid = users[name]
-    else:
-        return None
-    if grp:
-        groups = {f[0]: int(f[2]) for f in _db_rows(group, 3)}
-        if grp.isdigit():
-            gid = int(grp)
-        elif grp in groups:
-            gid = groups[grp]
-        else:
-            return None
-    return uid, gid
-
-
-def _db_rows(text: str | None, min_fields: int) -> Iterator[list[str]]:
-    for line in (text or "").splitlines():
-        f = line.split(":")
-        if len(f) >= min_fields and all(f[i].isdigit() for i in range(2, min_fields)):
-            yield f
 
 
 def read_container_file(container: Container, path: str, max_bytes: int = 1 << 20) -> str | None:
@@ -239,7 +211,9 @@ def _engine_errors(what: str) -> Iterator[None]:
         raise ExecutionError(Failure.engine_error()) from e
 
 
-class DockerExecutor(Executor[DockerHandle]):
+class DockerExecutor(DockerEngine, Backend[DockerHandle]):
+    """The Docker backend: images (`DockerEngine`) and the sandboxed participant runs."""
+
     def __init__(
         self,
         client: docker.DockerClient,

@@ -10,12 +10,10 @@ import pytest
 
 from worker.builder import (
     ArtifactError,
-    _BuildOutcome,
-    _CappedLog,
     _link_escapes,
-    _record,
     assemble_inference_context,
 )
+from worker.executor.docker_engine import _BuildOutcome, _CappedLog, _record
 from worker.lfs import lfs_endpoint
 
 

@@ -16,6 +16,7 @@ from server.config import Settings
 from worker.executor import sized_dir
 from worker.executor.base import ExecutionError, RunSpec, runtime_for
 from worker.executor.docker import RUNSC_PIDS_HEADROOM, DockerExecutor, container_options
+from worker.executor.fake import FakeExecutor
 from worker.preflight import PreflightError, check_worker
 
 
@@ -67,22 +68,14 @@ def test_a_run_that_cannot_size_its_output_is_a_platform_fault(
     assert not (tmp_path / "output").exists()  # never run with a plain directory
 
 
-class FakeEngine:
-    def __init__(self, runtimes: dict[str, Any]) -> None:
-        self.runtimes = runtimes
-
-    def info(self) -> dict[str, Any]:
-        return {"Runtimes": self.runtimes}
-
-
 def test_preflight_checks_the_configured_runtime(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr("worker.preflight.check_sized_output", lambda root: None)
     settings = Settings(data_dir=tmp_path, container_runtime="runsc")
     with pytest.raises(PreflightError, match="HELDOUT_CONTAINER_RUNTIME=runsc"):
-        check_worker(settings, FakeEngine({"runc": {}}))
-    check_worker(settings, FakeEngine({"runc": {}, "runsc": {}}))
+        check_worker(settings, FakeExecutor(engine_runtimes={"runc"}))
+    check_worker(settings, FakeExecutor(engine_runtimes={"runc", "runsc"}))
 
 
 def _phase(**kw: Any) -> dict[str, Any]:
