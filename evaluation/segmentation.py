@@ -80,13 +80,14 @@ class LabelScores:
 
 def read_mask(path: Path) -> Mask:
     """A label image as integers, with its spacing in array-axis order."""
-    import SimpleITK as sitk  # only the evaluator needs it; the server imports this module
+    # Only the evaluator reads masks; the server imports this module for the registry.
+    import SimpleITK as sitk  # type: ignore[import-untyped,unused-ignore]
 
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:
         raise MaskError("the file is not an image SimpleITK can read") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
+    if image.GetNumberOfComponentsPerPixel() != 1:  # type: ignore[no-untyped-call]
         raise MaskError("a mask must have one component per voxel")
     array = sitk.GetArrayFromImage(image)
     if array.dtype.kind == "f":
@@ -95,7 +96,7 @@ def read_mask(path: Path) -> Mask:
         array = array.astype(np.int64)
     elif array.dtype.kind not in "iub":
         raise MaskError(f"a mask's voxels must be integers, not {array.dtype}")
-    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))  # type: ignore[no-untyped-call]
     return Mask(np.asarray(array), spacing)
 
 
@@ -128,7 +129,8 @@ def surface(mask: BoolArray) -> BoolArray:
         return mask.copy()
     structure = ndimage.generate_binary_structure(mask.ndim, 1)
     inner = ndimage.binary_erosion(mask, structure=structure, border_value=0)
-    return mask & ~inner
+    out: BoolArray = mask & ~inner
+    return out
 
 
 def directed_distances(

@@ -148,3 +148,80 @@ def test_registry_means_and_bootstrap_interval() -> None:
     means = values[idx].mean(axis=1)
     lo, hi = np.quantile(means, [0.025, 0.975])
     assert (ci.lower, ci.upper) == pytest.approx((lo, hi), abs=1e-9)
+
+
+def test_evaluation_program_scores_image_outputs(tmp_path: Path) -> None:
+    """predictions.json in grand-challenge's form with image outputs under
+    /input/<pk>/output/images/<slug>/<name>, reference masks beside labels.csv."""
+    import json
+
+    from evaluation.evaluate import main
+
+    gt, inp = tmp_path / "gt", tmp_path / "input"
+    (gt / "lungs").mkdir(parents=True)
+    (gt / "labels.csv").write_text("case,split\nc1,test\nc2,test\nc3,test\n")
+    jobs = []
+    spacing_xyz = (1.0, 1.5, 2.0)
+    for n, case in enumerate(("c1", "c2", "c3")):
+        ref = np.zeros((8, 8, 8), np.uint8)
+        ref[2:5, 1:4, 1:4] = 1
+        ref[2:5, 4:7, 4:7] = 2
+        pred = ref.copy()
+        pred[2, 1, 1] = 0 if n else 1  # small, case-dependent error
+        pred[6, 6, 6] = 2 if n == 2 else 0
+        _write(gt / "lungs" / f"{case}.mha", ref, spacing_xyz)
+        out = inp / str(n) / "output" / "images" / "lung-mask"
+        out.mkdir(parents=True)
+        _write(out / f"{n}-uuid.mha", pred, spacing_xyz)
+        jobs.append(
+            {
+                "pk": n,
+                "inputs": [{"interface": {"slug": "ct"}, "image": {"name": f"{case}.mha"}}],
+                "outputs": [
+                    {
+                        "interface": {"slug": "lung-mask", "relative_path": "images/lung-mask"},
+                        "image": {"name": f"{n}-uuid.mha"},
+                    }
+                ],
+            }
+        )
+    (inp / "predictions.json").write_text(json.dumps(jobs))
+    config = {
+        "primary": "hd95",
+        "metrics": [
+            {"name": "dice", "kind": "dice", "output": "lung-mask", "label": "lungs",
+             "classes": [1, 2]},
+            {"name": "hd95", "kind": "hd95", "output": "lung-mask", "label": "lungs",
+             "classes": [1, 2]},
+            {"name": "assd-left", "kind": "assd", "output": "lung-mask", "label": "lungs",
+             "classes": [1]},
+        ],
+    }  # fmt: skip
+    (gt / "metrics.json").write_text(json.dumps(config))
+    result_path = tmp_path / "metrics.json"
+    code = main(
+        ["--predictions", str(inp / "predictions.json"), "--ground-truth",
+         str(gt / "labels.csv"), "--config", str(gt / "metrics.json"),
+         "--output", str(result_path)]
+    )  # fmt: skip
+    result = json.loads(result_path.read_text())
+    assert code == 0, result
+    agg = result["aggregates"]
+    assert agg["dice"]["higher_is_better"] and not agg["hd95"]["higher_is_better"]
+    assert set(agg["dice"]["per_label"]) == {"1", "2"}
+    assert agg["dice"]["per_label"]["2"]["value"] == pytest.approx((2 + 54 / 55) / 3)
+    per_case = result["case"]["c1"]["lung-mask"]
+    assert per_case["1"]["dice"] == 1.0 and per_case["2"]["hd95"] == 0.0
+    assert agg["dice"]["ci_lower"] <= agg["dice"]["value"] <= agg["dice"]["ci_upper"]
+    assert agg["dice"]["n_resamples"] == 1000
+
+    # A mask of the wrong size is the participant's to fix: exit 1 naming the case.
+    _write(inp / "1" / "output" / "images" / "lung-mask" / "1-uuid.mha",
+           np.zeros((4, 4, 4), np.uint8), spacing_xyz)  # fmt: skip
+    code = main(
+        ["--predictions", str(inp / "predictions.json"), "--ground-truth",
+         str(gt / "labels.csv"), "--config", str(gt / "metrics.json"),
+         "--output", str(result_path)]
+    )  # fmt: skip
+    error = json.loads(result_path.read_text())["error"]
+    assert code == 1 and error["kind"] == "invalid_predictions" and error["cases"] == ["c2"]
