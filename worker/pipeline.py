@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -337,13 +338,14 @@ def _store_outputs(
         value = values[interface.slug]
         if interface.kind is InterfaceKind.json:
             stored[interface.slug] = {"value": value}
-        else:
-            digest, size = store.put_file(Path(value))
-            stored[interface.slug] = {
-                "digest": digest,
-                "size": size,
-                "relpath": interface.output_relpath(),
-            }
+            continue
+        digest, size = store.put_file(Path(value))
+        rel = interface.output_relpath()
+        if interface.kind is InterfaceKind.image:
+            # Either layout is kept as grand-challenge's newer one, under a fresh name: the
+            # name the algorithm chose could carry something about the case.
+            rel = f"{rel}/{uuid.uuid4()}{interface.extension}"
+        stored[interface.slug] = {"digest": digest, "size": size, "relpath": rel}
     return stored
 
 
@@ -469,6 +471,7 @@ def _predictions(
                 for i in spec.inputs
             ]
             outs: list[dict[str, Any]] = []
+            kinds = {o.slug: o for o in spec.outputs}
             for slug, stored in outputs.items():
                 item: dict[str, Any] = {"interface": slug, "socket": slug}
                 if "value" in stored:
@@ -476,10 +479,34 @@ def _predictions(
                 else:
                     rel = stored["relpath"]
                     store.copy_to(stored["digest"], dest / str(pk) / "output" / rel)
-                    item["file"] = f"/input/{pk}/output/{rel}"
+                    interface = kinds.get(slug)
+                    if interface is not None and interface.kind is InterfaceKind.image:
+                        folder, _, name = rel.rpartition("/")
+                        item["interface"] = {
+                            "slug": slug,
+                            "kind": "Image",
+                            "super_kind": "Image",
+                            "relative_path": folder,
+                        }
+                        item["image"] = {"name": name}
+                    else:
+                        item["file"] = f"/input/{pk}/output/{rel}"
                 outs.append(item)
             entries.append({"pk": pk, "status": "Succeeded", "inputs": inputs, "outputs": outs})
     (dest / "predictions.json").write_text(json.dumps(entries))
+
+
+def _copy_masks(session: Session, store: ArtifactStore, dataset_id: int, gt: Path) -> None:
+    """The dataset's reference masks as <gt>/<folder>/<case><ext> (evaluation/
+    segmentation_inputs.py), for the current cases only."""
+    from server.datasets.service import truth_files
+
+    for case_id in sorted(coverage.current_case_ids(session, dataset_id)):
+        case = session.get(Case, case_id)
+        assert case is not None
+        for folder, entry in truth_files(case.files).items():
+            (gt / folder).mkdir(exist_ok=True)
+            store.copy_to(entry["digest"], gt / folder / f"{case.name}{entry['ext']}")
 
 
 def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
@@ -498,9 +525,10 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             dataset = session.get(Dataset, phase.test_dataset_id)
             assert dataset is not None
             store.copy_to(dataset.labels_digest, gt / "labels.csv")
+            _copy_masks(session, store, dataset.id, gt)
             ctx.ground_truth = dataset.digest
         (gt / "metrics.json").write_text(ctx.phase.metrics.model_dump_json())
-        for path in [work / "input", gt, *gt.iterdir(), *(work / "input").rglob("*")]:
+        for path in [work / "input", gt, *gt.rglob("*"), *(work / "input").rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
         image, evaluator = ensure_evaluation_image(settings)
