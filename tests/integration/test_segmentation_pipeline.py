@@ -157,6 +157,7 @@ def test_segmentation_masks_are_scored_with_dice_and_hd95(live: Any, tmp_path: P
     (entry,) = board["entries"]
     assert entry["rank"] == 1
     metrics = entry["metrics"]
+    print({k: {f: v.get(f) for f in ("value", "ci_lower", "ci_upper")} for k, v in metrics.items()})
     # The threshold finds the lungs up to noise at their rims: high Dice, small HD95 (mm).
     assert metrics["dice"]["value"] > 0.9
     assert metrics["dice-left"]["value"] > 0.9
