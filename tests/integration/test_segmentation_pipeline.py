@@ -45,7 +45,7 @@ assert fields["ElementType"] == "MET_SHORT", fields["ElementType"]
 values = struct.unpack("<%dh" % (nx * ny * nz), data[: 2 * nx * ny * nz])
 mask = bytearray(nx * ny * nz)
 for i, v in enumerate(values):
-    if -950 < v < -400:
+    if -950 < v < -700:
         mask[i] = 1 if (i % nx) < nx // 2 else 2
 out = "/output/images/lung-mask"
 os.makedirs(out, exist_ok=True)
@@ -69,9 +69,12 @@ def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     for label, cx in ((1, 9.0), (2, 23.0)):
         c = (12 + rng.uniform(-1, 1), 16 + rng.uniform(-1, 1), cx + rng.uniform(-0.5, 0.5))
         r = (8 + rng.uniform(-1, 1), 9 + rng.uniform(-1, 1), 5 + rng.uniform(-0.5, 0.5))
-        lung = ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 <= 1
+        d = ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2
+        lung = d <= 1
         labels[lung & body] = label
         ct[lung & body] = -850
+        # A partial-volume rim, thicker in some cases, that the threshold misses.
+        ct[lung & body & (d > rng.uniform(0.6, 0.9))] = -600
     noise = rng.normal(0, 10, SHAPE).astype(np.int16)
     return (ct + noise).astype(np.int16), labels
 
@@ -158,12 +161,14 @@ def test_segmentation_masks_are_scored_with_dice_and_hd95(live: Any, tmp_path: P
     assert entry["rank"] == 1
     metrics = entry["metrics"]
     print({k: {f: v.get(f) for f in ("value", "ci_lower", "ci_upper")} for k, v in metrics.items()})
-    # The threshold finds the lungs up to noise at their rims: high Dice, small HD95 (mm).
-    assert metrics["dice"]["value"] > 0.9
-    assert metrics["dice-left"]["value"] > 0.9
-    assert 0.0 <= metrics["hd95"]["value"] < 5.0
+    # The threshold misses each lung's partial-volume rim, of a thickness that varies by
+    # case: Dice below 1, HD95 of a voxel or two (mm), intervals of non-zero width.
+    assert 0.4 < metrics["dice"]["value"] < 0.99
+    assert 0.4 < metrics["dice-left"]["value"] < 0.99
+    assert 1.0 < metrics["hd95"]["value"] < 10.0
     for name in ("dice", "hd95"):
         m = metrics[name]
-        assert m["ci_lower"] is not None and m["ci_lower"] <= m["value"] <= m["ci_upper"]
+        assert m["ci_lower"] is not None and m["ci_lower"] < m["ci_upper"]
+        assert m["ci_lower"] <= m["value"] <= m["ci_upper"]
     assert entry["value"] == metrics["hd95"]["value"]
     assert board.get("higher_is_better", False) is False
