@@ -220,7 +220,10 @@ def _context(session: Session, job: Job) -> JobContext:
 
 
 def _case_ref(case: Case) -> CaseRef:
-    return CaseRef(case.id, case.name, case.public_name, dict(case.files))
+    from server.datasets.service import input_files
+
+    # Reference masks never travel with the case to an algorithm's run.
+    return CaseRef(case.id, case.name, case.public_name, input_files(case.files))
 
 
 # --- recording outcomes and scheduling the next step -----------------------------------
