@@ -44,6 +44,7 @@ from server.submissions import advance
 from server.submissions.models import Submission
 from worker import steps
 from worker.executor.base import LABEL_JOB
+from worker.model import MODEL_MOUNT
 from worker.runner import batch_limits
 from worker.steps import (
     CaseRef,
@@ -190,6 +191,7 @@ def _context(session: Session, job: Job) -> JobContext:
         repository_url=submission.repository_url,
         commit_sha=submission.commit_sha,
         metrics_version=phase.metrics_version,
+        model_digest=submission.model_digest,
     )
     if ctx.kind is JobKind.evaluate:
         ctx.ground_truth = leaderboards.ground_truth_digest(session, phase)
@@ -303,6 +305,12 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
         if exc.platform_caused:
             raise InfrastructureError(exc.reason) from exc
         raise StepFailed("invalid_image", exc.reason) from exc
+    if ctx.model_digest is not None:  # refused here, before any private data: not charged
+        work = steps.job_dir(settings, ctx)
+        try:
+            _unpack_model(settings, store, ctx, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return Outcome(
         {
             "image_id": loaded.image_id,
@@ -312,6 +320,22 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             "cmd": loaded.cmd,
         }
     )
+
+
+def _unpack_model(settings: Settings, store: ArtifactStore, ctx: JobContext, work: Path) -> Path:
+    """The submission's model tarball unpacked read-only under work/model."""
+    from worker.model import ModelError, extract_model
+
+    assert ctx.model_digest is not None
+    try:
+        return extract_model(
+            store.path(ctx.model_digest),
+            work / "model",
+            max_bytes=settings.max_model_bytes,
+            max_entries=settings.max_model_entries,
+        )
+    except ModelError as exc:
+        raise StepFailed("invalid_model", str(exc)) from exc
 
 
 def _case_files(
@@ -375,6 +399,8 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         work=work,
         runtime=runtime_for(settings.container_runtime, ctx.phase.runtime, ctx.phase.limits.gpus),
     )
+    if ctx.model_digest is not None:
+        common["read_only_mounts"] = {_unpack_model(settings, store, ctx, work): MODEL_MOUNT}
     try:
         with gpus_for(settings, ctx.phase.limits.gpus) as devices, classified_execution():
             common["gpu_device_ids"] = devices

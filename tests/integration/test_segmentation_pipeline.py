@@ -1,12 +1,16 @@
 """A segmentation challenge end to end on the real engine, Redis and a Celery worker:
 generated lung phantoms (CT-like volumes, two ellipsoid lungs labelled 1 and 2, written as
 .mha with anisotropic spacing), a participant "U-Net-style" image (a threshold program)
-writing masks in grand-challenge's newer layout `/output/images/<slug>/<uuid>.mha`,
-scored with Dice and HD95 per label with bootstrap intervals on the leaderboard."""
+writing masks in grand-challenge's newer layout `/output/images/<slug>/<uuid>.mha`, its
+"weights" in a model tarball mounted at /opt/ml/model, scored with Dice and HD95 per label
+with bootstrap intervals on the leaderboard."""
 
 from __future__ import annotations
 
 import csv
+import io
+import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from server.app import create_app
 from server.config import Settings
 from tests.conftest import REDIS_URL, need
 from tests.support import images
-from tests.support.factories import apply_bundle, auth, submit_blob, user_token
+from tests.support.factories import apply_bundle, auth, upload_bytes, user_token
 from tests.support.workers import celery_worker, wait_final
 
 sitk = pytest.importorskip("SimpleITK")
@@ -34,8 +38,11 @@ SPACING_XYZ = (1.2, 1.2, 2.5)
 # byte), thresholds air-like voxels inside the body, labels them by side (left of the
 # midline 1, right 2) and writes the mask where grand-challenge's newer containers do.
 SEGMENTER = """
-import glob, os, struct, sys, uuid
+import glob, json, os, struct, sys, uuid
 
+# The "weights": thresholds from the model tarball, unpacked read-only at /opt/ml/model.
+model = json.load(open("/opt/ml/model/weights/thresholds.json"))
+low, high = model["low"], model["high"]
 (path,) = glob.glob("/input/images/ct/*.mha")
 raw = open(path, "rb").read()
 header, _, data = raw.partition(b"ElementDataFile = LOCAL\\n")
@@ -45,7 +52,7 @@ assert fields["ElementType"] == "MET_SHORT", fields["ElementType"]
 values = struct.unpack("<%dh" % (nx * ny * nz), data[: 2 * nx * ny * nz])
 mask = bytearray(nx * ny * nz)
 for i, v in enumerate(values):
-    if -950 < v < -700:
+    if low < v < high:
         mask[i] = 1 if (i % nx) < nx // 2 else 2
 out = "/output/images/lung-mask"
 os.makedirs(out, exist_ok=True)
@@ -130,6 +137,16 @@ def _bundle() -> dict[str, Any]:
     }
 
 
+def _model_tarball(thresholds: dict[str, int]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = json.dumps(thresholds).encode()
+        info = tarfile.TarInfo("weights/thresholds.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 @pytest.fixture
 def live(settings: Settings) -> Any:
     need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
@@ -149,8 +166,16 @@ def test_segmentation_masks_are_scored_with_dice_and_hd95(live: Any, tmp_path: P
     tag = images.build_image(client, "segmenter", SEGMENTER)
     archive = images.save_image(client, [tag], tmp_path / "segmenter.tar.gz", gz=True)
     alice = user_token(settings, "alice")
+    model = _model_tarball({"low": -950, "high": -700})
     with celery_worker(settings):
-        r = submit_blob(api, alice, "lungseg", "segmentation", archive.read_bytes())
+        r = api.post(
+            "/api/v1/challenges/lungseg/phases/segmentation/submissions",
+            json={
+                "upload": upload_bytes(api, alice, archive.read_bytes()),
+                "model_upload": upload_bytes(api, alice, model, "model.tar.gz"),
+            },
+            headers=auth(alice),
+        )
         assert r.status_code == 201, r.text
         final = wait_final(api, alice, r.json()["id"])
     assert final["status"] == "succeeded", final
