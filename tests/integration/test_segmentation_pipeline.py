@@ -185,7 +185,6 @@ def test_segmentation_masks_are_scored_with_dice_and_hd95(live: Any, tmp_path: P
     (entry,) = board["entries"]
     assert entry["rank"] == 1
     metrics = entry["metrics"]
-    print({k: {f: v.get(f) for f in ("value", "ci_lower", "ci_upper")} for k, v in metrics.items()})
     # The threshold misses each lung's partial-volume rim, of a thickness that varies by
     # case: Dice below 1, HD95 of a voxel or two (mm), intervals of non-zero width.
     assert 0.4 < metrics["dice"]["value"] < 0.99
