@@ -1,9 +1,9 @@
 """Build heldout's default evaluation image without network access at build time.
 
 Nothing can be pulled from a registry here, so the image starts from the locally built
-`heldout/python:bookworm` (scripts/base-image.sh) and installs numpy, scipy and
-scikit-learn from wheels that this module downloads on the host, once, into a cache under
-the build directory. The build itself runs with `network_mode="none"`.
+`heldout/python:bookworm` (scripts/base-image.sh) and installs numpy, scipy, scikit-learn
+and SimpleITK (segmentation masks) from wheels that this module downloads on the host,
+once, into a cache under the build directory. The build itself runs with `network_mode="none"`.
 
     python -m evaluation.build_image [--tag TAG] [--build-dir DIR]
 
@@ -33,7 +33,7 @@ DIGEST_LABEL = "org.heldout.evaluator-digest"
 BASE_IMAGE = "heldout/python:bookworm"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Pinned to the versions heldout is tested with, so in-image and server-side results agree.
-REQUIREMENTS = ("numpy==2.4.6", "scipy==1.17.1", "scikit-learn==1.9.1")
+REQUIREMENTS = ("numpy==2.4.6", "scipy==1.17.1", "scikit-learn==1.9.1", "SimpleITK==2.5.7")
 # Debian bookworm's interpreter and C library, which the wheels must match.
 PYTHON_VERSION = "3.11"
 GLIBC = (2, 36)

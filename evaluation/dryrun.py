@@ -22,6 +22,7 @@ from evaluation.inputs import (
     parse_ground_truth,
 )
 from evaluation.metrics import METRICS, MetricError, subset_mask
+from evaluation.segmentation import SEGMENTATION_KINDS
 
 
 def _observed(truth: GroundTruth, column: str) -> list[str]:
@@ -63,6 +64,8 @@ def check(config: dict[str, Any], labels_csv: bytes) -> list[str]:
     outputs = {spec.output: _constant(spec, truth) for spec in cfg.metrics}
     warnings: list[str] = []
     for spec in cfg.metrics:
+        if spec.kind in SEGMENTATION_KINDS:
+            continue  # scored on mask files, not labels.csv: checked when evaluated
         if spec.subset_label is not None:
             _require_column(spec, truth, spec.subset_label)
             mask = subset_mask(

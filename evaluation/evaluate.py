@@ -61,6 +61,7 @@ from evaluation.inputs import (
     InvalidPredictions,
     Job,
     MetricSpec,
+    OutputImage,
     is_number,
     load_config,
     load_ground_truth,
@@ -69,6 +70,8 @@ from evaluation.inputs import (
     name_cases,
 )
 from evaluation.metrics import METRICS, MetricError, canonical_label, round_grades, subset_mask
+from evaluation.segmentation import SEGMENTATION_KINDS
+from evaluation.segmentation_inputs import SegmentationScores, score_masks
 from evaluation.stats import bootstrap_ci, roc_band
 
 DEFAULT_PREDICTIONS = Path("/input/predictions.json")
@@ -212,6 +215,36 @@ class Prepared:
     section_true: list[Any]  # JSON labels, for the predictions section
     section_score: list[Any]  # JSON predictions as submitted (checked)
     classes: list[Any] | None = None
+    # Segmentation: each label's per-case values (y_pred holds their mean per case).
+    per_label: dict[int, list[float]] | None = None
+
+
+def prepare_segmentation(
+    spec: MetricSpec,
+    truth: GroundTruth,
+    by_case: dict[str, Job],
+    truth_dir: Path,
+    cache: dict[tuple[Any, ...], SegmentationScores],
+) -> tuple[Prepared, SegmentationScores]:
+    """A segmentation metric's per-case values (the mean over its labels); masks are read
+    and scored once per (output, reference folder, labels) for all metrics reading them."""
+    if spec.subset_label is not None:
+        raise ConfigurationError(f"metric {spec.name!r}: segmentation metrics take no subset")
+    key = (spec.output, spec.label, tuple(spec.classes or ()))
+    if key not in cache:
+        cache[key] = score_masks(spec, truth.cases, by_case, truth_dir)
+    scores = cache[key]
+    values = scores.per_case(spec.kind)
+    zeros = [0.0] * len(values)
+    prepared = Prepared(
+        np.array(zeros),
+        np.array(values),
+        None,
+        zeros,
+        values,
+        per_label=scores.per_label(spec.kind),
+    )
+    return prepared, scores
 
 
 def prepare(spec: MetricSpec, truth: GroundTruth, by_case: dict[str, Job]) -> Prepared:
@@ -353,7 +386,16 @@ def evaluate(
     cfg = load_config(config)
     truth = load_ground_truth(ground_truth)
     by_case = match_cases(load_predictions(predictions, case_interface=case_interface), truth)
-    prepared = [(spec, prepare(spec, truth, by_case)) for spec in cfg.metrics]
+    masks: dict[tuple[Any, ...], SegmentationScores] = {}
+    scored_masks: dict[str, SegmentationScores] = {}  # output slug -> its scores
+    prepared = []
+    for spec in cfg.metrics:
+        if spec.kind in SEGMENTATION_KINDS:
+            p, s = prepare_segmentation(spec, truth, by_case, ground_truth.parent, masks)
+            scored_masks.setdefault(spec.output, s)
+            prepared.append((spec, p))
+        else:
+            prepared.append((spec, prepare(spec, truth, by_case)))
 
     aggregates: dict[str, Any] = {}
     roc: dict[str, Any] = {}
@@ -388,6 +430,8 @@ def evaluate(
             "ci_reason": ci.reason,
             "higher_is_better": spec.higher_is_better,
         }
+        if p.per_label is not None:
+            aggregates[spec.name]["per_label"] = _per_label(spec, p.per_label, cfg)
         if METRICS[spec.kind].is_auc:
             band = roc_band(
                 y_true,
@@ -422,14 +466,42 @@ def evaluate(
     aggregates["primary"] = cfg.primary
 
     outputs = sorted({spec.output for spec in cfg.metrics})
+
+    def case_value(case: str, output: str) -> Any:
+        value = by_case[case].outputs[output]
+        if isinstance(value, OutputImage):  # a mask: its scores per label, not the file
+            return scored_masks[output].case_record(case)
+        return value
+
     return {
-        "case": {c: {o: by_case[c].outputs[o] for o in outputs} for c in truth.cases},
+        "case": {c: {o: case_value(c, o) for o in outputs} for c in truth.cases},
         "aggregates": aggregates,
         "roc": roc,
         "predictions": sections,
         "evaluator_version": EVALUATOR_VERSION,
         "ground_truth_sha256": truth.sha256,
     }
+
+
+def _per_label(
+    spec: MetricSpec, per_label: dict[int, list[float]], cfg: Any
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for label, values in per_label.items():
+        ci = bootstrap_ci(
+            spec.kind,
+            np.zeros(len(values)),
+            np.array(values),
+            n_resamples=cfg.bootstrap_resamples,
+            seed=cfg.bootstrap_seed,
+            level=cfg.ci_level,
+        )
+        out[str(label)] = {
+            "value": _json_float(ci.value),
+            "ci_lower": _json_float(ci.lower),
+            "ci_upper": _json_float(ci.upper),
+        }
+    return out
 
 
 # --- command line ---------------------------------------------------------------------------

@@ -228,11 +228,19 @@ def parse_ground_truth(raw: bytes) -> GroundTruth:
 # --- predictions ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OutputImage:
+    """An image output (a segmentation mask): the file the job wrote, not a JSON value."""
+
+    path: Path
+
+
 @dataclass
 class Job:
     pk: str
     case: str
-    outputs: dict[str, Any] = field(default_factory=dict)  # slug -> value (absent: missing)
+    # slug -> JSON value or OutputImage (absent: missing)
+    outputs: dict[str, Any] = field(default_factory=dict)
 
 
 def _interface(item: Any) -> tuple[str | None, str | None]:
@@ -303,7 +311,9 @@ def load_predictions(path: Path, *, case_interface: str | None = None) -> list[J
                     interface=slug,
                 )
             value = item.get("value")
-            if value is None:
+            if value is None and isinstance(item.get("image"), dict):
+                value = _output_image(path.parent, pk, slug, item)
+            elif value is None:
                 value = _output_file_value(path.parent, pk, slug, item)
             if value is not None:
                 job.outputs[slug] = value
@@ -334,6 +344,19 @@ def _output_file_value(root: Path, pk: str, slug: str, item: dict[str, Any]) -> 
             cases=[pk],
             interface=slug,
         ) from None
+
+
+def _output_image(root: Path, pk: str, slug: str, item: dict[str, Any]) -> OutputImage | None:
+    """An image output, as grand-challenge lists it: `"image": {"name": ...}` under
+    /input/<pk>/output/<relative_path (default images/<slug>)>/<name>. None: missing."""
+    _, rel = _interface(item)
+    name = item["image"].get("name")
+    if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+        return None
+    file = root / pk / "output" / (rel or f"images/{slug}") / name
+    if not file.is_file() or not file.resolve().is_relative_to(root.resolve()):
+        return None
+    return OutputImage(file)
 
 
 def match_cases(jobs: list[Job], truth: GroundTruth) -> dict[str, Job]:

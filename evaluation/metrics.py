@@ -19,6 +19,7 @@ Array conventions, per kind:
   in grade units (scikit-learn's `cohen_kappa_score(labels=range(lo, hi + 1))`).
 - mae, pearson: finite numbers (N,).
 - accuracy: (N,) values of any comparable type; a case is right when y_pred == y_true.
+- dice, hd95, assd: y_pred (N,) per-case values (evaluation/segmentation.py), y_true unused.
 
 Metrics that are undefined because of the ground truth (AUC with one class) raise
 `MetricError`; metrics that are undefined because of the predictions (Pearson r of constant
@@ -38,6 +39,7 @@ import numpy.typing as npt
 from scipy.stats import rankdata
 
 from evaluation.resampling import CaseCounts
+from evaluation.segmentation import mean_score, resampled_mean_score
 
 Array = npt.NDArray[Any]
 FloatArray = npt.NDArray[np.float64]
@@ -408,6 +410,10 @@ METRICS: Mapping[str, Metric] = MappingProxyType(
         "mae": Metric("mae", mae, resampled_mae, higher_is_better=False),
         "pearson": Metric("pearson", pearson, resampled_pearson),
         "accuracy": Metric("accuracy", accuracy, resampled_accuracy),
+        # Segmentation (evaluation/segmentation.py): y_pred holds per-case values.
+        "dice": Metric("dice", mean_score, resampled_mean_score),
+        "hd95": Metric("hd95", mean_score, resampled_mean_score, higher_is_better=False),
+        "assd": Metric("assd", mean_score, resampled_mean_score, higher_is_better=False),
     }
 )
 

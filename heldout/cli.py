@@ -371,6 +371,13 @@ def submit(
         dir_okay=False,
         help="`docker save` archive (.tar or .tar.gz), algorithm phases",
     ),
+    model: Path = typer.Option(
+        None,
+        "--model",
+        exists=True,
+        dir_okay=False,
+        help="a model tarball (.tar.gz) mounted read-only at /opt/ml/model, with --image",
+    ),
     repo: str = typer.Option(None, "--repo", help="git repository URL, codebase phases"),
     ref: str = typer.Option(None, "--ref", help="branch, tag or commit"),
     comment: str = typer.Option("", help="a note kept with the submission"),
@@ -411,6 +418,7 @@ def submit(
             ref=ref,
             comment=comment,
             progress=progress,
+            model=model,
             challenge=challenge,
             phase=phase,
         )

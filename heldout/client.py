@@ -190,8 +190,10 @@ class Client:
         ref: str | None = None,
         comment: str = "",
         progress: Progress | None = None,
+        model: Path | None = None,
     ) -> dict[str, Any]:
-        """Check locally and with the server, then upload and submit. Every refusal before
+        """Check locally and with the server, then upload and submit (with `model`, a
+        model tarball the algorithm finds read-only at /opt/ml/model). Every refusal before
         the upload (RefusedLocally, ApiError) costs nothing: no byte sent, nothing charged."""
         if (image is None) == (repository_url is None):
             raise RefusedLocally("give either an image archive or a repository URL", "image")
@@ -200,6 +202,10 @@ class Client:
             config = self.check_image(image)
             self.precheck(challenge, phase, "algorithm", config)
             body["upload"] = self.upload(image, progress)["key"]
+            if model is not None:
+                body["model_upload"] = self.upload(model, progress)["key"]
+        elif model is not None:
+            raise RefusedLocally("a model tarball goes with an algorithm image", "model")
         else:
             if not ref:
                 raise RefusedLocally("a repository needs a ref (branch, tag or commit)", "ref")

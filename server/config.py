@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # what its layers expand to in all, and bytes out per compressed byte in.
     max_image_expanded_bytes: int = 20 * 1024**3
     max_image_compression_ratio: int = 50
+    # An algorithm's model tarball (/opt/ml/model): what it expands to, and its entries.
+    max_model_bytes: int = 20 * 1024**3
+    max_model_entries: int = Field(100_000, ge=1)
 
     # T3 codebases.
     allowed_local_repo_roots: list[Path] = Field(default_factory=list)

@@ -2,9 +2,13 @@
 
 Per-case mode: one container per case sees
 
-    /input/images/<slug>/<uuid><ext>      one file per input interface, byte for byte
-    /input/inputs.json                    grand-challenge-style description (optional)
-    /output/<slug>.json | <slug><ext>     one per output interface
+    /input/<relative_path>/<uuid><ext>    one file per input interface, byte for byte
+                                          (relative_path default: images/<slug>)
+    /input/inputs.json                    grand-challenge's description of the inputs
+    /output/<slug>.json | <slug><ext>     one per json / file output interface
+    /output/images/<slug>/<any><ext>      an image output: exactly one file in its folder
+                                          (grand-challenge's newer layout), or else
+                                          /output/<slug><ext> (heldout's first layout)
 
 Batch mode (heldout extension, opt-in per phase): one container sees many cases as
 `/input/<case>/images/<slug>/<uuid><ext>` and writes `/output/<case>/<slug>.json` etc.
@@ -75,19 +79,30 @@ def stage_case_inputs(
         target = folder / f"{uuid.uuid4()}{_extension(source)}"
         _place(source, target)
         staged[slug] = target
-        description.append(
-            {
-                "interface": {
-                    "slug": slug,
-                    "kind": "Image",
-                    "relative_path": by_slug[slug].input_reldir(),
-                },
-                "image": {"name": target.name},
-            }
-        )
+        description.append(input_description(by_slug[slug], target.name))
     (dest / INPUTS_JSON).write_text(json.dumps(description, indent=2))
     (dest / INPUTS_JSON).chmod(0o644)
     return StagedCase(case_id=case_id, root=dest, files=staged)
+
+
+def input_description(interface: Interface, file_name: str) -> dict[str, Any]:
+    """One entry of /input/inputs.json in grand-challenge's current form: a component
+    interface value, `{"interface": {...}, "image": {...}}` (the socket as grand-challenge
+    serialises it, and the image by the name the algorithm finds it under)."""
+    return {
+        "pk": file_name.split(".", 1)[0],
+        "interface": {
+            "title": interface.slug,
+            "slug": interface.slug,
+            "kind": "Image",
+            "super_kind": "Image",
+            "relative_path": interface.input_reldir(),
+            "default_value": None,
+        },
+        "value": None,
+        "file": None,
+        "image": {"pk": file_name.split(".", 1)[0], "name": file_name},
+    }
 
 
 def stage_batch_inputs(
@@ -160,8 +175,12 @@ def validate_outputs(
     for interface in interfaces:
         rel = interface.output_relpath()
         path = output_dir / rel
-        if interface.kind is InterfaceKind.json:
+        if _through_link(output_dir, rel):
+            result: Any = _Invalid(f"{rel} lies under a symbolic link")
+        elif interface.kind is InterfaceKind.json:
             result = _read_json(path, interface)
+        elif interface.kind is InterfaceKind.image:
+            result = _check_image(output_dir, interface, shown_as)
         else:
             result = _check_file(path, interface, output_dir)
         if isinstance(result, _Missing):
@@ -301,6 +320,50 @@ def _check_file(path: Path, interface: Interface, output_dir: Path) -> Any:
     if path.stat().st_size == 0:
         return _Invalid(f"{path.name} is empty")
     return path
+
+
+def _through_link(root: Path, rel: str) -> bool:
+    """Whether a parent folder of root/rel is a symbolic link (never followed on read)."""
+    current = root
+    for part in rel.split("/")[:-1]:
+        current = current / part
+        if _file_kind(current) == "symbolic link":
+            return True
+    return False
+
+
+def _check_image(output_dir: Path, interface: Interface, shown_as: str) -> Any:
+    """One image in /output/<relative_path>/ (any name with the extension), or, when no
+    relative_path is declared, heldout's first layout /output/<slug><ext>. Messages count
+    files and never name them: the algorithm chose the names."""
+    rel = interface.output_relpath()
+    folder = output_dir / rel
+    legacy = interface.legacy_output_relpath()
+    legacy_kind = _file_kind(output_dir / legacy) if legacy else None
+    kind = _file_kind(folder)
+    if kind is None:
+        if legacy and legacy_kind is not None:
+            return _check_file(output_dir / legacy, interface, output_dir)
+        return _Missing()
+    if kind != "directory":
+        return _Invalid(f"{shown_as}/{rel} must be a directory holding one image, not a {kind}")
+    if legacy_kind is not None:
+        return _Invalid(f"both /output/{rel}/ and {shown_as}/{legacy} are present; write one")
+    entries = list(folder.iterdir())
+    if not entries:
+        return _Missing()
+    if len(entries) > 1:
+        return _Invalid(f"{shown_as}/{rel}/ must hold exactly one file, it holds {len(entries)}")
+    (entry,) = entries
+    ext = interface.extension or ""
+    entry_kind = _file_kind(entry)
+    if entry_kind != "file":
+        return _Invalid(f"{shown_as}/{rel}/ must hold one file, it holds a {entry_kind}")
+    if not entry.name.lower().endswith(ext) or len(entry.name) <= len(ext):
+        return _Invalid(f"the file in /output/{rel}/ does not end in {ext}")
+    if entry.stat().st_size == 0:
+        return _Invalid(f"the file in /output/{rel}/ is empty")
+    return entry
 
 
 def _file_kind(path: Path) -> str | None:

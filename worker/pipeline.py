@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from server.submissions import advance
 from server.submissions.models import Submission
 from worker import steps
 from worker.executor.base import LABEL_JOB
+from worker.model import MODEL_MOUNT
 from worker.runner import batch_limits
 from worker.steps import (
     CaseRef,
@@ -189,6 +191,7 @@ def _context(session: Session, job: Job) -> JobContext:
         repository_url=submission.repository_url,
         commit_sha=submission.commit_sha,
         metrics_version=phase.metrics_version,
+        model_digest=submission.model_digest,
     )
     if ctx.kind is JobKind.evaluate:
         ctx.ground_truth = leaderboards.ground_truth_digest(session, phase)
@@ -219,7 +222,10 @@ def _context(session: Session, job: Job) -> JobContext:
 
 
 def _case_ref(case: Case) -> CaseRef:
-    return CaseRef(case.id, case.name, case.public_name, dict(case.files))
+    from server.datasets.service import input_files
+
+    # Reference masks never travel with the case to an algorithm's run.
+    return CaseRef(case.id, case.name, case.public_name, input_files(case.files))
 
 
 # --- recording outcomes and scheduling the next step -----------------------------------
@@ -299,6 +305,12 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
         if exc.platform_caused:
             raise InfrastructureError(exc.reason) from exc
         raise StepFailed("invalid_image", exc.reason) from exc
+    if ctx.model_digest is not None:  # refused here, before any private data: not charged
+        work = steps.job_dir(settings, ctx)
+        try:
+            _unpack_model(settings, store, ctx, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return Outcome(
         {
             "image_id": loaded.image_id,
@@ -308,6 +320,22 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             "cmd": loaded.cmd,
         }
     )
+
+
+def _unpack_model(settings: Settings, store: ArtifactStore, ctx: JobContext, work: Path) -> Path:
+    """The submission's model tarball unpacked read-only under work/model."""
+    from worker.model import ModelError, extract_model
+
+    assert ctx.model_digest is not None
+    try:
+        return extract_model(
+            store.path(ctx.model_digest),
+            work / "model",
+            max_bytes=settings.max_model_bytes,
+            max_entries=settings.max_model_entries,
+        )
+    except ModelError as exc:
+        raise StepFailed("invalid_model", str(exc)) from exc
 
 
 def _case_files(
@@ -337,13 +365,14 @@ def _store_outputs(
         value = values[interface.slug]
         if interface.kind is InterfaceKind.json:
             stored[interface.slug] = {"value": value}
-        else:
-            digest, size = store.put_file(Path(value))
-            stored[interface.slug] = {
-                "digest": digest,
-                "size": size,
-                "relpath": interface.output_relpath(),
-            }
+            continue
+        digest, size = store.put_file(Path(value))
+        rel = interface.output_relpath()
+        if interface.kind is InterfaceKind.image:
+            # Either layout is kept as grand-challenge's newer one, under a fresh name: the
+            # name the algorithm chose could carry something about the case.
+            rel = f"{rel}/{uuid.uuid4()}{interface.extension}"
+        stored[interface.slug] = {"digest": digest, "size": size, "relpath": rel}
     return stored
 
 
@@ -370,6 +399,8 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         work=work,
         runtime=runtime_for(settings.container_runtime, ctx.phase.runtime, ctx.phase.limits.gpus),
     )
+    if ctx.model_digest is not None:
+        common["read_only_mounts"] = {_unpack_model(settings, store, ctx, work): MODEL_MOUNT}
     try:
         with gpus_for(settings, ctx.phase.limits.gpus) as devices, classified_execution():
             common["gpu_device_ids"] = devices
@@ -469,6 +500,7 @@ def _predictions(
                 for i in spec.inputs
             ]
             outs: list[dict[str, Any]] = []
+            kinds = {o.slug: o for o in spec.outputs}
             for slug, stored in outputs.items():
                 item: dict[str, Any] = {"interface": slug, "socket": slug}
                 if "value" in stored:
@@ -476,10 +508,34 @@ def _predictions(
                 else:
                     rel = stored["relpath"]
                     store.copy_to(stored["digest"], dest / str(pk) / "output" / rel)
-                    item["file"] = f"/input/{pk}/output/{rel}"
+                    interface = kinds.get(slug)
+                    if interface is not None and interface.kind is InterfaceKind.image:
+                        folder, _, name = rel.rpartition("/")
+                        item["interface"] = {
+                            "slug": slug,
+                            "kind": "Image",
+                            "super_kind": "Image",
+                            "relative_path": folder,
+                        }
+                        item["image"] = {"name": name}
+                    else:
+                        item["file"] = f"/input/{pk}/output/{rel}"
                 outs.append(item)
             entries.append({"pk": pk, "status": "Succeeded", "inputs": inputs, "outputs": outs})
     (dest / "predictions.json").write_text(json.dumps(entries))
+
+
+def _copy_masks(session: Session, store: ArtifactStore, dataset_id: int, gt: Path) -> None:
+    """The dataset's reference masks as <gt>/<folder>/<case><ext> (evaluation/
+    segmentation_inputs.py), for the current cases only."""
+    from server.datasets.service import truth_files
+
+    for case_id in sorted(coverage.current_case_ids(session, dataset_id)):
+        case = session.get(Case, case_id)
+        assert case is not None
+        for folder, entry in truth_files(case.files).items():
+            (gt / folder).mkdir(exist_ok=True)
+            store.copy_to(entry["digest"], gt / folder / f"{case.name}{entry['ext']}")
 
 
 def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
@@ -498,9 +554,10 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             dataset = session.get(Dataset, phase.test_dataset_id)
             assert dataset is not None
             store.copy_to(dataset.labels_digest, gt / "labels.csv")
+            _copy_masks(session, store, dataset.id, gt)
             ctx.ground_truth = dataset.digest
         (gt / "metrics.json").write_text(ctx.phase.metrics.model_dump_json())
-        for path in [work / "input", gt, *gt.iterdir(), *(work / "input").rglob("*")]:
+        for path in [work / "input", gt, *gt.rglob("*"), *(work / "input").rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
         image, evaluator = ensure_evaluation_image(settings)

@@ -51,6 +51,7 @@ def run_case(
     work: Path,
     gpu_device_ids: Sequence[str] = (),
     runtime: str | None = None,
+    read_only_mounts: Mapping[Path, str] | None = None,
 ) -> RunOutcome:
     """One container for one case: /input/images/<slug>/<uuid><ext> in, /output checked.
     Raises ExecutionError when the container cannot run at all."""
@@ -63,6 +64,7 @@ def run_case(
         limits=limits,
         gpu_device_ids=gpu_device_ids,
         runtime=runtime,
+        read_only_mounts=read_only_mounts or {},
     )
     result = executor.run(spec, work / "output")
     failure = result.failure
@@ -91,6 +93,7 @@ def run_batch(
     work: Path,
     gpu_device_ids: Sequence[str] = (),
     runtime: str | None = None,
+    read_only_mounts: Mapping[Path, str] | None = None,
 ) -> RunOutcome:
     """One container for many cases (contracts.md batch mode): /input/<case>/... in,
     /output/<case>/... checked per case. The wall-time limit scales with the cases."""
@@ -104,6 +107,7 @@ def run_batch(
         limits=limits,
         gpu_device_ids=gpu_device_ids,
         runtime=runtime,
+        read_only_mounts=read_only_mounts or {},
     )
     result = executor.run(spec, work / "output")
     per_case = validate_batch_outputs(work / "output", list(staged), outputs)

@@ -78,6 +78,8 @@ class JobContext:
     # An evaluation's test set digest (claim time, then what it read): a result computed on
     # a test set since edited is stored under the old digest and caught up.
     ground_truth: str | None = None
+    # T2: the submission's model tarball, unpacked at /opt/ml/model for each run.
+    model_digest: str | None = None
 
 
 @dataclass

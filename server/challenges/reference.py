@@ -97,10 +97,14 @@ _MEANINGS: dict[tuple[str, str], str] = {
     ("PhaseSpec", "metrics"): "how outputs are scored and ranked",
     ("PhaseSpec", "inference_dir"): "codebase phases: the inference Dockerfile's directory",
     ("Interface", "slug"): "the interface's name: /input/images/<slug>/ or /output/<slug>",
-    ("Interface", "kind"): "`image` (an input image), `json` (a bare JSON value) or `file`",
+    ("Interface", "kind"): "`image` (an input image, or an output image such as a mask), "
+    "`json` (a bare JSON value) or `file`",
     ("Interface", "minimum"): "json numbers: the smallest value allowed",
     ("Interface", "maximum"): "json numbers: the largest value allowed",
     ("Interface", "choices"): "json: the only values allowed",
+    ("Interface", "relative_path"): "where the file (json, file) or the one-file directory "
+    "(image) lies under /input or /output; unset: `images/<slug>`, `<slug>.json`, "
+    "`<slug><ext>`",
     ("Limits", "wall_time_s"): "seconds before the run is stopped (timeout)",
     ("Limits", "memory_mb"): "memory, swap included",
     ("Limits", "cpus"): "CPU cores",
@@ -118,7 +122,8 @@ _MEANINGS: dict[tuple[str, str], str] = {
     ("MetricSpec", "name"): "the metric's name on the leaderboard",
     ("MetricSpec", "kind"): "how it is computed",
     ("MetricSpec", "subset_value"): "see `subset_label`",
-    ("MetricSpec", "higher_is_better"): "ranking direction; unset: true except for `mae`",
+    ("MetricSpec", "higher_is_better"): "ranking direction; unset: true except for `mae`, "
+    "`hd95`, `assd`",
     ("MetricConfig", "primary"): "the metric the leaderboard ranks on",
     ("MetricConfig", "metrics"): "every metric computed",
     ("MetricConfig", "bootstrap_resamples"): "bootstrap resamples for confidence intervals",

@@ -30,9 +30,15 @@ class PhaseKind(StrEnum):
 
 
 class InterfaceKind(StrEnum):
-    image = "image"  # /input/images/<slug>/<uuid>.<ext>
+    # input: /input/images/<slug>/<uuid><ext>; output: one file in /output/images/<slug>/
+    # (grand-challenge's newer layout) or /output/<slug><ext> (heldout's first layout)
+    image = "image"
     json = "json"  # /output/<slug>.json holding a bare JSON value
-    file = "file"  # /output/<slug>.<ext>
+    file = "file"  # /output/<slug><ext>
+
+
+# A relative POSIX path of plain names: no absolute path, no '.' or '..', no backslash.
+RELATIVE_PATH_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$"
 
 
 class JsonValueType(StrEnum):
@@ -54,6 +60,24 @@ class Interface(StrictModel):
     minimum: float | None = None
     maximum: float | None = None
     choices: list[Any] | None = None
+    # Where the container finds or writes it, relative to /input or /output; grand-challenge
+    # keeps this apart from the slug. Unset: derived from the slug (see `output_relpath`).
+    # image: a directory holding exactly one file; json and file: the file itself.
+    relative_path: str | None = Field(None, max_length=255)
+
+    @field_validator("relative_path")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("/") or not re.fullmatch(RELATIVE_PATH_RE, value):
+            raise ValueError(
+                "relative_path must be a relative path of plain names (letters, digits, "
+                "'_', '.', '-'), without a leading '/', '.' or '..' parts"
+            )
+        if any(part in (".", "..") for part in value.split("/")):
+            raise ValueError("relative_path must not hold '.' or '..' parts")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Interface:
@@ -64,17 +88,38 @@ class Interface(StrictModel):
                 raise ValueError(f"interface {self.slug!r}: extension must look like '.mha'")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"interface {self.slug!r}: minimum is above maximum")
+        rel = self.relative_path
+        if rel is not None and self.kind is InterfaceKind.json and not rel.endswith(".json"):
+            raise ValueError(f"interface {self.slug!r}: a json relative_path must end in .json")
+        if rel is not None and self.kind is InterfaceKind.file:
+            assert self.extension is not None
+            if not rel.endswith(self.extension):
+                raise ValueError(
+                    f"interface {self.slug!r}: relative_path must end in {self.extension}"
+                )
         return self
 
     def output_relpath(self) -> str:
-        """Where an algorithm writes this output, relative to /output."""
+        """Where an algorithm writes this output, relative to /output: the file (json,
+        file) or the directory holding the one file (image)."""
+        if self.relative_path is not None:
+            return self.relative_path
         if self.kind is InterfaceKind.json:
             return f"{self.slug}.json"
+        if self.kind is InterfaceKind.image:
+            return f"images/{self.slug}"
         return f"{self.slug}{self.extension}"
+
+    def legacy_output_relpath(self) -> str | None:
+        """heldout's first layout of an image output, `<slug><ext>`, still accepted when no
+        relative_path is declared."""
+        if self.kind is InterfaceKind.image and self.relative_path is None:
+            return f"{self.slug}{self.extension}"
+        return None
 
     def input_reldir(self) -> str:
         """Where the platform places this input, relative to /input."""
-        return f"images/{self.slug}"
+        return self.relative_path or f"images/{self.slug}"
 
 
 class Limits(StrictModel):
@@ -109,18 +154,31 @@ class MetricKind(StrEnum):
     mae = "mae"
     pearson = "pearson"
     accuracy = "accuracy"
+    # Segmentation, per label of an image output against a ground-truth mask
+    # (evaluation/segmentation.py): the mean over cases of the per-case value.
+    dice = "dice"
+    hd95 = "hd95"
+    assd = "assd"
+
+
+LOWER_IS_BETTER = frozenset({MetricKind.mae, MetricKind.hd95, MetricKind.assd})
+SEGMENTATION_KINDS = frozenset({MetricKind.dice, MetricKind.hd95, MetricKind.assd})
 
 
 class MetricSpec(StrictModel):
     name: Slug
     kind: MetricKind
     output: Slug = Field(description="the output interface holding the prediction")
-    label: str = Field(description="the ground-truth column it is compared with")
+    label: str = Field(
+        description="the ground-truth column it is compared with; segmentation metrics: "
+        "the ground-truth mask folder"
+    )
     # Restrict to cases whose `subset_label` column equals `subset_value` (STOIC: severity
     # among PCR-positive cases).
     subset_label: str | None = None
     subset_value: Any = None
     # For macro AUROC: the label columns (multi-label) or class values (multi-class).
+    # Segmentation: the label values scored (integers > 0), each on its own and averaged.
     classes: list[Any] | None = None
     higher_is_better: bool | None = None
 
@@ -129,7 +187,18 @@ class MetricSpec(StrictModel):
         if (self.subset_label is None) != (self.subset_value is None):
             raise ValueError(f"metric {self.name!r}: subset_label and subset_value go together")
         if self.higher_is_better is None:
-            self.higher_is_better = self.kind is not MetricKind.mae
+            self.higher_is_better = self.kind not in LOWER_IS_BETTER
+        if self.kind in SEGMENTATION_KINDS:
+            labels = self.classes
+            if not labels or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in labels
+            ):
+                raise ValueError(
+                    f"metric {self.name!r}: a {self.kind.value} metric needs `classes`, "
+                    "the mask label values it scores (integers above 0)"
+                )
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"metric {self.name!r}: classes repeat a label")
         return self
 
 
@@ -222,6 +291,23 @@ class PhaseSpec(StrictModel):
                     f"phase {self.slug!r}: metric {m.name!r} reads output {m.output!r}, "
                     f"which is not among the phase outputs {sorted(out_slugs)}"
                 )
+            kind = {o.slug: o.kind for o in self.outputs}[m.output]
+            if m.kind in SEGMENTATION_KINDS and kind is not InterfaceKind.image:
+                raise ValueError(
+                    f"phase {self.slug!r}: segmentation metric {m.name!r} needs an image "
+                    f"output, and {m.output!r} is a {kind.value} output"
+                )
+        for group, name, rel in (
+            (self.inputs, "inputs", Interface.input_reldir),
+            (self.outputs, "outputs", Interface.output_relpath),
+        ):
+            paths = [rel(i) for i in group]
+            for a in paths:
+                if sum(b == a or b.startswith(a + "/") for b in paths) > 1:
+                    raise ValueError(
+                        f"phase {self.slug!r}: {name} share the relative path {a!r} "
+                        "(one is the other, or inside it)"
+                    )
         gpus = max(self.limits.gpus, self.training_limits.gpus if self.training_limits else 0)
         if self.runtime == "runsc" and gpus:
             raise ValueError(

@@ -3,6 +3,8 @@ uploads) and the server (to ingest).
 
     labels.csv                       first column: case id; then label columns
     images/<interface>/<case><ext>   one file per case and image interface
+    ground-truth/<name>/<case><ext>  optional reference masks (segmentation metrics whose
+                                     `label` is <name>): organizer-only, like labels.csv
 
 A case id is a labels.csv row; a file belongs to the longest case id it starts with,
 followed by a '.', so DICOM-UID-style ids (`1.2.826.0.1.3680043.8.498.1`) and compound
@@ -53,13 +55,19 @@ class Manifest:
     rows: dict[str, dict[str, str]]
     # {case: {interface: CaseFile}}
     files: dict[str, dict[str, CaseFile]] = field(default_factory=dict)
+    # {case: {ground-truth folder: CaseFile}}: reference masks, never given to algorithms
+    truth: dict[str, dict[str, CaseFile]] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
-        canon = {
+        canon: dict[str, object] = {
             "labels": self.labels_digest,
             "files": {f.relpath: f.digest for per in self.files.values() for f in per.values()},
         }
+        if self.truth:  # absent otherwise: digests of datasets without masks stay as they were
+            canon["truth"] = {
+                f.relpath: f.digest for per in self.truth.values() for f in per.values()
+            }
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()
 
@@ -160,6 +168,7 @@ def scan(root: Path) -> Manifest:
             )
     if not manifest.files:
         raise InvalidInput(f"dataset {root}: no images under images/", field="images")
+    _scan_truth(root, manifest)
     slugs = manifest.interfaces
     for case in rows:
         missing = slugs - set(manifest.files.get(case, {}))
@@ -169,3 +178,49 @@ def scan(root: Path) -> Manifest:
                 field="images",
             )
     return manifest
+
+
+TRUTH_DIR = "ground-truth"
+
+
+def _scan_truth(root: Path, manifest: Manifest) -> None:
+    """ground-truth/<name>/<case><ext>: every case of a folder has exactly one mask."""
+    top = root / TRUTH_DIR
+    if not top.exists():
+        return
+    if top.is_symlink() or not top.is_dir():
+        raise InvalidInput(f"dataset {root}: {TRUTH_DIR} is not a directory", field=TRUTH_DIR)
+    for folder in sorted(top.iterdir()):
+        if folder.is_symlink() or not folder.is_dir() or not SLUG_RE.match(folder.name):
+            raise InvalidInput(
+                f"dataset {root}: {TRUTH_DIR}/{folder.name} is not a mask folder "
+                "(lower-case letters, digits, '-')",
+                field=TRUTH_DIR,
+            )
+        seen: set[str] = set()
+        for f in sorted(folder.iterdir()):
+            rel = f"{TRUTH_DIR}/{folder.name}/{f.name}"
+            if f.is_symlink() or not f.is_file():
+                raise InvalidInput(f"dataset {root}: {rel} is not a regular file", field=TRUTH_DIR)
+            split = split_case_file(f.name, manifest.rows)
+            if split is None:
+                raise InvalidInput(
+                    f"dataset {root}: {rel} has no row in labels.csv", field=TRUTH_DIR
+                )
+            case, ext = split
+            if case in seen:
+                raise InvalidInput(
+                    f"dataset {root}: case {case!r} has two masks in {TRUTH_DIR}/{folder.name}",
+                    field=TRUTH_DIR,
+                )
+            seen.add(case)
+            manifest.truth.setdefault(case, {})[folder.name] = CaseFile(
+                rel, _sha256(f), f.stat().st_size, ext
+            )
+        missing = [c for c in manifest.rows if c not in seen]
+        if missing:
+            raise InvalidInput(
+                f"dataset {root}: {TRUTH_DIR}/{folder.name} has no mask for {len(missing)} "
+                f"case(s), e.g. {missing[0]!r}",
+                field=TRUTH_DIR,
+            )

@@ -8,6 +8,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -57,7 +58,7 @@ def ingest_directory(
         return existing, "updated" if changed else "unchanged", CaseChanges()
 
     store.put_file(root / "labels.csv")
-    for per in manifest.files.values():
+    for per in [*manifest.files.values(), *manifest.truth.values()]:
         for f in per.values():
             store.put_file(root / f.relpath)
 
@@ -86,6 +87,12 @@ def ingest_directory(
             slug: {"digest": f.digest, "ext": f.ext, "size": f.size}
             for slug, f in manifest.files[name].items()
         }
+        # Reference masks ride along under keys no interface slug can take ("truth:<name>");
+        # only the evaluation step reads them.
+        files |= {
+            f"{TRUTH_PREFIX}{folder}": {"digest": f.digest, "ext": f.ext, "size": f.size}
+            for folder, f in manifest.truth.get(name, {}).items()
+        }
         case = old.pop(name, None)
         if case is None:
             case = Case(
@@ -97,8 +104,9 @@ def ingest_directory(
             case.retired, case.files = False, files
             changes.added.add(case.id)
         elif case.files != files:
+            if input_files(case.files) != input_files(files):
+                changes.changed.add(case.id)  # a changed mask alone needs evaluation only
             case.files = files
-            changes.changed.add(case.id)
     for gone in old.values():
         if not gone.retired:
             gone.retired = True
@@ -140,6 +148,19 @@ def ingest_archive(
             title=title,
             public=public,
         )
+
+
+TRUTH_PREFIX = "truth:"
+
+
+def input_files(files: dict[str, Any]) -> dict[str, Any]:
+    """A case's files less its reference masks: what an algorithm may be given."""
+    return {k: v for k, v in files.items() if not k.startswith(TRUTH_PREFIX)}
+
+
+def truth_files(files: dict[str, Any]) -> dict[str, Any]:
+    """A case's reference masks by ground-truth folder name."""
+    return {k.removeprefix(TRUTH_PREFIX): v for k, v in files.items() if k.startswith(TRUTH_PREFIX)}
 
 
 def check_interfaces(dataset: Dataset, cases: list[Case], slugs: set[str]) -> None:

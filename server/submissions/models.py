@@ -35,6 +35,8 @@ class Submission(Base):
     archive_digest: Mapped[str | None] = mapped_column(String(71))
     archive_size: Mapped[int | None] = mapped_column(BigInteger)
     image_id: Mapped[str | None] = mapped_column(String(80))
+    # T2: an optional model tarball (an upload), unpacked read-only at /opt/ml/model.
+    model_digest: Mapped[str | None] = mapped_column(String(71))
     # T3: where the code comes from and the commit the ref resolved to.
     repository_url: Mapped[str | None] = mapped_column(String(500))
     ref: Mapped[str | None] = mapped_column(String(255))

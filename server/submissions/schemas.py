@@ -27,6 +27,8 @@ class SubmissionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # T2: the key of a completed upload of a `docker save` archive.
     upload: str | None = Field(None, description="upload key (algorithm phases)")
+    # T2: an optional model tarball, unpacked read-only at /opt/ml/model for every run.
+    model_upload: str | None = Field(None, description="upload key of a model tarball")
     # T3: a repository and a ref (branch, tag or commit).
     repository_url: str | None = Field(None, max_length=500)
     ref: str | None = Field(None, max_length=255)
@@ -34,6 +36,8 @@ class SubmissionCreate(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> SubmissionCreate:
+        if self.model_upload and not self.upload:
+            raise ValueError("model_upload goes with an algorithm image upload")
         if self.upload and (self.repository_url or self.ref):
             raise ValueError("give either upload (algorithm) or repository_url+ref (codebase)")
         if bool(self.repository_url) != bool(self.ref):

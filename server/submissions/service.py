@@ -144,6 +144,9 @@ def create(
             )
         upload = uploads.get_complete(session, user, payload.upload)
         fields.update(archive_digest=upload.digest, archive_size=upload.size)
+        if payload.model_upload:
+            model = uploads.get_complete(session, user, payload.model_upload)
+            fields.update(model_digest=model.digest)
     else:
         if not payload.repository_url or not payload.ref:
             raise InvalidInput(

@@ -123,9 +123,11 @@ def _retagged_manifest(archive: Path, dest: Path, tags: list[str], *, split: boo
             if member.name == "manifest.json":
                 assert f is not None
                 (entry,) = json.loads(f.read())
-                entries = [dict(entry, RepoTags=[t]) for t in tags] if split else [
-                    dict(entry, RepoTags=tags)
-                ]
+                entries = (
+                    [dict(entry, RepoTags=[t]) for t in tags]
+                    if split
+                    else [dict(entry, RepoTags=tags)]
+                )
                 data = json.dumps(entries).encode()
                 member.size = len(data)
                 out.addfile(member, io.BytesIO(data))

@@ -171,9 +171,7 @@ class DockerEngine:
         self.bridge = f"hdt{os.getpid() % 100000}"
         subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         net = 16 + os.getpid() % 200
-        subprocess.run(
-            ["ip", "addr", "add", f"10.254.{net}.1/24", "dev", self.bridge], check=True
-        )
+        subprocess.run(["ip", "addr", "add", f"10.254.{net}.1/24", "dev", self.bridge], check=True)
 
     @property
     def host(self) -> str:

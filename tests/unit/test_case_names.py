@@ -30,9 +30,7 @@ UID = "1.2.826.0.1.3680043.8.498.10025629581362719577423478931166574701"
         ("noext", None, None),
     ],
 )
-def test_split_case_file(
-    name: str, ids: set[str] | None, expected: tuple[str, str] | None
-) -> None:
+def test_split_case_file(name: str, ids: set[str] | None, expected: tuple[str, str] | None) -> None:
     assert split_case_file(name, ids) == expected
 
 

@@ -139,11 +139,12 @@ def test_canonical_label_equates_csv_and_json_spellings() -> None:
 def test_registry_covers_the_schema_kinds() -> None:
     assert set(M.METRICS) == {
         "auc", "macro_auroc", "cohen_kappa", "quadratic_kappa", "mae", "pearson", "accuracy",
+        "dice", "hd95", "assd",
     }  # fmt: skip
     assert M.get_metric("mae").higher_is_better is False
     assert M.get_metric("auc").is_auc
     with pytest.raises(KeyError, match="unknown metric kind"):
-        M.get_metric("dice")
+        M.get_metric("jaccard")
 
 
 # --- resampled forms --------------------------------------------------------------------------

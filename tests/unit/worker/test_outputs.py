@@ -205,12 +205,10 @@ def test_stage_case_inputs_layout(tmp_path: Path) -> None:
     assert placed.suffix == ".mha" and len(placed.stem) == 36  # a random UUID
     assert placed.stat().st_mode & 0o004  # readable by the container's user
     description = json.loads((tmp_path / "input" / "inputs.json").read_text())
-    assert description == [
-        {
-            "interface": {"slug": "ct", "kind": "Image", "relative_path": "images/ct"},
-            "image": {"name": placed.name},
-        }
-    ]
+    (entry,) = description  # grand-challenge's form: the socket, and the image by name
+    assert entry["interface"]["slug"] == "ct" and entry["interface"]["kind"] == "Image"
+    assert entry["interface"]["relative_path"] == "images/ct"
+    assert entry["image"]["name"] == placed.name and entry["value"] is None
     with pytest.raises(ValueError, match="do not match"):
         stage_case_inputs(tmp_path / "other", [CT], {"mri": source})
 
@@ -248,3 +246,64 @@ def test_batch_layout_and_per_case_validation(tmp_path: Path) -> None:
 def test_case_ids_must_be_safe_directory_names(tmp_path: Path, case_id: str) -> None:
     with pytest.raises(ValueError):
         stage_batch_inputs(tmp_path, [CT], {case_id: {"ct": tmp_path}})
+
+
+MASK = Interface(slug="lung-mask", kind=InterfaceKind.image)
+
+
+def test_image_outputs_in_either_layout(tmp_path: Path) -> None:
+    newer = tmp_path / "newer"
+    (newer / "images" / "lung-mask").mkdir(parents=True)
+    (newer / "images" / "lung-mask" / "3f2a.mha").write_bytes(b"mask")
+    out = validate_outputs(newer, [MASK])
+    assert out.ok and out.values["lung-mask"].name == "3f2a.mha"
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "lung-mask.mha").write_bytes(b"mask")
+    out = validate_outputs(first, [MASK])
+    assert out.ok and out.values["lung-mask"].name == "lung-mask.mha"
+
+
+def test_image_output_folder_must_hold_one_image(tmp_path: Path) -> None:
+    folder = tmp_path / "images" / "lung-mask"
+    folder.mkdir(parents=True)
+    assert reason(validate_outputs(tmp_path, [MASK])) == "missing_output:lung-mask"
+    (folder / "case-L001-secret.mha").write_bytes(b"a")
+    (folder / "b.mha").write_bytes(b"b")
+    out = validate_outputs(tmp_path, [MASK])
+    assert str(reason(out)).startswith("invalid_output:lung-mask")
+    assert out.failure is not None and "exactly one file, it holds 2" in out.failure.message
+    assert "secret" not in out.failure.message  # names the algorithm chose are never shown
+    (folder / "b.mha").unlink()
+    (folder / "case-L001-secret.mha").rename(folder / "case-L001-secret.nii")
+    out = validate_outputs(tmp_path, [MASK])
+    assert out.failure is not None and "does not end in .mha" in out.failure.message
+    assert "secret" not in out.failure.message
+    (folder / "case-L001-secret.nii").rename(folder / "x.mha")
+    (tmp_path / "lung-mask.mha").write_bytes(b"c")
+    out = validate_outputs(tmp_path, [MASK])
+    assert out.failure is not None and "both" in out.failure.message
+
+
+def test_relative_path_separates_slug_and_path(tmp_path: Path) -> None:
+    iface = Interface(slug="lung-mask", kind=InterfaceKind.image, relative_path="images/lungs")
+    assert iface.output_relpath() == "images/lungs" and iface.legacy_output_relpath() is None
+    (tmp_path / "images" / "lungs").mkdir(parents=True)
+    (tmp_path / "images" / "lungs" / "m.mha").write_bytes(b"m")
+    assert validate_outputs(tmp_path, [iface]).ok
+    score = Interface(slug="score", kind=InterfaceKind.json, relative_path="results/score.json")
+    (tmp_path / "results").mkdir()
+    os.symlink(tmp_path / "images", tmp_path / "results" / "x")
+    (tmp_path / "results" / "score.json").write_text("0.5")
+    assert validate_outputs(tmp_path, [score]).values == {"score": 0.5}
+    linked = Interface(slug="linked", kind=InterfaceKind.json, relative_path="results/x/s.json")
+    out = validate_outputs(tmp_path, [linked])
+    assert out.failure is not None and "symbolic link" in out.failure.message
+
+
+@pytest.mark.parametrize(
+    "bad", ["/etc/passwd", "../up.json", "a/../b.json", "./a.json", "a//b.json", "a\\b.json"]
+)
+def test_relative_path_must_be_plain_and_relative(bad: str) -> None:
+    with pytest.raises(ValueError, match="relative_path"):
+        Interface(slug="score", kind=InterfaceKind.json, relative_path=bad)
