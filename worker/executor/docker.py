@@ -249,14 +249,17 @@ class DockerExecutor(Executor[DockerHandle]):
         rootfs_poll_s: float = 2.0,
         allow_unsized_fallback: bool = False,
         image_pool: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         """`work_root`: host directory for per-run sized dirs (root-owned, not shared).
         `allow_unsized_fallback`: development only; where no loop mount can be made,
         /output and /scratch become plain directories checked for size after the run.
         `image_pool`: how many size-capped filesystems of each size to keep formatted and
         mounted ahead, reused (wiped) between runs: a run's /output then costs a bind
-        mount, not a mkfs and a loop mount (0: none)."""
+        mount, not a mkfs and a loop mount (0: none). `labels`: added to every container
+        (the node owning it, LABEL_NODE)."""
         self.client = client
+        self.labels = dict(labels or {})
         self.work_root = work_root
         self.log_tail_bytes = log_tail_bytes
         self.rootfs_poll_s = rootfs_poll_s
@@ -271,6 +274,7 @@ class DockerExecutor(Executor[DockerHandle]):
     # -- provision ------------------------------------------------------------------------
 
     def provision(self, spec: RunSpec) -> DockerHandle:
+        spec = replace(spec, labels={**self.labels, **spec.labels})
         # A redelivered task: the previous delivery's container and mounts go first.
         self.cleanup_stale(
             {LABEL_JOB: spec.job_id, LABEL_ATTEMPT: str(spec.attempt), LABEL_INDEX: str(spec.index)}
