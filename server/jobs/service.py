@@ -198,6 +198,7 @@ def retry(session: Session, job: Job, reason: str) -> None:
         job,
         JobStatus.pending,
         worker_id=None,
+        node=None,
         heartbeat_at=None,
         deadline_at=None,
         failure_message=RETRIED_MESSAGE,
