@@ -102,7 +102,9 @@ def server(
 
 @app.command()
 def worker(
-    queues: str = typer.Option("build,cpu,gpu,evaluation", help="comma-separated queues"),
+    queues: str = typer.Option(
+        "build,cpu,gpu,gpu-2,evaluation", help="comma-separated queues (resource classes)"
+    ),
     concurrency: int = typer.Option(
         None, "--concurrency", "-c", help="default: HELDOUT_WORKER_CONCURRENCY"
     ),
