@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # How long a job waits for a GPU lease (pending, its deadline not started) before its
     # message goes back to the queue.
     gpu_wait_s: int = 3600
+    # Tests and development: GPU ids are leased as usual but not requested from the engine,
+    # so a GPU phase's containers run on a machine without GPUs (refused in production).
+    fake_gpus: bool = False
     heartbeat_s: int = 10
     deadline_margin_s: int = 300
     # A pending job older than this whose queue is empty lost its message; it is re-sent.
@@ -174,6 +177,8 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("HELDOUT_ALLOW_LOOPBACK_REPOS: loopback repositories are for tests")
     if settings.allow_unsized_output:
         problems.append("HELDOUT_ALLOW_UNSIZED_OUTPUT: an uncapped /output is for development")
+    if settings.fake_gpus:
+        problems.append("HELDOUT_FAKE_GPUS: GPU ids the engine never sees are for tests")
     return problems
 
 

@@ -146,6 +146,7 @@ def executor(settings: Settings, wait_s: float = ENGINE_WAIT_S) -> Any:
         allow_unsized_fallback=settings.allow_unsized_output,
         image_pool=settings.output_pool,
         labels={LABEL_NODE: node_name(settings)},
+        fake_gpus=settings.fake_gpus,
     )
 
 

@@ -32,7 +32,7 @@ from tests.support.factories import (
     write_dataset,
 )
 from worker import reaper, steps
-from worker.executor.base import LABEL_JOB, LABEL_MANAGED, LABEL_NODE, RunSpec
+from worker.executor.base import LABEL_GPUS, LABEL_JOB, LABEL_MANAGED, LABEL_NODE, RunSpec
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,28 @@ def test_a_silent_nodes_jobs_are_handed_back_by_another_node(
     with session_scope(settings) as session:
         again = jobs.claim(session, job_id, "a:1", 600, 60, node="node-a")
         assert again is not None and again.attempt == 2 and again.node == "node-a"
+
+
+@pytest.mark.parametrize("fake", [True, False])
+def test_fake_gpus_are_leased_names_the_engine_never_sees(
+    settings: Settings, client: docker.DockerClient, sleeper: str, fake: bool
+) -> None:
+    """HELDOUT_FAKE_GPUS: a GPU phase's containers run on an engine without GPUs (tests,
+    development); the leased ids are recorded on the container, not requested from it."""
+    s = settings.model_copy(update={"allow_unsized_output": True, "fake_gpus": fake})
+    inputs = s.data_dir / "in"
+    inputs.mkdir()
+    spec = RunSpec(image=sleeper, job_id=steps.container_key(s, 99), attempt=1, inputs=inputs,
+                   limits=Limits(wall_time_s=60, gpus=1), gpu_device_ids=["0"])  # fmt: skip
+    ex = steps.executor(s)
+    handle = ex.provision(spec)
+    try:
+        assert handle.container is not None
+        handle.container.reload()
+        requests = handle.container.attrs["HostConfig"].get("DeviceRequests") or []
+        if fake:
+            assert requests == [] and handle.container.labels[LABEL_GPUS] == "0"
+        else:
+            assert [r["DeviceIDs"] for r in requests] == [["0"]]
+    finally:
+        ex.deprovision(handle)
