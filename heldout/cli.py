@@ -703,6 +703,40 @@ def leaderboard(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
+def nodes(as_json: bool = JsonOpt) -> None:
+    """Admins and organizers: the worker nodes, their queues, GPUs, free disk and heartbeat."""
+    data = call_api(make_client().nodes)
+    if emit(data, as_json):
+        return
+    table = Table(title="worker nodes")
+    for column in ("node", "queues", "GPUs", "free disk", "cache", "running", "last heartbeat"):
+        table.add_column(column, justify="right" if column in ("running",) else "left")
+    for n in data:
+        beat = str(n["heartbeat_at"])[:19].replace("T", " ")
+        table.add_row(
+            n["name"],
+            ",".join(n["queues"]) or "-",
+            ",".join(n["devices"]) or "-",
+            _bytes(n["free_disk_bytes"]),
+            _bytes(n["cache_bytes"]),
+            str(n["running_jobs"]),
+            beat if n["alive"] else f"{beat} (silent)",
+        )
+    out.print(table)
+    if not data:
+        out.print("no worker node has registered yet (start one: heldout worker --node-name)")
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+@app.command()
 def report(
     challenge: str,
     out_dir: Path | None = typer.Option(

@@ -124,6 +124,9 @@ class Client:
     def leaderboard(self, challenge: str, phase: str) -> dict[str, Any]:
         return dict(self.get(f"/challenges/{challenge}/phases/{phase}/leaderboard"))
 
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self.get("/nodes"))
+
     def submission(self, submission_id: int) -> dict[str, Any]:
         return dict(self.get(f"/submissions/{submission_id}"))
 

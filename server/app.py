@@ -25,6 +25,7 @@ from server.config import Settings, get_settings
 from server.errors import HeldoutError, RuleViolation
 from server.jobs.endpoints import router as jobs_router
 from server.leaderboards.endpoints import router as leaderboards_router
+from server.nodes.endpoints import router as nodes_router
 from server.submissions.endpoints import router as submissions_router
 from server.teams.endpoints import router as teams_router
 from server.uploads.endpoints import router as uploads_router
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         leaderboards_router,
         analysis_router,
         codebases_router,
+        nodes_router,
     ):
         app.include_router(router, prefix="/api/v1")
     openapi.install(app)

@@ -102,13 +102,28 @@ def server(
 
 @app.command()
 def worker(
-    queues: str = typer.Option("build,cpu,gpu,evaluation", help="comma-separated queues"),
-    concurrency: int = typer.Option(None, help="default: HELDOUT_WORKER_CONCURRENCY"),
+    queues: str = typer.Option(
+        "build,cpu,gpu,gpu-2,evaluation", help="comma-separated queues (resource classes)"
+    ),
+    concurrency: int = typer.Option(
+        None, "--concurrency", "-c", help="default: HELDOUT_WORKER_CONCURRENCY"
+    ),
+    node_name: str = typer.Option(
+        None, "--node-name", help="this machine's name among the nodes; default: the host name"
+    ),
 ) -> None:
-    """Run a Celery worker consuming the given queues."""
+    """Run a Celery worker consuming the given queues, registered as a node."""
     need_extra("docker", "worker", "worker")
+    from server.dispatch import QUEUES
     from server.embedded import ensure_redis
 
+    unknown = sorted(set(queues.split(",")) - set(QUEUES))
+    if unknown:
+        exit_with(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}", 2)
+    if node_name is not None:
+        if not node_name.strip() or any(c.isspace() or c == "@" for c in node_name):
+            exit_with(f"--node-name {node_name!r}: no spaces or '@' in a node name", 2)
+        os.environ["HELDOUT_NODE_NAME"] = node_name
     settings = get_settings()
     ensure_redis(settings)
     argv = [
@@ -124,6 +139,8 @@ def worker(
         str(concurrency or settings.worker_concurrency),
         "-l",
         "INFO",
+        "-n",
+        f"{settings.node_name or 'celery'}@%h",
         # Threads: the work is waiting on containers, and forked children would inherit
         # Docker and database connections.
         "-P",

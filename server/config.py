@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.codebases.baseimages import DEFAULT_ALLOWED_BASE_IMAGES, parse_allowed
 
@@ -91,7 +92,18 @@ class Settings(BaseSettings):
     # Worker.
     worker_concurrency: int = 2
     worker_id: str | None = None
-    gpu_device_ids: list[str] = Field(default_factory=list)
+    # This machine's name among the worker nodes (`heldout worker --node-name`); default:
+    # the host name. Jobs, GPU leases and container labels carry it.
+    node_name: str | None = None
+    # The node's GPU device ids, "0,1" or a JSON list; they are leased in the database, one
+    # job per device. Ids are only names to the lease: in tests they need no real GPU.
+    gpu_device_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a job waits for a GPU lease (pending, its deadline not started) before its
+    # message goes back to the queue.
+    gpu_wait_s: int = 3600
+    # Tests and development: GPU ids are leased as usual but not requested from the engine,
+    # so a GPU phase's containers run on a machine without GPUs (refused in production).
+    fake_gpus: bool = False
     heartbeat_s: int = 10
     deadline_margin_s: int = 300
     # A pending job older than this whose queue is empty lost its message; it is re-sent.
@@ -110,6 +122,16 @@ class Settings(BaseSettings):
     # Runtime of CPU containers when the phase names none: "runc", or "runsc" (gVisor,
     # registered in the engine with --network=none). GPU containers always use runc.
     container_runtime: Literal["runc", "runsc"] = "runc"
+
+    @field_validator("gpu_device_ids", mode="before")
+    @classmethod
+    def _gpu_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("allowed_base_images")
     @classmethod
@@ -158,6 +180,8 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("HELDOUT_ALLOW_LOOPBACK_REPOS: loopback repositories are for tests")
     if settings.allow_unsized_output:
         problems.append("HELDOUT_ALLOW_UNSIZED_OUTPUT: an uncapped /output is for development")
+    if settings.fake_gpus:
+        problems.append("HELDOUT_FAKE_GPUS: GPU ids the engine never sees are for tests")
     return problems
 
 

@@ -16,7 +16,10 @@ from sqlalchemy.orm import Session
 
 from server.config import get_settings
 
-QUEUES = ("build", "cpu", "gpu", "evaluation")
+# One queue per resource class; a node's workers consume the classes it has (README,
+# "Adding a node"): cpu runs, gpu runs needing one GPU, gpu-2 runs needing two or more,
+# build (clone, intake, image builds) and evaluation.
+QUEUES = ("build", "cpu", "gpu", "gpu-2", "evaluation")
 _KEY = "heldout_pending_tasks"
 
 
@@ -30,6 +33,11 @@ class PendingTask:
 @lru_cache
 def celery_client(broker_url: str) -> Celery:
     return Celery("heldout", broker=broker_url)
+
+
+def queue_for_gpus(gpus: int) -> str:
+    """The queue of a run (inference or training) asking for `gpus` GPUs."""
+    return "cpu" if gpus == 0 else "gpu" if gpus == 1 else "gpu-2"
 
 
 def enqueue(session: Session, name: str, *args: Any, queue: str) -> None:

@@ -13,6 +13,7 @@ from server.datasets.models import Case, Dataset
 from server.db import Base
 from server.jobs.models import Job
 from server.leaderboards.models import Board, Result
+from server.nodes.models import GpuLease, Node
 from server.submissions.models import Penalty, Submission, SubmissionTransition
 from server.teams.models import JoinRequest, Team, TeamInvitation, TeamMember
 from server.uploads.models import Upload, UploadChunk
@@ -25,8 +26,10 @@ __all__ = [
     "Challenge",
     "ChallengeOrganizer",
     "Dataset",
+    "GpuLease",
     "Job",
     "JoinRequest",
+    "Node",
     "OrganizerEvent",
     "Penalty",
     "Phase",

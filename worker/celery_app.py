@@ -1,4 +1,7 @@
-"""The Celery application: queues build, cpu, gpu and evaluation; tasks carry ids only.
+"""The Celery application: one queue per resource class (server.dispatch.QUEUES: build,
+cpu, gpu, gpu-2, evaluation); tasks carry ids only. The server picks a job's queue from
+what it needs (dispatch.queue_for_gpus) and sends it there by name; a node's workers consume
+the queues of the resources it has (`heldout worker --queues`).
 
 acks_late with prefetch 1, so a message is acknowledged only after its job is recorded and
 a worker never hoards jobs it cannot start. The database, not Redis, says what a job's state
@@ -11,6 +14,7 @@ from celery import Celery
 from kombu.entity import Queue
 
 from server.config import get_settings
+from server.dispatch import QUEUES
 
 settings = get_settings()
 # lifecycle: the worker's signal handlers (preflight, the reaper thread); the loader imports
@@ -18,8 +22,10 @@ settings = get_settings()
 app = Celery("heldout", broker=settings.broker_url, include=["worker.tasks", "worker.lifecycle"])
 app.conf.update(
     # kombu's Queue and Celery's decorators carry no annotations.
-    task_queues=[Queue(q) for q in ("build", "cpu", "gpu", "evaluation")],  # type: ignore[no-untyped-call]
+    task_queues=[Queue(q) for q in QUEUES],  # type: ignore[no-untyped-call]
     task_default_queue="cpu",
+    # A task sent without a queue: its job's queue decides (the server always names one).
+    task_routes={"heldout.run_job": {"queue": "cpu"}},
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,

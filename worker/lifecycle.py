@@ -9,9 +9,10 @@ from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from worker.celery_app import settings
+from worker import node
+from worker.celery_app import app, settings
 from worker.preflight import PreflightError, check_worker
-from worker.reaper import start_reaper_thread, stop_reaper_thread
+from worker.reaper import remove_orphans, start_reaper_thread, stop_reaper_thread
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]
@@ -28,6 +29,14 @@ def _preflight(**_: Any) -> None:
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_reaper(**_: Any) -> None:
+    """Register this node with the queues it consumes, remove the containers its dead
+    workers left, then reap on every tick."""
+    consumed = app.amqp.queues.consume_from or app.amqp.queues
+    node.register(settings, sorted(consumed))
+    try:
+        remove_orphans(settings)
+    except Exception:  # the engine may be restarting; the reaper's next pass tries again
+        logging.getLogger("worker.reaper").exception("removing orphaned containers failed")
     start_reaper_thread(settings)
 
 

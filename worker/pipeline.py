@@ -39,12 +39,14 @@ from server.jobs import service as jobs
 from server.jobs.models import Job
 from server.jobs.states import JobKind, JobStatus
 from server.leaderboards import service as leaderboards
+from server.nodes import service as nodes
 from server.storage import ArtifactStore
 from server.submissions import advance
 from server.submissions.models import Submission
 from worker import steps
 from worker.executor.base import LABEL_JOB
 from worker.model import MODEL_MOUNT
+from worker.node import NoGpuInTime, gpu_lease
 from worker.runner import batch_limits
 from worker.steps import (
     CaseRef,
@@ -55,6 +57,7 @@ from worker.steps import (
     classified_execution,
     container_key,
     gpus_for,
+    node_name,
     smoke_train_limits,
     worker_id,
 )
@@ -65,26 +68,53 @@ log = logging.getLogger(__name__)
 
 
 def run_job(settings: Settings, job_id: int) -> None:
-    me = worker_id(settings)
+    """Lease the job's GPUs on this node (waiting, the job still pending), then claim it:
+    its deadline starts only once it holds what it needs to run."""
+    me, node = worker_id(settings), node_name(settings)
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         if job is None:
             log.warning("job %s does not exist; message dropped", job_id)
             return
-        budget = _time_budget(settings, session, job)
-        job = jobs.claim(session, job_id, me, budget, settings.deadline_margin_s)
-        if job is None:
+        if JobStatus(job.status) is not JobStatus.pending:
             log.info("job %s is not pending; nothing to do", job_id)
             return
-        ctx = _context(session, job)
-
+        budget = _time_budget(settings, session, job)
+        gpus = _gpus_needed(_phase_of(session, job).spec, JobKind(job.kind))
+    devices = settings.gpu_device_ids
+    # A node with too few GPUs claims the job and its step fails it as the platform's fault.
+    lease_count = gpus if gpus <= len(devices) else 0
     try:
-        _run_step(settings, ctx, job_id, me)
-    finally:
-        # Once the submission is over (and no job open) its images leave the engine.
-        from worker.images import release_in_background
+        with gpu_lease(settings, node, devices, lease_count, job_id) as leased:
+            with session_scope(settings) as session:
+                job = jobs.claim(session, job_id, me, budget, settings.deadline_margin_s,
+                                 node=node)  # fmt: skip
+                if job is None:
+                    log.info("job %s is not pending; nothing to do", job_id)
+                    return
+                ctx = _context(session, job)
+            ctx.gpu_devices = leased
+            try:
+                _run_step(settings, ctx, job_id, me)
+            finally:
+                # Once the submission is over (and no job open) its images leave the engine.
+                from worker.images import release_in_background
 
-        release_in_background(settings, ctx.submission_id)
+                release_in_background(settings, ctx.submission_id)
+    except NoGpuInTime as exc:
+        log.warning("job %s: %s; back to its queue", job_id, exc)
+        with session_scope(settings) as session:
+            waiting = session.get(Job, job_id)
+            if waiting is not None and JobStatus(waiting.status) is JobStatus.pending:
+                jobs.requeue(session, waiting)
+
+
+def _gpus_needed(spec: PhaseSpec, kind: JobKind) -> int:
+    if kind in (JobKind.infer, JobKind.canary):
+        return spec.limits.gpus
+    if kind in (JobKind.smoke_train, JobKind.train):
+        return (spec.training_limits or spec.limits).gpus
+    return 0
 
 
 def _run_step(settings: Settings, ctx: JobContext, job_id: int, me: str) -> None:
@@ -129,6 +159,7 @@ class Heartbeat:
             try:
                 with session_scope(self.settings) as session:
                     jobs.heartbeat(session, self.job_id, self.me)
+                    nodes.renew(session, self.job_id)
             except Exception:  # a missed beat is retried at the next tick
                 log.exception("heartbeat for job %s failed", self.job_id)
 
@@ -402,7 +433,7 @@ def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
     if ctx.model_digest is not None:
         common["read_only_mounts"] = {_unpack_model(settings, store, ctx, work): MODEL_MOUNT}
     try:
-        with gpus_for(settings, ctx.phase.limits.gpus) as devices, classified_execution():
+        with gpus_for(settings, ctx, ctx.phase.limits.gpus) as devices, classified_execution():
             common["gpu_device_ids"] = devices
             if ctx.phase.batch_mode:
                 done = run_batch(

@@ -20,9 +20,10 @@ from server.db import session_scope, utcnow
 from server.errors import NotFound
 from server.jobs.models import Job
 from server.jobs.states import JobStatus
+from server.nodes import service as nodes
 from server.submissions.advance import lock_for_record, retry_or_fail
-from worker import steps
-from worker.executor.base import LABEL_JOB
+from worker import node, steps
+from worker.executor.base import LABEL_JOB, LABEL_NODE
 from worker.images import release_in_background
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,16 @@ _thread: threading.Thread | None = None
 
 
 def stale_after(settings: Settings) -> timedelta:
-    return timedelta(seconds=settings.heartbeat_s * 3 + 5)
+    return node.stale_after(settings)
 
 
 def reap(settings: Settings) -> list[int]:
-    """One pass; returns the ids of the jobs it handed back or failed."""
+    """One pass; returns the ids of the jobs it handed back or failed. A job of a node that
+    stopped heartbeating has stopped heartbeating itself: any node's reaper hands it back,
+    and another node runs the retry."""
     now = utcnow()
     with session_scope(settings) as session:
+        silent = set(nodes.silent_nodes(session, now - stale_after(settings)))
         ids = list(
             session.scalars(
                 select(Job.id).where(
@@ -67,6 +71,8 @@ def reap(settings: Settings) -> list[int]:
                 if job.deadline_at is None or job.deadline_at >= now
                 else "the job ran past its deadline"
             )
+            if job.node in silent:
+                reason = f"node {job.node} stopped heartbeating"
             _remove_containers(settings, job.id)
             log.warning("reaping job %s (attempt %s): %s", job.id, job.attempt, reason)
             retry_or_fail(session, settings, job, reason)
@@ -89,6 +95,9 @@ def resend_lost(settings: Settings) -> list[int]:
                 select(Job).where(
                     Job.status == JobStatus.pending.value,
                     Job.created_at < now - timedelta(seconds=settings.requeue_lost_after_s),
+                    # A fresh heartbeat on a pending job: a worker holds its message and
+                    # waits for a GPU lease.
+                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - stale_after(settings)),
                 )
             )
         )
@@ -145,6 +154,24 @@ def stop_cancelled(settings: Settings) -> list[int]:
     return cancelled
 
 
+def remove_orphans(settings: Settings) -> list[int]:
+    """This node's containers (by LABEL_NODE) that no live attempt on this node owns: a
+    worker of this node died mid-job, or the job was handed back. At start and every pass;
+    other nodes' containers on a shared engine are never touched."""
+    prefix = steps.instance_prefix(settings)
+    me = steps.node_name(settings)
+    found: dict[int, str] = {}
+    for labels in steps.executor(settings, wait_s=0).running({LABEL_NODE: me}):
+        key = labels.get(LABEL_JOB, "")
+        if key.startswith(prefix) and key[len(prefix) :].isdigit():
+            found[int(key[len(prefix) :])] = labels.get(LABEL_NODE, "")
+    orphans = node.orphaned(settings, found)
+    for job_id in orphans:
+        log.warning("removing the orphaned containers of job %s on node %s", job_id, me)
+        _remove_containers(settings, job_id)
+    return orphans
+
+
 def _remove_containers(settings: Settings, job_id: int) -> None:
 
     try:
@@ -156,7 +183,16 @@ def _remove_containers(settings: Settings, job_id: int) -> None:
 def run_pass(settings: Settings) -> None:
     """One pass of every step, each on its own: a broker or database error in one is logged
     and the others still run; the next pass tries again."""
-    for step in (reap, resend_lost, stop_cancelled, release_in_background):
+    steps_in_order = (
+        node.beat,
+        node.reclaim_leases,
+        reap,
+        resend_lost,
+        stop_cancelled,
+        remove_orphans,
+        release_in_background,
+    )
+    for step in steps_in_order:
         try:
             step(settings)
         except Exception:

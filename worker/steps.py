@@ -80,6 +80,8 @@ class JobContext:
     ground_truth: str | None = None
     # T2: the submission's model tarball, unpacked at /opt/ml/model for each run.
     model_digest: str | None = None
+    # The GPU device ids this attempt leased before its deadline started (worker/node.py).
+    gpu_devices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,6 +92,11 @@ class Outcome:
 
 def worker_id(settings: Settings) -> str:
     return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def node_name(settings: Settings) -> str:
+    """This machine's name among the worker nodes (`heldout worker --node-name`)."""
+    return settings.node_name or socket.gethostname()
 
 
 def instance_prefix(settings: Settings) -> str:
@@ -152,6 +159,7 @@ def executor(settings: Settings, wait_s: float = ENGINE_WAIT_S) -> Backend[Any]:
     """The backend that runs containers (and, being an `Engine`, handles images too)."""
     if _override is not None:
         return _override
+    from worker.executor.base import LABEL_NODE
     from worker.executor.docker import DockerExecutor
     from worker.executor.docker_engine import DockerEngine
 
@@ -164,6 +172,8 @@ def executor(settings: Settings, wait_s: float = ENGINE_WAIT_S) -> Backend[Any]:
         work,
         allow_unsized_fallback=settings.allow_unsized_output,
         image_pool=settings.output_pool,
+        labels={LABEL_NODE: node_name(settings)},
+        fake_gpus=settings.fake_gpus,
     )
 
 
@@ -175,15 +185,13 @@ def job_dir(settings: Settings, ctx: JobContext) -> Path:
 
 
 @contextmanager
-def gpus_for(settings: Settings, count: int) -> Iterator[list[str]]:
-    """Pinned GPU ids for this job; a node short of GPUs is the platform's problem."""
-    from worker import gpus
-
-    try:
-        with gpus.claim(settings.gpu_device_ids, count) as devices:
-            yield devices
-    except RuntimeError as exc:
-        raise InfrastructureError(str(exc)) from exc
+def gpus_for(settings: Settings, ctx: JobContext, count: int) -> Iterator[list[str]]:
+    """The GPU ids this job leased before it was claimed; a node short of GPUs is the
+    platform's problem."""
+    if count and len(ctx.gpu_devices) != count:
+        have = len(settings.gpu_device_ids)
+        raise InfrastructureError(f"this worker has {have} GPU(s); the phase needs {count}")
+    yield list(ctx.gpu_devices) if count else []
 
 
 @contextmanager

@@ -195,7 +195,7 @@ def _run(
     executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
     slug = ctx.phase.inputs[0].slug
     assert ctx.labels_digest is not None
-    with gpus_for(settings, limits.gpus) as gpus, classified_execution():
+    with gpus_for(settings, ctx, limits.gpus) as gpus, classified_execution():
         result = run_training(
             executor,
             image=ctx.earlier["build"]["training_image_id"],

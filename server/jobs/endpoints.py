@@ -35,6 +35,7 @@ def list_jobs(
             "failure_message": j.failure_message,
             # Engine errors, evaluator output, private case names: organizers only.
             "operator_detail": j.operator_detail if operator else None,
+            "node": j.node if operator else None,
             "logs_held": j.logs_held,
             "log_review": j.log_review,
             "started_at": j.started_at,

@@ -22,6 +22,8 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    # The node (`heldout worker --node-name`) running the job's current attempt.
+    node: Mapped[str | None] = mapped_column(String(200), index=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -74,10 +74,16 @@ def set_status(session: Session, job: Job, target: JobStatus, **values: Any) -> 
 
 
 def claim(
-    session: Session, job_id: int, worker_id: str, wall_time_s: int, margin_s: int
+    session: Session,
+    job_id: int,
+    worker_id: str,
+    wall_time_s: int,
+    margin_s: int,
+    *,
+    node: str | None = None,
 ) -> Job | None:
-    """Lock the job and mark it running for this worker; None if there is nothing to do
-    (finished, cancelled, or running under a live owner)."""
+    """Lock the job and mark it running for this worker on `node`; None if there is nothing
+    to do (finished, cancelled, or running under a live owner)."""
     job = repository.lock(session, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
@@ -90,11 +96,23 @@ def claim(
         JobStatus.running,
         attempt=job.attempt + 1,
         worker_id=worker_id,
+        node=node,
         heartbeat_at=now,
         started_at=now,
         deadline_at=now + timedelta(seconds=wall_time_s + margin_s),
     )
     return job
+
+
+def touch_waiting(session: Session, job_id: int) -> None:
+    """A worker holds this pending job's message and waits (for a GPU): its heartbeat says
+    so, and the reaper does not re-send the message as lost."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.pending.value)
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def heartbeat(session: Session, job_id: int, worker_id: str) -> bool:
@@ -180,6 +198,7 @@ def retry(session: Session, job: Job, reason: str) -> None:
         job,
         JobStatus.pending,
         worker_id=None,
+        node=None,
         heartbeat_at=None,
         deadline_at=None,
         failure_message=RETRIED_MESSAGE,

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from server import dispatch
 from server.challenges.models import Phase
 from server.datasets import coverage
 from server.db import utcnow
@@ -37,7 +38,7 @@ def _ran_fully(session: Session, sub: Submission) -> bool:
 
 
 def _create(session: Session, sub: Submission, phase: Phase, todo: list[int]) -> None:
-    queue = "gpu" if phase.spec.limits.gpus else "cpu"
+    queue = dispatch.queue_for_gpus(phase.spec.limits.gpus)
     if phase.spec.batch_mode:
         jobs.create(session, sub, JobKind.infer, queue=queue)
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server import dispatch
 from server.challenges.models import Phase
 from server.config import Settings
 from server.datasets import coverage
@@ -121,7 +122,7 @@ def advance(session: Session, job: Job, *, platform_caused: bool) -> None:
         phase = session.get(Phase, submission.phase_id)
         assert phase is not None
         limits = phase.spec.training_limits or phase.spec.limits
-        queue = "gpu" if limits.gpus else "cpu"
+        queue = dispatch.queue_for_gpus(limits.gpus)
         if kind is JobKind.build and phase.canary_dataset_id is not None:
             # Smoke-train on the public canary cases first (the submission stays building).
             jobs.create(session, submission, JobKind.smoke_train, queue=queue)
@@ -234,7 +235,7 @@ def start_inference(session: Session, submission: Submission) -> None:
 
 def _run_queue(phase: Phase) -> str:
     """Runs that ask for GPUs go to the GPU nodes' queue."""
-    return "gpu" if phase.spec.limits.gpus else "cpu"
+    return dispatch.queue_for_gpus(phase.spec.limits.gpus)
 
 
 def _after_inference(session: Session, submission: Submission) -> None:

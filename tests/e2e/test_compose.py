@@ -45,7 +45,7 @@ DATABASE_URL = f"postgresql+psycopg://heldout:{DB_PASSWORD}@postgres:5432/heldou
 
 def _build_stand_ins(client: docker.DockerClient) -> dict[str, str]:
     tags = {}
-    for name in ("postgres", "redis"):
+    for name in ("postgres", "redis", "registry"):
         tag = f"{images.REPO}/compose-{name}:latest"
         # apt needs the network at build time; the engine runs without iptables here.
         client.images.build(
@@ -119,6 +119,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "HELDOUT_PIP_ARGS": "--no-index --find-links .wheels",
         "HELDOUT_POSTGRES_IMAGE": stand_ins["postgres"],
         "HELDOUT_REDIS_IMAGE": stand_ins["redis"],
+        "HELDOUT_REGISTRY_IMAGE": stand_ins["registry"],
+        "HELDOUT_REGISTRY_PORT": str(free_port()),
     }
 
     def dc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from worker import reaper
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
 
-QUEUES = {"build", "cpu", "gpu", "evaluation"}
+QUEUES = {"build", "cpu", "gpu", "gpu-2", "evaluation"}
 
 
 def test_queue_sizes_on_empty_and_flushed_redis() -> None:

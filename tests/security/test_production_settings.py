@@ -28,10 +28,14 @@ def test_production_refuses_the_default_or_an_empty_database_password(password: 
 def test_production_names_every_offending_setting() -> None:
     with pytest.raises(ValidationError) as err:
         Settings(
-            environment="production", database_url=PG.format("heldout"), allow_loopback_repos=True
+            environment="production",
+            database_url=PG.format("heldout"),
+            allow_loopback_repos=True,
+            fake_gpus=True,
         )
     text = str(err.value)
     assert "HELDOUT_DATABASE_URL" in text and "HELDOUT_ALLOW_LOOPBACK_REPOS" in text
+    assert "HELDOUT_FAKE_GPUS" in text
 
 
 def test_production_with_real_settings_and_development_with_defaults_start() -> None:

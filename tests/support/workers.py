@@ -65,7 +65,7 @@ def start_worker(
             "worker.celery_app",
             "worker",
             "-Q",
-            "build,cpu,gpu,evaluation",
+            "build,cpu,gpu,gpu-2,evaluation",
             "-c",
             str(concurrency),
             "-P",

@@ -34,6 +34,10 @@ LABEL_MANAGED = "heldout.managed"
 LABEL_JOB = "heldout.job"
 LABEL_ATTEMPT = "heldout.attempt"
 LABEL_INDEX = "heldout.index"
+# The node whose worker started the container: its reaper alone removes it as an orphan.
+LABEL_NODE = "heldout.node"
+# The GPU ids leased for a run whose GPUs are fake (HELDOUT_FAKE_GPUS): recorded, not passed.
+LABEL_GPUS = "heldout.gpus"
 RESERVED_LABELS = frozenset({LABEL_MANAGED, LABEL_JOB, LABEL_ATTEMPT, LABEL_INDEX})
 
 # Capabilities a phase may add back after cap_drop=ALL (STOIC training uses SYS_NICE).

@@ -41,6 +41,7 @@ from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 from heldout.archive import refused_user_reason  # shared with the client's checks
 from worker.executor.base import (
     LABEL_ATTEMPT,
+    LABEL_GPUS,
     LABEL_INDEX,
     LABEL_JOB,
     LABEL_MANAGED,
@@ -223,14 +224,20 @@ class DockerExecutor(DockerEngine, Backend[DockerHandle]):
         rootfs_poll_s: float = 2.0,
         allow_unsized_fallback: bool = False,
         image_pool: int = 0,
+        labels: Mapping[str, str] | None = None,
+        fake_gpus: bool = False,
     ) -> None:
         """`work_root`: host directory for per-run sized dirs (root-owned, not shared).
         `allow_unsized_fallback`: development only; where no loop mount can be made,
         /output and /scratch become plain directories checked for size after the run.
         `image_pool`: how many size-capped filesystems of each size to keep formatted and
         mounted ahead, reused (wiped) between runs: a run's /output then costs a bind
-        mount, not a mkfs and a loop mount (0: none)."""
+        mount, not a mkfs and a loop mount (0: none). `labels`: added to every container
+        (the node owning it, LABEL_NODE). `fake_gpus`: tests and development only; a
+        run's GPU ids are recorded (LABEL_GPUS) instead of requested from the engine."""
         self.client = client
+        self.labels = dict(labels or {})
+        self.fake_gpus = fake_gpus
         self.work_root = work_root
         self.log_tail_bytes = log_tail_bytes
         self.rootfs_poll_s = rootfs_poll_s
@@ -245,6 +252,11 @@ class DockerExecutor(DockerEngine, Backend[DockerHandle]):
     # -- provision ------------------------------------------------------------------------
 
     def provision(self, spec: RunSpec) -> DockerHandle:
+        spec = replace(spec, labels={**self.labels, **spec.labels})
+        if self.fake_gpus and spec.gpu_device_ids:
+            gpus = {LABEL_GPUS: ",".join(spec.gpu_device_ids)}
+            spec = replace(spec, labels={**spec.labels, **gpus}, gpu_device_ids=(),
+                           limits=spec.limits.model_copy(update={"gpus": 0}))  # fmt: skip
         # A redelivered task: the previous delivery's container and mounts go first.
         self.cleanup_stale(
             {LABEL_JOB: spec.job_id, LABEL_ATTEMPT: str(spec.attempt), LABEL_INDEX: str(spec.index)}

@@ -1,0 +1,1 @@
+"""Worker nodes: the machines that run jobs, their heartbeats and their GPU leases."""
