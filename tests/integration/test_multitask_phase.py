@@ -207,7 +207,8 @@ def test_one_submission_per_team_two_boards_and_a_consensus(live: Any, tmp_path:
         assert [s["id"] for s in mine] == [subs[team]]
 
     def board(task: str) -> dict[str, Any]:
-        r = api.get(f"/api/v1/challenges/auc/phases/final/tasks/{task}/leaderboard", headers=auth(admin))
+        path = f"/api/v1/challenges/auc/phases/final/tasks/{task}/leaderboard"
+        r = api.get(path, headers=auth(admin))
         assert r.status_code == 200, r.text
         return dict(r.json())
 
@@ -229,7 +230,10 @@ def test_one_submission_per_team_two_boards_and_a_consensus(live: Any, tmp_path:
     assert consensus.status_code == 200, consensus.text
     body = consensus.json()
     assert body["tasks"] == ["nodules", "bone-age"]
-    rows = [(e["team"], e["rank"], e["mean_rank"], e["task_ranks"], e["complete"]) for e in body["entries"]]
+    rows = [
+        (e["team"], e["rank"], e["mean_rank"], e["task_ranks"], e["complete"])
+        for e in body["entries"]
+    ]
     assert rows == [
         ("alpha", 1, 1.5, {"nodules": 1, "bone-age": 2}, True),
         ("beta", 2, 2.0, {"nodules": 3, "bone-age": 1}, True),
