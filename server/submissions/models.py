@@ -40,8 +40,9 @@ class Submission(Base):
     ref: Mapped[str | None] = mapped_column(String(255))
     commit_sha: Mapped[str | None] = mapped_column(String(40))
     # A multi-task phase's submission runs as one child submission per task, on the task's
-    # phase, never charged itself (the parent is): parent_id names the submission it is a
-    # part of.
+    # phase: parent_id names the submission it is a part of. Only the parent counts against
+    # the team's limits (they count per phase); a child's `charged` says whether its outcome
+    # is the team's doing, which decides the parent's charge when a task fails.
     parent_id: Mapped[int | None] = mapped_column(
         ForeignKey("submissions.id", ondelete="CASCADE"), index=True
     )
