@@ -447,7 +447,9 @@ async function submissionPage(ctx, id) {
   if (!ctx.current()) return;
   const c = await call(`/challenges/${s.challenge}`);
   if (!ctx.current()) return;
-  crumbs([["Challenges", "#/"], [c.title, `#/c/${s.challenge}`], [s.phase, `#/c/${s.challenge}/p/${s.phase}`], [`Submission ${s.id}`, `#/s/${s.id}`]]);
+  // A task's own submission sits under its multi-task submission (its phase is not listed).
+  const up = s.parent_id ? [`Submission ${s.parent_id}`, `#/s/${s.parent_id}`] : [s.phase, `#/c/${s.challenge}/p/${s.phase}`];
+  crumbs([["Challenges", "#/"], [c.title, `#/c/${s.challenge}`], up, [`Submission ${s.id}`, `#/s/${s.id}`]]);
   const reload = () => rerender(ctx);
   const facts = h("dl", { class: "facts" },
     h("dt", { text: "team" }), h("dd", { text: s.team }),
