@@ -555,6 +555,31 @@ def status(
         _exit_for(sub)
 
 
+@app.command()
+def logs(
+    submission_id: int = typer.Argument(...),
+    job: int | None = typer.Option(None, "--job", help="only this job's log"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every log of a submission you may read: build, canary, feedback-round training, the
+    inference build, and logs the organizers released. Held logs say they are held."""
+    entries = call_api(make_client().submission_logs, submission_id, job)
+    if emit(entries, as_json):
+        return
+    if not entries:
+        out.print(f"submission {submission_id} has no jobs yet")
+    for entry in entries:
+        part = " (inference build)" if entry["part"] == "inference_build" else ""
+        state = " released by the organizers" if entry.get("released") else ""
+        out.print(
+            f"[bold]== job {entry['job_id']} {entry['kind']}{part}: {entry['status']}{state}[/bold]"
+        )
+        if entry["held"]:
+            out.print(f"held: {entry['note']}", markup=False)
+        else:
+            out.print((entry["log"] or "(empty log)").rstrip("\n"), markup=False)
+
+
 def _print_queue(sub: dict[str, Any]) -> None:
     q = sub.get("queue")
     if not q:

@@ -137,6 +137,13 @@ class Client:
     def logs(self, job_id: int) -> dict[str, Any]:
         return dict(self.get(f"/jobs/{job_id}/logs"))
 
+    def submission_logs(self, submission_id: int, job: int | None = None) -> list[dict[str, Any]]:
+        """Every log of the submission you may read (build, canary, feedback round, the T3
+        inference build, released ones); a held one has `held` true, `log` null and a
+        `note` saying why."""
+        params = {} if job is None else {"job": job}
+        return list(self.get(f"/submissions/{submission_id}/logs", **params))
+
     def artifacts(self, submission_id: int) -> bytes:
         """A codebase submission's trained /output as a tar: in a feedback round (public
         training data), or for the challenge's organizers."""

@@ -27,6 +27,7 @@ import typer
 from server.challenges.bundle import load_bundle
 from server.challenges.schemas import PhaseSpec
 from server.config import get_settings
+from server.datasets import metaimage
 from server.datasets.manifest import read_labels, split_case_file
 from server.errors import HeldoutError
 from worker.executor.engine import Backend, Engine, EngineError
@@ -74,7 +75,21 @@ def _case_ids(root: Path, hint: str) -> set[str] | None:
 def _case_files(folder: Path, ids: set[str] | None, hint: str) -> dict[str, Path]:
     """case id -> its one file in folder, named as the platform's datasets name cases."""
     found: dict[str, Path] = {}
+    # A MetaImage pair (.mhd header, .raw/.zraw data) is one case file: the header, which is
+    # made one .mha (as the platform's datasets hold it) when the case is staged.
+    companions = set()
+    for f in folder.iterdir():
+        if f.suffix.lower() == metaimage.HEADER_SUFFIX:
+            try:
+                companion = metaimage.data_file(f)
+            except metaimage.MetaImageError as exc:
+                raise typer.BadParameter(f"{folder}/{exc}", param_hint=hint) from exc
+            if not (folder / companion).is_file():
+                raise typer.BadParameter(f"{f} names {companion}, missing", param_hint=hint)
+            companions.add(companion)
     for f in sorted(folder.iterdir()):
+        if f.name in companions:
+            continue
         split = split_case_file(f.name, ids)
         if split is None:
             why = "names no case of labels.csv" if ids is not None else "has no extension"
@@ -83,8 +98,8 @@ def _case_files(folder: Path, ids: set[str] | None, hint: str) -> dict[str, Path
         if case in found:
             raise typer.BadParameter(
                 f"case {case!r} has two files in {folder} ({found[case].name}, {f.name}): "
-                "one file per case and input; convert multi-file images (.mhd with .zraw or "
-                ".raw) to .mha",
+                "one file per case and input (an .mhd header names its own .raw/.zraw in "
+                "ElementDataFile)",
                 param_hint=hint,
             )
         found[case] = f
@@ -201,6 +216,15 @@ def _train(
     return _build(run_key, executor, context, "inference", out)
 
 
+def _as_staged(files: dict[str, Path], work: Path) -> dict[str, Path]:
+    """A MetaImage pair becomes one .mha, as the platform stores it; other files as given."""
+    staged = dict(files)
+    for slug, f in files.items():
+        if f.suffix.lower() == metaimage.HEADER_SUFFIX:
+            staged[slug] = metaimage.to_mha(f, work / slug / (f.name[: -len(f.suffix)] + ".mha"))
+    return staged
+
+
 STDERR_LINES = 20  # per case in the plain report; --json carries the last 2,000 characters
 
 
@@ -275,7 +299,8 @@ def run_local(
         else:
             assert image is not None
             image_id = _image(run_key, executor, image)
-        for i, (case, files) in enumerate(samples.items()):
+        for i, (case, given) in enumerate(samples.items()):
+            files = _as_staged(given, work / f"case-{i}-files")
             done = run_case(
                 executor,
                 image=image_id,

@@ -282,7 +282,7 @@ def _record(
         # Runs on sequestered data keep their logs from participants until reviewed.
         _, phase = logs.job_phase(session, job)
         job.logs_held = bool(log_digest) and logs.held_for(ctx.kind, phase)
-        job.log_review = logs.PENDING if job.logs_held else None
+        job.log_review = logs.review_for(job.logs_held, failure is not None, phase)
         # An evaluation's result is stamped with the metric config it ran with.
         used: dict[str, Any] = {}
         if ctx.kind is JobKind.evaluate:

@@ -123,6 +123,9 @@ _MEANINGS: dict[tuple[str, str], str] = {
     ("PhaseSpec", "rules"): "how often a team may submit",
     ("PhaseSpec", "participants_see_logs"): "participants read their containers' logs "
     "(otherwise only classified failure reasons)",
+    ("PhaseSpec", "review_successful_logs"): "held logs of successful runs wait in the "
+    "organizers' review queue too (otherwise only failed runs' do; any held log can still "
+    "be released)",
     ("PhaseSpec", "feedback_round"): "train on a public dataset and hand the logs back",
     ("PhaseSpec", "batch_mode"): "one container run sees all cases at once instead of one "
     "run per case",

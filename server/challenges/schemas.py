@@ -295,6 +295,8 @@ class PhaseSpec(StrictModel):
     training_limits: Limits | None = None
     rules: SubmissionRules = Field(default_factory=SubmissionRules)
     participants_see_logs: bool = False
+    # Held logs of successful runs enter the organizers' review queue only when asked.
+    review_successful_logs: bool = False
     feedback_round: bool = False
     batch_mode: bool = False
     test_dataset: str | None = Field(None, description="dataset slug")

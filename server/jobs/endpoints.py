@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.challenges import service as challenges
 from server.deps import CurrentUser, SessionDep, StoreDep
 from server.jobs import logs, repository
-from server.params import PathId
+from server.params import MAX_ID, PathId
 from server.submissions import service as submissions
 
 router = APIRouter(tags=["jobs"])
@@ -43,6 +43,34 @@ def list_jobs(
         }
         for j in repository.for_submission(session, sub.id)
     ]
+
+
+class LogEntry(BaseModel):
+    job_id: int
+    kind: str
+    part: Literal["run", "inference_build"] = Field(
+        description="the job's own run, or (T3) the build adding the trained artifacts"
+    )
+    status: str
+    attempt: int
+    held: bool = Field(description="held from you until an organizer reviews it")
+    released: bool = Field(description="held, then released (perhaps redacted) by an organizer")
+    review: str | None
+    log: str | None = Field(description="the text, or null while it is held")
+    note: str | None = Field(description="why a held log is not shown")
+
+
+@router.get("/submissions/{submission_id}/logs", response_model=list[LogEntry])
+def submission_logs(
+    submission_id: PathId,
+    user: CurrentUser,
+    session: SessionDep,
+    store: StoreDep,
+    job: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only this job")] = None,
+) -> list[dict[str, Any]]:
+    """Every log of the submission the rules let you read: build, canary, feedback-round
+    training, the T3 inference build, and logs an organizer released; held ones say so."""
+    return logs.for_submission(session, store, user, submission_id, job)
 
 
 @router.get("/jobs/{job_id}/logs")

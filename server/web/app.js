@@ -477,12 +477,19 @@ async function submissionPage(ctx, id) {
     h("th", { scope: "row", text: `${j.kind} #${j.id}` }), h("td", { text: j.status }),
     h("td", { text: j.failure_code ? `${j.failure_code}: ${j.failure_message || ""}` : "" }),
     h("td", { text: j.logs_held ? `held (${j.log_review})` : "visible" }),
-    h("td", {}, h("button", { type: "button", text: "Show log", "aria-label": `Show log of ${j.kind} job ${j.id}`, onclick: async () => {
-      try {
-        const l = await call(`/jobs/${j.id}/logs`);
-        logs.replaceChildren(h("h3", { text: `Log of ${j.kind} job ${j.id}` }), h("pre", { tabindex: "0", text: l.released_log || l.log || "(empty)" }));
-      } catch (e) { logs.replaceChildren(note(e.message, "error")); }
-    } }))));
+    h("td", {}, h("button", { type: "button", text: "Show log", "aria-label": `Show log of ${j.kind} job ${j.id}`, onclick: () => showLogs(`?job=${j.id}`) }))));
+  // Every log the rules allow (build, canary, feedback round, the inference build, released
+  // ones); a held one says so, with the classified reason only.
+  const showLogs = async (query) => {
+    try {
+      const entries = await call(`/submissions/${s.id}/logs${query}`);
+      logs.replaceChildren(...entries.flatMap((l) => [
+        h("h3", { text: `Log of ${l.kind} job ${l.job_id}${l.part === "inference_build" ? " (inference build)" : ""}${l.released ? ", released by the organizers" : ""}` }),
+        l.held ? note(`held: ${l.note}`) : h("pre", { tabindex: "0", text: l.log || "(empty)" })]));
+      if (!entries.length) logs.replaceChildren(note("no logs yet"));
+    } catch (e) { logs.replaceChildren(note(e.message, "error")); }
+  };
+  const allLogs = h("button", { type: "button", id: "all-logs", text: "Show every log", onclick: () => showLogs("") });
   // A codebase's trained /output: the API allows it in a feedback round (public training
   // data) and to organizers; anyone else gets its refusal, shown in place.
   const trained = jobs.some((j) => j.kind === "train" && j.status === "succeeded");
@@ -503,7 +510,7 @@ async function submissionPage(ctx, id) {
     h("section", { "aria-labelledby": "tl-h" }, h("h2", { id: "tl-h", text: "Timeline" }), timeline),
     h("section", { "aria-labelledby": "steps-h" }, h("h2", { id: "steps-h", text: "Steps" }), steps, taskRuns,
       h("details", { id: "jobs-box", open: jobs.length <= 8 }, h("summary", { text: `Every job and its log (${jobs.length})` }),
-        table("Jobs and logs", ["job", "state", "reason", "logs", "log"], jobRows, { id: "jobs" })), logs));
+        table("Jobs and logs", ["job", "state", "reason", "logs", "log"], jobRows, { id: "jobs" })), allLogs, logs));
   // Follow the run; not while the user is on a control of the page (it would lose focus).
   const busy = () => main.contains(document.activeElement) && document.activeElement !== main;
   if (!TERMINAL.includes(s.status)) every(3000, () => { if (ctx.current() && !busy()) route(); });
@@ -575,26 +582,29 @@ async function organizerPage(ctx, slug) {
   fReason.onchange = drawSubs;
   drawSubs();
 
-  // Log review queue, grouped per submission: one entry or the whole batch.
+  // Log review queue: one entry per submission step (the per-case runs together), grouped
+  // per submission; a step is released or refused as a whole.
   const bySub = {};
   for (const r of reviews) (bySub[r.submission_id] ||= []).push(r);
   const reviewBox = h("div", { id: "reviews" });
   const logView = h("div", { id: "review-log" });
-  for (const [sid, entries] of Object.entries(bySub)) {
+  const each = (ids, verb, body) => async () => { for (const id of ids) await call(`/jobs/${id}/logs/${verb}`, { method: "POST", json: body ? body() : undefined }); return verb === "release" ? "released" : "refused"; };
+  for (const [sid, steps] of Object.entries(bySub)) {
     const redact = h("input", { id: `redact-${sid}`, placeholder: "strings to blank out, comma separated" });
     const redactions = () => redact.value.split(",").map((x) => x.trim()).filter(Boolean);
+    const all = steps.flatMap((r) => r.job_ids);
     reviewBox.append(h("section", { class: "review", "aria-label": `Held logs of submission ${sid}` },
-      h("h3", {}, `Submission `, h("a", { href: `#/s/${sid}`, text: `#${sid}` }), ` (${entries.length} held log${entries.length > 1 ? "s" : ""})`),
+      h("h3", {}, `Submission `, h("a", { href: `#/s/${sid}`, text: `#${sid}` }), ` (${all.length} held log${all.length > 1 ? "s" : ""}, ${steps.length} step${steps.length > 1 ? "s" : ""})`),
       h("label", { for: `redact-${sid}`, text: "Redact before release" }), redact,
-      entries.length > 1 ? actionButton("Release all", async () => { for (const r of entries) await call(`/jobs/${r.job_id}/logs/release`, { method: "POST", json: { redactions: redactions() } }); return "released"; }, reload, { "aria-label": `Release all logs of submission ${sid}` }) : "",
-      entries.length > 1 ? actionButton("Refuse all", async () => { for (const r of entries) await call(`/jobs/${r.job_id}/logs/refuse`, { method: "POST" }); return "refused"; }, reload, { "aria-label": `Refuse all logs of submission ${sid}` }) : "",
-      h("details", { open: entries.length <= 5 }, h("summary", { text: `Each held log (${entries.length})` }),
-        h("ul", {}, entries.map((r) => h("li", { "data-job": String(r.job_id) }, `${r.kind} job ${r.job_id}: ${r.status}${r.failure_code ? ` (${r.failure_code})` : ""} `,
+      all.length > 1 ? actionButton("Release all", each(all, "release", () => ({ redactions: redactions() })), reload, { "aria-label": `Release all logs of submission ${sid}` }) : "",
+      all.length > 1 ? actionButton("Refuse all", each(all, "refuse"), reload, { "aria-label": `Refuse all logs of submission ${sid}` }) : "",
+      h("details", { open: steps.length <= 5 }, h("summary", { text: `Each step (${steps.length})` }),
+        h("ul", {}, steps.map((r) => h("li", { "data-job": String(r.job_id), "data-step": r.kind }, `${r.kind}: ${r.job_ids.length} held log${r.job_ids.length > 1 ? "s" : ""}, ${r.status}${r.failed ? ` (${r.failed} failed${r.failure_code ? `, ${r.failure_code}` : ""})` : ""} `,
         h("button", { type: "button", text: "Read", "aria-label": `Read log of job ${r.job_id}`, onclick: async () => {
-          try { const l = await call(`/jobs/${r.job_id}/logs`); logView.replaceChildren(h("h3", { text: `Log of job ${r.job_id}` }), h("pre", { tabindex: "0", text: l.log || "(empty)" })); } catch (e) { logView.replaceChildren(note(e.message, "error")); }
+          try { const l = await call(`/jobs/${r.job_id}/logs`); logView.replaceChildren(h("h3", { text: `Log of job ${r.job_id} (${r.kind}, 1 of ${r.job_ids.length})` }), h("pre", { tabindex: "0", text: l.log || "(empty)" })); } catch (e) { logView.replaceChildren(note(e.message, "error")); }
         } }),
-        actionButton("Release", () => call(`/jobs/${r.job_id}/logs/release`, { method: "POST", json: { redactions: redactions() } }).then((x) => x.review), reload, { "aria-label": `Release log of job ${r.job_id}` }),
-        actionButton("Refuse", () => call(`/jobs/${r.job_id}/logs/refuse`, { method: "POST" }).then((x) => x.review), reload, { "aria-label": `Refuse log of job ${r.job_id}` })))))));
+        actionButton("Release", each(r.job_ids, "release", () => ({ redactions: redactions() })), reload, { "aria-label": `Release the ${r.kind} logs of submission ${sid}` }),
+        actionButton("Refuse", each(r.job_ids, "refuse"), reload, { "aria-label": `Refuse the ${r.kind} logs of submission ${sid}` })))))));
   }
   if (!reviews.length) reviewBox.append(note("no logs wait for review"));
 

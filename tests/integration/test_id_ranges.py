@@ -18,6 +18,8 @@ ENDPOINTS = [
     ("post", "/api/v1/submissions/{id}/renounce"),
     ("get", "/api/v1/submissions/{id}/jobs"),
     ("get", "/api/v1/submissions/{id}/artifacts"),
+    ("get", "/api/v1/submissions/{id}/logs"),
+    ("get", "/api/v1/submissions/1/logs?job={id}"),
     ("get", "/api/v1/jobs/{id}/logs"),
     ("post", "/api/v1/jobs/{id}/logs/refuse"),
     ("delete", "/api/v1/tokens/{id}"),

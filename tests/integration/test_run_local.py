@@ -109,3 +109,46 @@ def test_run_local_names_cases_as_the_dataset_does(tmp_path: Path) -> None:
     assert proc.returncode == 2
     message = " ".join(re.sub("[│╭╮╰╯─]", " ", proc.stderr).split())  # rich's error box
     assert f"case '{ids[0]}' has two files" in message
+
+
+DICOM_UIDS = ("1.2.840.113654.2.70.1.97", "1.2.840.113654.2.70.1.98")
+
+
+def _as_pair(mha: Path, compress: bool) -> None:
+    """Rewrite a case's .mha as an .mhd header and its .zraw (zlib) or .raw data file."""
+    import zlib
+
+    raw = mha.read_bytes()
+    cut = raw.index(b"ElementDataFile = LOCAL\n")
+    header, data = raw[:cut], raw[cut + len(b"ElementDataFile = LOCAL\n") :]
+    stem = mha.name[: -len(".mha")]
+    ext = ".zraw" if compress else ".raw"
+    if compress:
+        data = zlib.compress(data)
+        header += f"CompressedData = True\nCompressedDataSize = {len(data)}\n".encode()
+    (mha.parent / f"{stem}.mhd").write_bytes(header + f"ElementDataFile = {stem}{ext}\n".encode())
+    (mha.parent / f"{stem}{ext}").write_bytes(data)
+    mha.unlink()
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_run_local_stages_mhd_pairs_under_dicom_uid_names(tmp_path: Path, labels: bool) -> None:
+    """STOIC's own layout: cases named by DICOM UIDs, one an .mhd/.zraw pair and one an
+    .mhd/.raw pair. Each is one case, staged as one .mha with its header fields (the image
+    reads PatientAge from it: the output is age/100), with or without labels.csv."""
+    client = images.client_or_none()
+    need(client is not None, "a Docker engine")
+    assert client is not None
+    tag = images.build_image(client, "run-local-uid", images.WELL_BEHAVED)
+    cases = tmp_path / "mine"
+    images.write_ct_dataset(cases, [(DICOM_UIDS[0], 50, 1, 1), (DICOM_UIDS[1], 60, 0, 0)])
+    for uid, compress in zip(DICOM_UIDS, (True, False), strict=True):
+        _as_pair(cases / "images" / "ct" / f"{uid}.mha", compress)
+    if not labels:
+        (cases / "labels.csv").unlink()
+    proc = _run_local(tmp_path, tag)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert sorted(out["cases"]) == list(DICOM_UIDS)
+    covid = {c: r["outputs"]["probability-covid-19"] for c, r in out["cases"].items()}
+    assert covid == {DICOM_UIDS[0]: "0.5", DICOM_UIDS[1]: "0.6"}
