@@ -142,39 +142,100 @@ def fill(settings: Any, teams: int, results: int, cases: int, work: Path) -> str
     return token
 
 
-async def _worker(
-    port: int, path: str, token: str, until: float, lat: list[float], errors: list[int]
-) -> None:
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection sending the request again as soon as the whole
+    answer is in (no pipelining): a Protocol, not streams, so the client costs little."""
+
+    def __init__(self, request: bytes, until: float, lat: list[float], statuses: list[int]):
+        self.request, self.until, self.lat, self.statuses = request, until, lat, statuses
+        self.buf = bytearray()
+        self.need: int | None = None
+        self.status = 0
+        self.t0 = 0.0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._send()
+
+    def _send(self) -> None:
+        self.buf.clear()
+        self.need = None
+        self.t0 = time.perf_counter()
+        self.transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.need is None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).lower()
+            self.status = int(head[9:12])
+            at = head.find(b"content-length:")
+            length = int(head[at + 15 : head.find(b"\r\n", at)]) if at >= 0 else 0
+            self.need = end + 4 + length
+        if len(self.buf) >= self.need:
+            now = time.perf_counter()
+            self.lat.append(now - self.t0)
+            self.statuses.append(self.status)
+            if time.monotonic() < self.until:
+                self._send()
+            else:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _connections(
+    port: int, request: bytes, c: int, until: float
+) -> tuple[list[float], list[int]]:
+    lat: list[float] = []
+    statuses: list[int] = []
+    loop = asyncio.get_running_loop()
+    conns = []
+    for _ in range(c):
+        _, conn = await loop.create_connection(
+            lambda: _Conn(request, until, lat, statuses), "127.0.0.1", port
+        )
+        conns.append(conn)
+    await asyncio.gather(*(conn.done for conn in conns))
+    return lat, statuses
+
+
+def _client(args: tuple[int, bytes, int, float]) -> tuple[list[float], list[int], float]:
+    """One client process: its connections, their latencies and statuses, its CPU seconds."""
+    port, request, c, until = args
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    cpu = time.process_time()
+    lat, statuses = asyncio.run(_connections(port, request, c, until))
+    return lat, statuses, time.process_time() - cpu
+
+
+def _load(port: int, path: str, token: str, c: int, seconds: float, procs: int) -> dict[str, Any]:
+    """`c` connections spread over `procs` client processes (so the client is not one
+    Python thread's worth of CPU); returns the figures and the client's own CPU share."""
+    import multiprocessing
+
     request = (
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
     ).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while time.monotonic() < until:
-            t0 = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
-            lat.append(time.perf_counter() - t0)
-            if status != 200:
-                errors.append(status)
-    finally:
-        writer.close()
-
-
-async def _load(port: int, path: str, token: str, c: int, seconds: float) -> dict[str, Any]:
-    lat: list[float] = []
-    errors: list[int] = []
-    until = time.monotonic() + seconds
+    procs = max(1, min(procs, c))
+    shares = [c // procs + (1 if i < c % procs else 0) for i in range(procs)]
     t0 = time.monotonic()
-    await asyncio.gather(*(_worker(port, path, token, until, lat, errors) for _ in range(c)))
+    until = t0 + seconds
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        parts = pool.map(_client, [(port, request, n, until) for n in shares])
     wall = time.monotonic() - t0
-    lat.sort()
+    lat = sorted(x for part in parts for x in part[0])
+    statuses = [s for part in parts for s in part[1]]
 
     def q(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
@@ -183,8 +244,10 @@ async def _load(port: int, path: str, token: str, c: int, seconds: float) -> dic
         "req_s": len(lat) / wall,
         "p50_ms": q(0.50),
         "p99_ms": q(0.99),
-        "errors": len(errors),
-        "5xx": sum(1 for s in errors if s >= 500),
+        "errors": sum(1 for s in statuses if s != 200),
+        "5xx": sum(1 for s in statuses if s >= 500),
+        "client_cpu": sum(part[2] for part in parts) / wall,
+        "wall_s": wall,
     }
 
 
@@ -198,6 +261,18 @@ def _rss_mb(pid: int) -> list[float]:
         except OSError:
             pass
     return out
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds the server's processes have used (user + system)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -222,11 +297,15 @@ def run_db(db: str, args: argparse.Namespace) -> None:
     from server.embedded import migrate
 
     with tempfile.TemporaryDirectory(prefix="heldout-bench-lb-") as tmp:
+        if args.keep:  # a filled phase kept from an earlier run with the same --keep
+            tmp = str(Path(args.keep) / db)
         data = Path(tmp) / "data"
-        data.mkdir()
+        filled = Path(tmp) / "token"
+        data.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HELDOUT_")}
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         env.update(HELDOUT_DATA_DIR=str(data), HELDOUT_REDIS_URL=args.redis_url,
-                   PYTHONPATH=str(ROOT))  # fmt: skip
+                   PYTHONPATH=path)  # fmt: skip
         if db == "postgres":
             if not args.postgres_url:
                 print("postgres: skipped (no --postgres-url)")
@@ -234,12 +313,18 @@ def run_db(db: str, args: argparse.Namespace) -> None:
             env["HELDOUT_DATABASE_URL"] = args.postgres_url
             settings = Settings(data_dir=data, database_url=args.postgres_url,
                                 redis_url=args.redis_url)  # fmt: skip
-            with get_engine(settings).begin() as conn:
-                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            if not filled.exists():
+                with get_engine(settings).begin() as conn:
+                    conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
         else:
             settings = Settings(data_dir=data, redis_url=args.redis_url)
         migrate(settings)
-        token = fill(settings, args.teams, args.results, args.cases, Path(tmp) / "work")
+        if filled.exists():
+            token = filled.read_text()
+        else:
+            token = fill(settings, args.teams, args.results, args.cases, Path(tmp) / "work")
+            if args.keep:
+                filled.write_text(token)
         get_engine(settings).dispose()
         port = _free_port()
         log = (Path(tmp) / "server.log").open("wb")
@@ -251,7 +336,7 @@ def run_db(db: str, args: argparse.Namespace) -> None:
         try:
             import httpx
 
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180
             while True:
                 try:
                     if httpx.get(f"http://127.0.0.1:{port}/api/v1/health").status_code == 200:
@@ -270,12 +355,16 @@ def run_db(db: str, args: argparse.Namespace) -> None:
                   f"{len(r.json()['entries'])} entries, {len(r.content) // 1024} KiB")  # fmt: skip
             for name, path in (("leaderboard", BOARD), ("statistics", STATS)):
                 for c in args.concurrency:
-                    m = asyncio.run(_load(port, path, token, c, args.seconds))
+                    cpu = _cpu_s(proc.pid)
+                    m = _load(port, path, token, c, args.seconds, args.client_procs)
+                    served = m["req_s"] * m["wall_s"]
+                    cpu_ms = (_cpu_s(proc.pid) - cpu) / max(1.0, served) * 1000
                     rss = _rss_mb(proc.pid)
                     print(
                         f"[{db}] {name:11s} c={c:<3d} {m['req_s']:8.0f} req/s  "
                         f"p50 {m['p50_ms']:6.1f} ms  p99 {m['p99_ms']:6.1f} ms  "
                         f"errors {m['errors']} (5xx {m['5xx']})  "
+                        f"server CPU {cpu_ms:.2f} ms/req  client CPU {m['client_cpu']:.2f} cores  "
                         f"RSS MB per process {', '.join(f'{x:.0f}' for x in rss)}",
                         flush=True,
                     )
@@ -300,6 +389,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--client-procs", type=int, default=2, help="load generator processes")
+    ap.add_argument("--keep", help="keep the filled phases in this folder and reuse them")
     ap.add_argument("--postgres-url", default=os.environ.get("HELDOUT_TEST_POSTGRES_URL"))
     ap.add_argument(
         "--redis-url", default=os.environ.get("HELDOUT_TEST_REDIS_URL", "redis://127.0.0.1:1/0")

@@ -69,7 +69,14 @@ from evaluation.inputs import (
     match_cases,
     name_cases,
 )
-from evaluation.metrics import METRICS, MetricError, canonical_label, round_grades, subset_mask
+from evaluation.metrics import (
+    METRICS,
+    MetricError,
+    canonical_label,
+    canonical_labels,
+    round_grades,
+    subset_mask,
+)
 from evaluation.segmentation import SEGMENTATION_KINDS
 from evaluation.segmentation_inputs import SegmentationScores, score_masks
 from evaluation.stats import bootstrap_ci, roc_band
@@ -312,7 +319,10 @@ def prepare(spec: MetricSpec, truth: GroundTruth, by_case: dict[str, Job]) -> Pr
             return Prepared(np.array(labels), np.array(probs), mask, labels, probs, declared)
         keys, classes = _class_labels(spec, truth, scored)
         probs = check(lambda v: _probability_vector(v, classes))
-        codes = [[canonical_label(c) for c in classes].index(k) for k in keys]
+        first: dict[str, int] = {}
+        for i, c in enumerate(classes):  # over the classes, not the cases
+            first.setdefault(canonical_label(c), i)
+        codes = [first[k] for k in keys]
         section_true = [classes[i] for i in codes]
         return Prepared(np.array(codes), np.array(probs), mask, section_true, probs, classes)
     if kind == "accuracy":
@@ -341,7 +351,7 @@ def _class_labels(
     spec: MetricSpec, truth: GroundTruth, scored: list[str], *, require_known: bool = True
 ) -> tuple[list[str], list[Any]]:
     """Canonical labels of the scored cases and the class order (declared, else sorted)."""
-    keys = [canonical_label(v) for v in _labels(spec, truth, scored, spec.label, str)]
+    keys: list[str] = canonical_labels(_labels(spec, truth, scored, spec.label, str)).tolist()
     classes = spec.classes if spec.classes is not None else _sorted_labels(set(keys))
     known = {canonical_label(c) for c in classes}
     unknown = [c for c, k in zip(scored, keys, strict=True) if k not in known]

@@ -115,10 +115,31 @@ def canonical_label(value: Any) -> str:
     return repr(value)
 
 
+def canonical_labels(column: Array | Sequence[Any]) -> npt.NDArray[np.str_]:
+    """`canonical_label` of every value of `column`, as a string array. The key is computed
+    once per distinct value (a label column holds a handful among thousands of cases), and
+    spread back to the cases by array indexing, not case by case in Python."""
+    if isinstance(column, np.ndarray) and column.ndim == 1 and column.dtype.kind in "biufU":
+        distinct, inverse = np.unique(column, return_inverse=True)
+        keys = [canonical_label(v) for v in distinct.tolist()]
+        return np.asarray(keys, dtype=np.str_)[inverse]
+    values = list(column)
+    try:
+        # Values equal in Python (1, 1.0, True) share a key anyway; NaNs stay apart (each is
+        # found again by identity), and get the same key.
+        lookup = {v: canonical_label(v) for v in dict.fromkeys(values)}
+    except TypeError:  # unhashable values: one key each
+        return np.asarray([canonical_label(v) for v in values], dtype=np.str_)
+    return np.asarray(list(map(lookup.__getitem__, values)), dtype=np.str_)
+
+
 def subset_mask(column: Array | Sequence[Any], value: Any) -> npt.NDArray[np.bool_]:
     """Cases whose `column` value equals `value` under `canonical_label`."""
     key = canonical_label(value)
-    return np.array([canonical_label(v) == key for v in column], dtype=bool)
+    if len(column) == 0:
+        return np.zeros(0, dtype=bool)
+    mask: npt.NDArray[np.bool_] = canonical_labels(column) == key
+    return mask
 
 
 # --- point metrics ------------------------------------------------------------------------

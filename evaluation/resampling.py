@@ -64,9 +64,17 @@ class CaseCounts:
         _remember(self._cache, key, cols)
         return cols
 
+    def remember(self, idx: IntArray, cols: npt.NDArray[np.unsignedinteger]) -> None:
+        """Seed `take(idx)` with columns already at hand (equal to `matrix[:, idx]`), so the
+        first take of them is not a strided gather over the whole matrix."""
+        cols.flags.writeable = False
+        _remember(self._cache, _digest(np.asarray(idx, dtype=np.intp)), cols)
+
     def restrict(self, idx: IntArray) -> CaseCounts:
         """Counts of a subset of the cases (draws that fell on other cases are ignored)."""
         index = np.asarray(idx, dtype=np.intp)
+        if index.size == self.n_cases and np.array_equal(index, np.arange(index.size)):
+            return self  # every case, in order: the counts as they are
         key = _digest(index)
         hit = self._restricted.get(key)
         if hit is None:
@@ -135,17 +143,28 @@ def draw_stratified_counts(strata: IntArray, n_resamples: int, seed: int) -> Cas
     if codes.ndim != 1 or n_resamples < 1 or not (codes >= 0).any():
         raise ValueError("need strata (N,) with at least one case drawn and one resample")
     rng = np.random.default_rng(seed)
-    counts: npt.NDArray[np.unsignedinteger] = np.zeros((n_resamples, codes.size), dtype=np.uint8)
+    parts: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.unsignedinteger]]] = []
+    dtype: type[np.unsignedinteger] = np.uint8
     for code in np.unique(codes[codes >= 0]).tolist():
         members = np.flatnonzero(codes == code)
         m = members.size
+        # Each stratum's counts drawn into its own contiguous block: the metrics take the
+        # strata's columns again (AUC: the positives, the negatives), and get these blocks.
+        part: npt.NDArray[np.unsignedinteger] = np.empty((n_resamples, m), dtype=dtype)
         for r0 in range(0, n_resamples, _DRAW_ROWS):
             block = rng.integers(0, m, size=(min(_DRAW_ROWS, n_resamples - r0), m))
             c = _row_counts(block, m)
-            if c.max() > np.iinfo(counts.dtype).max:
-                counts = counts.astype(np.uint32)
-            counts[r0 : r0 + block.shape[0], members] = c
-    return CaseCounts(counts)
+            if c.max() > np.iinfo(part.dtype).max:
+                part, dtype = part.astype(np.uint32), np.uint32
+            part[r0 : r0 + block.shape[0]] = c
+        parts.append((members, part))
+    counts: npt.NDArray[np.unsignedinteger] = np.zeros((n_resamples, codes.size), dtype=dtype)
+    for members, part in parts:
+        counts[:, members] = part
+    out = CaseCounts(counts)
+    for members, part in parts:
+        out.remember(members, part.astype(counts.dtype, copy=False))
+    return out
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,6 +5,7 @@ participants' and organizers' commands are in heldout/cli.py, which registers th
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -86,7 +87,12 @@ def server(
     try:
         migrate(settings)
         _rescore_stale(settings)
-        # Each worker process builds the app from the same HELDOUT_* environment.
+        # Each worker process builds the app from the same HELDOUT_* environment. A worker
+        # starting on a busy machine (importing numpy, scipy and the app) can take longer
+        # than uvicorn's default 5 s health check, which then kills it again and again.
+        patience = {"timeout_worker_healthcheck": 60}
+        if "timeout_worker_healthcheck" not in inspect.signature(uvicorn.run).parameters:
+            patience = {}
         uvicorn.run(
             "server.app:create_app",
             factory=True,
@@ -94,6 +100,7 @@ def server(
             port=port or settings.port,
             workers=workers or settings.server_workers,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            **patience,  # type: ignore[arg-type]
         )
     finally:
         if started:  # the embedded Redis goes with the server that started it

@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         if self.database_url:
             return self.database_url
+        if self.data_dir.is_absolute():
+            return _sqlite_url(self.data_dir)  # read on every request: no lstat each time
         return f"sqlite:///{(self.data_dir / 'heldout.db').resolve()}"
 
     @property
@@ -188,3 +190,8 @@ def production_problems(settings: Settings) -> list[str]:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+@lru_cache(maxsize=64)
+def _sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'heldout.db').resolve()}"

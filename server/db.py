@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -161,3 +161,12 @@ def session_scope(settings: Settings | None = None, *, write: bool = True) -> It
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def read_connection(settings: Settings) -> Iterator[Connection]:
+    """A Core connection for one read on a hot path, without an ORM session: on SQLite its
+    transaction begins DEFERRED (no write lock), and it is rolled back when done."""
+    engine = get_engine(settings).execution_options(**{BEGIN_OPTION: "DEFERRED"})
+    with engine.connect() as conn:
+        yield conn

@@ -42,7 +42,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[ArtifactStore, Depends(_store)]
 
 
-def _bearer(request: Request) -> str | None:
+def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value:
@@ -51,7 +51,7 @@ def _bearer(request: Request) -> str | None:
 
 
 def get_current_user(request: Request, session: SessionDep) -> User:
-    return accounts.authenticate(session, _bearer(request))
+    return accounts.authenticate(session, bearer_token(request))
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -62,7 +62,7 @@ def get_user_briefly(request: Request) -> User:
     endpoints that stream a request body and must hold no transaction while they read it
     (on SQLite every transaction takes the write lock)."""
     with session_scope(request.app.state.settings, write=False) as session:
-        return accounts.authenticate(session, _bearer(request))
+        return accounts.authenticate(session, bearer_token(request))
 
 
 BriefUser = Annotated[User, Depends(get_user_briefly)]

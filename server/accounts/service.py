@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from server.accounts import repository
 from server.accounts.models import ApiToken, User
+from server.config import Settings
 from server.db import utcnow
 from server.errors import AlreadyExists, InvalidInput, NotFound, NotPermitted, Unauthorized
 
@@ -80,10 +81,17 @@ def authenticate(session: Session, token: str | None) -> User:
     user = session.get(User, row.user_id)
     if user is None:
         raise Unauthorized("the API token's user no longer exists")
-    now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at >= TOUCH_EVERY:
-        _touch_later(session, row.id, now)
+    settings = session.info.get("settings")
+    if settings is not None:
+        note_use(settings, row.id, row.last_used_at)
     return user
+
+
+def note_use(settings: Settings, token_id: int, last_used_at: datetime | None) -> None:
+    """The token was used now: its last_used_at is written later if it is a minute old."""
+    now = utcnow()
+    if last_used_at is None or now - last_used_at >= TOUCH_EVERY:
+        _touch_later(settings, token_id, now)
 
 
 _touches: queue.SimpleQueue[tuple[object, int, datetime]] = queue.SimpleQueue()
@@ -92,13 +100,10 @@ _toucher_lock = threading.Lock()
 _toucher: threading.Thread | None = None
 
 
-def _touch_later(session: Session, token_id: int, now: datetime) -> None:
+def _touch_later(settings: Settings, token_id: int, now: datetime) -> None:
     """Queue the write of last_used_at for a background thread (at most once a minute per
     token in this process); a lost touch costs nothing but a staler timestamp."""
     global _toucher
-    settings = session.info.get("settings")
-    if settings is None:
-        return
     mono = time.monotonic()
     with _toucher_lock:
         if mono - _queued_at.get(token_id, -1e9) < TOUCH_EVERY.total_seconds():

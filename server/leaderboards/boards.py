@@ -20,6 +20,8 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property, lru_cache
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -40,19 +42,39 @@ class Stored:
     leaderboard: str  # JSON text, served as is
     statistics: str
 
+    # Encoded once per board, not once per request (the statistics run to megabytes).
+    @cached_property
+    def leaderboard_bytes(self) -> bytes:
+        return self.leaderboard.encode()
+
+    @cached_property
+    def statistics_bytes(self) -> bytes:
+        return self.statistics.encode()
+
 
 def rule_key(session: Session, phase: Phase) -> str:
     from server.leaderboards.service import current_evaluator, ground_truth_digest
     from server.leaderboards.split import board_part
 
-    rules = [
+    return _rule_key(
         phase.metrics_version,
         ground_truth_digest(session, phase),
         current_evaluator(),
         phase.spec_json,
         phase.slug,
         board_part(phase),  # the board turns from the public to the private part at close
-    ]
+    )
+
+
+def _rule_key(
+    metrics_version: int,
+    digest: str | None,
+    evaluator: str,
+    spec_json: dict[str, Any],
+    slug: str,
+    part: str | None,
+) -> str:
+    rules = [metrics_version, digest, evaluator, spec_json, slug, part]
     return hashlib.sha256(json.dumps(rules, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -63,6 +85,60 @@ def _stored(row: Board) -> Stored:
 # The last board served per (database, phase, rule key), so a reader whose generation it
 # matches does not load the board's JSON again: the row is only read when it changed.
 _served: dict[tuple[str, int, str, str], Stored] = {}
+
+
+def served(settings: Settings, token_hash: str, challenge: str, phase: str) -> Stored | None:
+    """The board this process holds for the phase as the database has it now, found with
+    one indexed read (the token, the phase, its generation and ground truth) and no ORM
+    session: the path every look at an unchanged board takes. None when anything is not
+    plain (no such token or phase, no board held, a newer generation): the caller then
+    takes the full path, which raises the right error or computes the board."""
+    from server.leaderboards import split
+    from server.leaderboards.repository import board_probe
+    from server.leaderboards.service import current_evaluator
+
+    probe = board_probe(settings, token_hash, challenge, phase)
+    if probe is None:
+        return None
+    fraction, closes_at, _ = _spec_fields(probe.spec_text)
+    key = _rule_key_of(
+        probe.metrics_version,
+        probe.digest,
+        current_evaluator(),
+        probe.spec_text,
+        phase,
+        split.part_at(fraction, closes_at),
+    )
+    hit = _served.get((settings.sqlalchemy_url, probe.phase_id, probe.created_at.isoformat(), key))
+    if hit is None or hit.generation < probe.generation:
+        return None
+    from server.accounts import service as accounts
+
+    accounts.note_use(settings, probe.token_id, probe.last_used_at)
+    return hit
+
+
+@lru_cache(maxsize=256)
+def _spec_fields(spec_text: str) -> tuple[float | None, datetime | None, dict[str, Any]]:
+    from server.challenges.schemas import PhaseSpec
+
+    spec_json = json.loads(spec_text)
+    spec = PhaseSpec.model_validate(spec_json)
+    return spec.private_fraction, spec.closes_at, spec_json
+
+
+@lru_cache(maxsize=256)
+def _rule_key_of(
+    metrics_version: int,
+    digest: str | None,
+    evaluator: str,
+    spec_text: str,
+    slug: str,
+    part: str | None,
+) -> str:
+    """`rule_key` from the phase's columns as read, its spec still as text."""
+    spec_json = _spec_fields(spec_text)[2]
+    return _rule_key(metrics_version, digest, evaluator, spec_json, slug, part)
 
 
 def current(session: Session, phase: Phase) -> Stored:

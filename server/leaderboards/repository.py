@@ -1,8 +1,16 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, Text, and_, bindparam, cast, select
 from sqlalchemy.orm import Session, defer
 
+from server.accounts.models import ApiToken, User
+from server.challenges.models import Challenge, Phase
+from server.config import Settings
+from server.datasets.models import Dataset
+from server.db import read_connection
 from server.leaderboards.models import Result
 from server.submissions.models import Submission
 from server.submissions.states import SubmissionStatus
@@ -69,3 +77,50 @@ def current_results_on_board(
         .order_by(Result.id)
     )
     return [(r, s, t) for r, s, t in session.execute(stmt).all()]
+
+
+@dataclass(frozen=True)
+class BoardProbe:
+    """What deciding whether a held board is current needs, read in one statement."""
+
+    phase_id: int
+    generation: int
+    metrics_version: int
+    spec_text: str
+    created_at: datetime
+    digest: str | None
+    token_id: int
+    last_used_at: datetime | None
+
+
+def _probe_statement() -> Select[int, int, int, str, datetime, str, int, datetime | None]:
+    return (
+        select(
+            Phase.id,
+            Phase.board_generation,
+            Phase.metrics_version,
+            cast(Phase.spec_json, Text),
+            Phase.created_at,
+            Dataset.digest,
+            ApiToken.id,
+            ApiToken.last_used_at,
+        )
+        .select_from(Phase)
+        .join(Challenge, Challenge.id == Phase.challenge_id)
+        .outerjoin(Dataset, Dataset.id == Phase.test_dataset_id)
+        .join(ApiToken, and_(ApiToken.token_hash == bindparam("h"), ApiToken.revoked_at.is_(None)))
+        .join(User, User.id == ApiToken.user_id)
+        .where(Challenge.slug == bindparam("c"), Phase.slug == bindparam("p"))
+    )
+
+
+_PROBE = _probe_statement()
+
+
+def board_probe(
+    settings: Settings, token_hash: str, challenge: str, phase: str
+) -> BoardProbe | None:
+    """The phase and the live token of an existing user, or None if either is missing."""
+    with read_connection(settings) as conn:
+        row = conn.execute(_PROBE, {"h": token_hash, "c": challenge, "p": phase}).first()
+    return None if row is None else BoardProbe(*row)

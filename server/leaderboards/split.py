@@ -94,10 +94,17 @@ def _mask(
 def board_part(phase: Phase, now: datetime | None = None) -> Part | None:
     """The part the phase's board ranks on now; None when the phase holds nothing back."""
     spec = phase.spec
-    if spec.private_fraction is None:
+    return part_at(spec.private_fraction, spec.closes_at, now)
+
+
+def part_at(
+    private_fraction: float | None, closes_at: datetime | None, now: datetime | None = None
+) -> Part | None:
+    """`board_part` from the two fields of the phase's spec it depends on."""
+    if private_fraction is None:
         return None
     now = now or _now()
-    return "private" if spec.closes_at is not None and now >= spec.closes_at else "public"
+    return "private" if closes_at is not None and now >= closes_at else "public"
 
 
 def restrict(section: dict[str, Any], keep: npt.NDArray[np.bool_]) -> dict[str, Any]:

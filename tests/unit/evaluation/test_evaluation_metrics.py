@@ -224,3 +224,37 @@ def test_resampled_auc_handles_scores_tied_across_classes() -> None:
             assert got[r] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
         else:
             assert len(set(y[idx])) == 1
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        ["1", "1.0", "true", " 0 ", "false", "x", "", "2.5", "nan", "1e3"],
+        [1, 1.0, True, "1", 0, False, 2.5, float("nan"), float("nan"), None, "a", np.int64(3)],
+        np.array([0, 1, 1, 2, 0]),
+        np.array([0.0, 1.0, np.nan, 2.5, np.nan]),
+        np.array([True, False, True]),
+        np.array(["1", "1.0", "b", "True"]),
+        [[1, 2], [1, 2], "x"],  # unhashable values
+        [],
+    ],
+)
+def test_canonical_labels_are_canonical_label_of_each_case(column: object) -> None:
+    values = list(column)  # type: ignore[call-overload]
+    assert M.canonical_labels(column).tolist() == [M.canonical_label(v) for v in values]  # type: ignore[arg-type]
+    for value in ("1", 0, "x", float("nan")):
+        expected = [M.canonical_label(v) == M.canonical_label(value) for v in values]
+        assert M.subset_mask(column, value).tolist() == expected  # type: ignore[arg-type]
+
+
+def test_stratified_counts_hand_out_each_strata_columns_as_drawn() -> None:
+    from evaluation.resampling import draw_stratified_counts
+
+    strata = np.array([1, 0, 0, 1, 1, 0, 0, 0, 1, 0])
+    counts = draw_stratified_counts(strata, 50, seed=7)
+    for code in (0, 1):
+        members = np.flatnonzero(strata == code)
+        np.testing.assert_array_equal(counts.take(members), counts.matrix[:, members])
+        assert (counts.take(members).sum(axis=1) == members.size).all()
+    assert counts.restrict(np.arange(strata.size)) is counts
+    np.testing.assert_array_equal(counts.restrict([2, 5]).matrix, counts.matrix[:, [2, 5]])
