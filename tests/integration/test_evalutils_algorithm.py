@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from fastapi.testclient import TestClient
 
 from heldout.client import Client
-from tests.conftest import need
-from tests.integration.test_pipeline_t2 import live  # noqa: F401  (a fixture)
+from server.app import create_app
+from server.config import Settings
+from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, user_token
 from tests.support.workers import ROOT, celery_worker, wait_final
@@ -100,6 +103,19 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield images.save_image(client, [TAG], context / "algorithm.tar")
 
 
+@pytest.fixture
+def live(pg_settings: Settings) -> Any:
+    # Slow (a 1 GB image, every case run): once, on PostgreSQL; the pipeline's database
+    # paths are those of test_pipeline_t2.py, run on both.
+    need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
+    client = images.client_or_none()
+    need(client is not None, "a Docker engine")
+    redis.Redis.from_url(pg_settings.broker_url).flushdb()
+    settings = pg_settings.model_copy(update={"heartbeat_s": 1})
+    with TestClient(create_app(settings)) as api:
+        yield settings, api, client
+
+
 def _cases(root: Path) -> Path:
     pairs = enumerate(zip(UIDS, AGES, strict=True))
     rows = ((uid, age, int(i >= 1), int(i >= 2)) for i, (uid, age) in pairs)
@@ -107,7 +123,7 @@ def _cases(root: Path) -> Path:
 
 
 def test_evalutils_algorithm_is_scored_through_t2(
-    live: Any,  # noqa: F811
+    live: Any,
     archive: Path,
     tmp_path: Path,
 ) -> None:

@@ -143,7 +143,10 @@ def bundle() -> dict[str, Any]:
 
 
 @pytest.fixture
-def live(settings: Settings) -> Any:
+def live(pg_settings: Settings) -> Any:
+    # Slow (real images, every case run): once, on PostgreSQL; test_multitask_states.py
+    # covers the task states on both databases.
+    settings = pg_settings
     need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
     client = images.client_or_none()
     need(client is not None, "a Docker engine")

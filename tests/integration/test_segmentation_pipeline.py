@@ -148,7 +148,10 @@ def _model_tarball(thresholds: dict[str, int]) -> bytes:
 
 
 @pytest.fixture
-def live(settings: Settings) -> Any:
+def live(pg_settings: Settings) -> Any:
+    # Slow (real images, every case run): once, on PostgreSQL; the pipeline's database
+    # paths are those of test_pipeline_t2.py, run on both.
+    settings = pg_settings
     need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
     client = images.client_or_none()
     need(client is not None, "a Docker engine")
