@@ -68,7 +68,7 @@ class ChallengeAnalysis:
 
 
 def _primary(phase: Phase) -> MetricSpec:
-    cfg = phase.spec.metrics
+    cfg = phase.spec.board_metrics()
     return next(m for m in cfg.metrics if m.name == cfg.primary)
 
 
@@ -113,7 +113,7 @@ def _failures(session: Session, phase: Phase) -> dict[str, int]:
 def _phase_task(session: Session, phase: Phase) -> tuple[PhaseAnalysis, an.Task | None, list[str]]:
     """The phase's board as an analysis task (None, with the reason set, when there is
     none), and the scored cases' names in task order."""
-    cfg = phase.spec.metrics
+    cfg = phase.spec.board_metrics()
     metric = _primary(phase)
     out = PhaseAnalysis(
         slug=phase.slug,

@@ -54,7 +54,7 @@ def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
         "limits": spec.limits.model_dump(),
         "rules": spec.rules.model_dump(),
         "rules_text": rules.describe(phase),
-        "metrics": spec.metrics.model_dump(mode="json"),
+        "metrics": spec.board_metrics().model_dump(mode="json"),
         "participants_see_logs": spec.participants_see_logs,
         "feedback_round": spec.feedback_round,
     }

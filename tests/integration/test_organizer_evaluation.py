@@ -41,7 +41,7 @@ COVID = [int(i >= 2) for i in range(N_CASES)]
 # A minimal evalutils-style evaluation: load the predictions and the ground truth, score
 # each case, write `case` (column -> {row: value}, as pandas' to_dict() writes it) and
 # `aggregates` (column -> statistics, as describe() does). MODE is set per image.
-EVALUATION = '''
+EVALUATION = """
 import csv, json, math, os, socket, sys
 
 MODE = "{mode}"
@@ -114,7 +114,7 @@ class ClassificationEvaluation:
 
 
 ClassificationEvaluation().evaluate()
-'''
+"""
 
 
 @pytest.fixture
@@ -244,7 +244,9 @@ def test_submission_is_scored_by_the_organizers_image(live: Any, tmp_path: Path)
     assert final["status"] == "succeeded", final
     # WELL_BEHAVED predicts age/100 for COVID.
     brier = [(a / 100 - y) ** 2 for a, y in zip(AGES, COVID, strict=True)]
-    accuracy = statistics.mean(float((a / 100 >= 0.5) == bool(y)) for a, y in zip(AGES, COVID))
+    accuracy = statistics.mean(
+        float((a / 100 >= 0.5) == bool(y)) for a, y in zip(AGES, COVID, strict=True)
+    )
     board = _board(api, alice)
     assert board["primary_metric"] == "brier" and board["higher_is_better"] is False
     (entry,) = board["entries"]
