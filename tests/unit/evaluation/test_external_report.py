@@ -25,14 +25,14 @@ def test_lookup_walks_keys_and_list_indices() -> None:
 
 @pytest.mark.parametrize("path", ["aggregates.dice.median", "results.1.score", "nothing"])
 def test_a_missing_path_names_the_first_missing_step(path: str) -> None:
-    with pytest.raises(ReportError, match="metrics.json has no"):
+    with pytest.raises(ReportError, match=r"metrics\.json has no"):
         lookup(EVALUTILS, path)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, "0.5", None, True])
 def test_non_finite_or_non_numeric_scores_are_refused(value: object) -> None:
     doc = {"aggregates": {"dice": {"mean": value}}}
-    with pytest.raises(ReportError, match="aggregates.dice.mean"):
+    with pytest.raises(ReportError, match=r"aggregates\.dice\.mean"):
         read_report(
             doc, [Column("dice", "aggregates.dice.mean", "dice")],
             per_case=None, n_resamples=100, seed=1, level=0.95,
