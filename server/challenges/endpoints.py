@@ -65,6 +65,8 @@ def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
             "training": spec.training_dataset,
             "canary": spec.canary_dataset,
         }
+        if spec.evaluation is not None:  # image and tarball digests, JSON paths
+            view["evaluation"] = spec.evaluation.model_dump(mode="json")
     return view
 
 

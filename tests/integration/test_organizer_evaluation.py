@@ -236,8 +236,12 @@ def _board(api: TestClient, token: str) -> dict[str, Any]:
 
 def test_submission_is_scored_by_the_organizers_image(live: Any, tmp_path: Path) -> None:
     settings, api, _ = live
-    _, applied = _challenge(live, tmp_path, "good")
+    admin, applied = _challenge(live, tmp_path, "good")
     assert applied.status_code == 200, applied.text
+    # The upload keys are stored as the digests of what was vetted.
+    phase = api.get("/api/v1/challenges/orgeval/phases/qualification", headers=auth(admin)).json()
+    assert phase["evaluation"]["image"].startswith("sha256:")
+    assert phase["evaluation"]["ground_truth"].startswith("sha256:")
     alice, sub = _submit(live, tmp_path)
     with celery_worker(settings):
         final = wait_final(api, alice, sub["id"])
@@ -261,6 +265,12 @@ def test_submission_is_scored_by_the_organizers_image(live: Any, tmp_path: Path)
     assert acc["ci_lower"] is not None and acc["ci_lower"] <= acc["value"] <= acc["ci_upper"]
     # The same board twice: the bootstrap is seeded.
     assert _board(api, alice)["entries"][0]["ci"] == [lo, hi]
+    assert (
+        "evaluation"
+        not in api.get(
+            "/api/v1/challenges/orgeval/phases/qualification", headers=auth(alice)
+        ).json()
+    )
 
 
 @pytest.mark.parametrize("mode", ["exit1", "missing"])
@@ -287,6 +297,11 @@ def test_broken_evaluation_is_not_charged_and_its_log_is_the_organizers(
     else:
         assert "aggregates.brier.mean" in detail and "wrote metrics without brier" in detail
     assert _board(api, alice)["entries"] == []
+    # Marked for the organizers: an event on the challenge, naming the submission.
+    events = api.get("/api/v1/challenges/orgeval/events", headers=auth(admin)).json()
+    assert [(e["kind"], e["submission_id"]) for e in events] == [
+        ("evaluation_config_error", sub["id"])
+    ]
 
 
 def test_evaluation_image_sees_only_loopback(live: Any, tmp_path: Path) -> None:
