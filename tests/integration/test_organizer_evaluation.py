@@ -130,7 +130,12 @@ def live(settings: Settings) -> Any:
 
 
 def build_evaluation(
-    client: docker.DockerClient, mode: str, dest: Path, *, user: str | None = "evaluator"
+    client: docker.DockerClient,
+    mode: str,
+    dest: Path,
+    *,
+    user: str | None = "evaluator",
+    script: str = EVALUATION,
 ) -> Path:
     """The organizer's evaluation image, built offline from the local Python base and
     saved as the archive an organizer uploads."""
@@ -146,7 +151,7 @@ def build_evaluation(
     with tarfile.open(fileobj=context, mode="w") as tar:
         for name, text in (
             ("Dockerfile", "\n".join(lines)),
-            ("evaluation.py", textwrap.dedent(EVALUATION.format(mode=mode))),
+            ("evaluation.py", textwrap.dedent(script.format(mode=mode))),
         ):
             data = text.encode()
             info = tarfile.TarInfo(name)
@@ -160,12 +165,12 @@ def build_evaluation(
     return images.save_image(client, [tag], dest / f"evaluation-{mode}.tar.gz", gz=True)
 
 
-def ground_truth_tarball(extra: dict[str, str]) -> bytes:
+def ground_truth_tarball(extra: dict[str, str], folder: str = "extra") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, text in extra.items():
             data = text.encode()
-            info = tarfile.TarInfo(f"extra/{name}")
+            info = tarfile.TarInfo(f"{folder}/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
@@ -325,3 +330,85 @@ def test_root_evaluation_image_is_refused_at_apply(live: Any, tmp_path: Path) ->
     assert applied.status_code == 422, applied.text
     message = json.dumps(applied.json())
     assert "evaluation image" in message and "root" in message.lower()
+
+
+# A file output: the algorithm writes a "mask" (a row of ten voxels, age // 10 of them set);
+# the organizer's image reads it from /input/<pk>/output/mask.mha and scores it with Dice
+# against the reference masks of its ground-truth tarball (five voxels set).
+MASK_ALGORITHM = """
+import glob
+(path,) = glob.glob("/input/images/ct/*.mha")
+age = 50
+for line in open(path, "rb"):
+    key, _, value = line.decode(errors="replace").partition(" = ")
+    if key.strip() == "PatientAge":
+        age = int(value.strip().rstrip("Y"))
+    if key.strip() == "ElementDataFile":
+        break
+k = age // 10
+open("/output/mask.mha", "w").write("1" * k + "0" * (10 - k))
+"""
+
+MASK_EVALUATION = """
+import json, sys
+MODE = "{mode}"
+GT = "/opt/ml/input/data/ground_truth"
+jobs = json.load(open("/input/predictions.json"))
+dice = {{}}
+for i, job in enumerate(jobs):
+    name = job["inputs"][0]["image"]["name"].split(".")[0]
+    (item,) = [o for o in job["outputs"] if o["interface"] == "mask"]
+    pred = open(item["file"]).read()
+    ref = open(GT + "/masks/" + name + ".txt").read()
+    both = sum(p == r == "1" for p, r in zip(pred, ref))
+    dice[str(i)] = 2 * both / (pred.count("1") + ref.count("1"))
+mean = sum(dice.values()) / len(dice)
+json.dump({{"case": {{"dice": dice}}, "aggregates": {{"dice": {{"mean": mean}}}}}},
+          open("/output/metrics.json", "w"))
+"""
+
+
+def test_file_outputs_reach_the_organizers_image(live: Any, tmp_path: Path) -> None:
+    settings, api, client = live
+    admin = user_token(settings, "organizer", admin=True)
+    archive = build_evaluation(client, "mask", tmp_path, script=MASK_EVALUATION)
+    image_key = upload_bytes(api, admin, archive.read_bytes(), "evaluation.tar.gz")
+    masks = {f"P{i:03d}.txt": "1" * 5 + "0" * 5 for i in range(N_CASES)}
+    gt_key = upload_bytes(api, admin, ground_truth_tarball(masks, "masks"), "masks.tar.gz")
+    bundle = stoic_bundle(
+        slug="orgeval",
+        extra_phase={
+            "outputs": [{"slug": "mask", "kind": "file", "extension": ".mha"}],
+            "metrics": None,
+            "evaluation": {
+                "image": image_key,
+                "ground_truth": gt_key,
+                "name": "dice",
+                "score": "aggregates.dice.mean",
+                "per_case": "case",
+            },
+        },
+    )
+    dataset = images.write_ct_dataset(
+        tmp_path / "test",
+        ((f"P{i:03d}", AGES[i], COVID[i], 0) for i in range(N_CASES)),
+    )
+    r = apply_bundle(api, admin, bundle, {"test": dataset})
+    assert r.status_code == 200, r.text
+    tag = images.build_image(client, "orgeval-mask", MASK_ALGORITHM)
+    algorithm = images.save_image(client, [tag], tmp_path / "mask.tar.gz", gz=True)
+    alice = user_token(settings, "alice")
+    key = upload_bytes(api, alice, algorithm.read_bytes())
+    sub = api.post(
+        "/api/v1/challenges/orgeval/phases/qualification/submissions",
+        json={"upload": key},
+        headers=auth(alice),
+    ).json()
+    with celery_worker(settings):
+        final = wait_final(api, alice, sub["id"])
+    assert final["status"] == "succeeded", final
+    dice = [2 * min(a // 10, 5) / (a // 10 + 5) for a in AGES]
+    (entry,) = _board(api, alice)["entries"]
+    assert entry["value"] == pytest.approx(statistics.mean(dice))
+    lo, hi = entry["ci"]
+    assert lo is not None and min(dice) <= lo <= entry["value"] <= hi <= max(dice)
