@@ -25,6 +25,7 @@ from server.config import Settings, get_settings
 from server.errors import HeldoutError, RuleViolation
 from server.jobs.endpoints import router as jobs_router
 from server.leaderboards.endpoints import router as leaderboards_router
+from server.leaderboards.task_endpoints import router as task_boards_router
 from server.submissions.endpoints import router as submissions_router
 from server.teams.endpoints import router as teams_router
 from server.uploads.endpoints import router as uploads_router
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         submissions_router,
         jobs_router,
         leaderboards_router,
+        task_boards_router,
         analysis_router,
         codebases_router,
     ):

@@ -58,6 +58,19 @@ def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
         "participants_see_logs": spec.participants_see_logs,
         "feedback_round": spec.feedback_round,
     }
+    if spec.tasks:
+        # A multi-task phase: its interfaces and metrics above are its first task's.
+        view["tasks"] = [
+            {
+                "slug": t.slug,
+                "title": t.title or t.slug,
+                "inputs": [i.model_dump(mode="json") for i in t.inputs],
+                "outputs": [o.model_dump(mode="json") for o in t.outputs],
+                "metrics": t.metrics.model_dump(mode="json"),
+            }
+            | ({"test_dataset": t.test_dataset} if organizer else {})
+            for t in spec.tasks
+        ]
     if organizer:
         view["metrics_version"] = phase.metrics_version
         view["datasets"] = {

@@ -49,6 +49,12 @@ class Phase(Base):
     test_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
     training_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
     canary_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
+    # A task of a multi-task phase runs as a phase of its own, slug "<phase>--<task>",
+    # under its phase (parent_id): never listed, never submitted to directly.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("phases.id", ondelete="CASCADE"), index=True
+    )
+    task_slug: Mapped[str | None] = mapped_column(String(63))
     # Bumped whenever the metric config changes, so results are keyed by it (re-evaluation).
     metrics_version: Mapped[int] = mapped_column(Integer, default=1)
     # Bumped in the transaction that changes what the leaderboard shows (a result recorded,

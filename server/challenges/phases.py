@@ -22,7 +22,8 @@ def get_challenge(session: Session, slug: str) -> Challenge:
 def get_phase(session: Session, challenge_slug: str, phase_slug: str) -> tuple[Challenge, Phase]:
     challenge = get_challenge(session, challenge_slug)
     phase = repository.get_phase(session, challenge.id, phase_slug)
-    if phase is None:
+    # A task's own phase is reached through its multi-task phase only.
+    if phase is None or phase.parent_id is not None:
         raise NotFound(f"challenge {challenge_slug!r} has no phase {phase_slug!r}", field="phase")
     return challenge, phase
 

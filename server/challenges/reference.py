@@ -57,6 +57,37 @@ phases:
         - {name: auc-covid, kind: auc, output: probability-covid-19, label: probCOVID}
 """
 
+MULTITASK_EXAMPLE = """\
+version: 1
+slug: multitask-demo
+title: Two tasks, one algorithm
+datasets:
+  - {slug: nodules, path: data/nodules}
+  - {slug: bone-age, path: data/bone-age}
+phases:
+  - slug: final
+    title: Final
+    kind: algorithm
+    limits: {wall_time_s: 600, memory_mb: 8192}
+    tasks:
+      - slug: nodules
+        title: Nodule detection
+        test_dataset: nodules
+        inputs: [{slug: chest-ct, kind: image}]
+        outputs: [{slug: probability-nodule, kind: json, minimum: 0, maximum: 1}]
+        metrics:
+          primary: auc
+          metrics: [{name: auc, kind: auc, output: probability-nodule, label: nodule}]
+      - slug: bone-age
+        title: Bone age
+        test_dataset: bone-age
+        inputs: [{slug: hand-xray, kind: image}]
+        outputs: [{slug: bone-age, kind: json}]
+        metrics:
+          primary: mae
+          metrics: [{name: mae, kind: mae, output: bone-age, label: age}]
+"""
+
 _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("The bundle (top level)", schemas.ChallengeSpec),
     ("datasets[]", schemas.DatasetSpec),
@@ -68,6 +99,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("phases[].metrics.metrics[]", schemas.MetricSpec),
     ("phases[].evaluation", schemas.EvaluationSpec),
     ("phases[].evaluation.columns.*", schemas.EvaluationColumn),
+    ("phases[].tasks[]", schemas.TaskSpec),
 ]
 # Meanings of fields that carry neither a description nor a comment in schemas.py; the
 # test requires one for every field, so a new field is documented when it is added.
@@ -133,6 +165,13 @@ _MEANINGS: dict[tuple[str, str], str] = {
     ("MetricConfig", "bootstrap_resamples"): "bootstrap resamples for confidence intervals",
     ("MetricConfig", "bootstrap_seed"): "seed of the bootstrap (reproducible intervals)",
     ("MetricConfig", "ci_level"): "confidence level of the intervals (0.95: 95% CI)",
+    ("TaskSpec", "slug"): "the task's name: its board is `.../phases/<phase>/tasks/<slug>/"
+    "leaderboard`; its runs are the phase's `<phase>--<slug>` (never submitted to directly)",
+    ("TaskSpec", "title"): "shown on the task's board (unset: the slug)",
+    ("TaskSpec", "inputs"): "what each of the task's cases gives the algorithm under /input; "
+    "no two tasks of a phase may give the same set (the algorithm tells its task by them)",
+    ("TaskSpec", "outputs"): "what the algorithm must write for the task's cases",
+    ("TaskSpec", "metrics"): "how the task's outputs are scored and ranked on its board",
 }
 _CONSTRAINTS = {
     "ge": "≥ {}",
@@ -251,6 +290,18 @@ def render() -> str:
                 f"| {_cell('; '.join(_constraints(info)))} | {_cell(meaning)} |"
             )
     lines += ["", "## Example", "", "```yaml", EXAMPLE.rstrip(), "```", ""]
+    lines += [
+        "## Example: a multi-task phase",
+        "",
+        "Each task has its own test set, interfaces and metrics (none on the phase itself);",
+        "one submission runs on every task's cases and is charged once; each task has its",
+        "board and the phase a consensus board (docs/contracts.md, README).",
+        "",
+        "```yaml",
+        MULTITASK_EXAMPLE.rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

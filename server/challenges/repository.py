@@ -21,9 +21,25 @@ def get_phase(session: Session, challenge_id: int, slug: str) -> Phase | None:
 
 
 def list_phases(session: Session, challenge_id: int) -> list[Phase]:
+    """The challenge's phases, without the phases the tasks of multi-task phases run as."""
     return list(
-        session.scalars(select(Phase).where(Phase.challenge_id == challenge_id).order_by(Phase.id))
+        session.scalars(
+            select(Phase)
+            .where(Phase.challenge_id == challenge_id, Phase.parent_id.is_(None))
+            .order_by(Phase.id)
+        )
     )
+
+
+def task_phases(session: Session, phase_id: int) -> list[Phase]:
+    """The phases a multi-task phase's tasks run as, in the bundle's order of its tasks."""
+    parent = session.get(Phase, phase_id)
+    if parent is None or not parent.spec_json.get("tasks"):
+        return []
+    order = [t["slug"] for t in parent.spec_json["tasks"]]
+    rows = session.scalars(select(Phase).where(Phase.parent_id == phase_id)).all()
+    by_task = {r.task_slug: r for r in rows}
+    return [by_task[t] for t in order if t in by_task]
 
 
 def organizer_ids(session: Session, challenge_id: int) -> set[int]:

@@ -211,6 +211,59 @@ class EvaluationSpec(StrictModel):
         return out
 
 
+class TaskSpec(StrictModel):
+    """One task of a multi-task phase (AUC23-style): its own test cases, interfaces and
+    metrics. Every submission to the phase runs on every task's cases; the container of a
+    task's case sees that task's inputs only (listed in /input/inputs.json) and writes that
+    task's outputs. Each task has its own board; the phase adds a consensus board."""
+
+    slug: Slug
+    title: str = Field("", max_length=200)
+    test_dataset: str = Field(description="dataset slug")
+    inputs: list[Interface] = Field(min_length=1)
+    outputs: list[Interface] = Field(min_length=1)
+    metrics: MetricConfig
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        _check_interfaces(f"task {self.slug!r}", self.inputs, self.outputs, self.metrics)
+        return self
+
+
+def _check_interfaces(
+    what: str, inputs: list[Interface], outputs: list[Interface], metrics: MetricConfig | None
+) -> None:
+    for group, name in ((inputs, "inputs"), (outputs, "outputs")):
+        slugs = [i.slug for i in group]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError(f"{what}: {name} slugs must be unique")
+    if any(i.kind is not InterfaceKind.image for i in inputs):
+        raise ValueError(f"{what}: inputs must be image interfaces")
+    out_slugs = {o.slug for o in outputs}
+    for m in metrics.metrics if metrics else []:  # None: an organizer's evaluation image
+        if m.kind is MetricKind.external:
+            raise ValueError(
+                f"{what}: metric {m.name!r}: kind 'external' is only for an organizer's "
+                "evaluation image (the phase's `evaluation`)"
+            )
+        if m.output not in out_slugs:
+            raise ValueError(
+                f"{what}: metric {m.name!r} reads output {m.output!r}, "
+                f"which is not among the outputs {sorted(out_slugs)}"
+            )
+
+
+# What a multi-task phase declares per task, not on the phase.
+TASK_OWNED = ("inputs", "outputs", "metrics")
+
+# The phase a task runs as: "<phase>--<task>" (never listed, never submitted to).
+TASK_SEPARATOR = "--"
+
+
+def task_phase_slug(phase_slug: str, task_slug: str) -> str:
+    return f"{phase_slug}{TASK_SEPARATOR}{task_slug}"
+
+
 class PhaseSpec(StrictModel):
     slug: Slug
     title: str = Field(min_length=1, max_length=200)
@@ -240,6 +293,10 @@ class PhaseSpec(StrictModel):
     # Codebase phases: where the two Dockerfiles live inside the repository.
     training_dir: str = Field("training", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     inference_dir: str = Field("inference", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    # Multi-task phases: the tasks, each with its own test set, interfaces and metrics
+    # (then the phase's own inputs, outputs, metrics and test_dataset are not given: the
+    # phase takes its first task's interfaces and metrics for what reads them).
+    tasks: list[TaskSpec] | None = None
     # Container runtime of this phase's algorithm and training runs; None: the
     # installation's HELDOUT_CONTAINER_RUNTIME. "runsc" (gVisor) is for CPU phases only.
     runtime: Literal["runc", "runsc"] | None = None
@@ -268,38 +325,47 @@ class PhaseSpec(StrictModel):
             return value.replace(tzinfo=UTC)
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_first_task(cls, data: Any) -> Any:
+        # A multi-task phase declares its interfaces, metrics and test set per task only;
+        # the phase takes its first task's for what reads a phase's (`stored` leaves them
+        # out again).
+        if isinstance(data, dict) and data.get("tasks"):
+            own = [k for k in (*TASK_OWNED, "test_dataset") if data.get(k) is not None]
+            if own:
+                raise ValueError(
+                    f"a phase with tasks declares {', '.join(own)} per task, not on the phase"
+                )
+            first = data["tasks"][0]
+            if isinstance(first, dict):
+                data = dict(data)
+                for key in TASK_OWNED:
+                    data[key] = first.get(key)
+        return data
+
+    def stored(self) -> dict[str, Any]:
+        """The spec as the database keeps it: a multi-task phase without what its tasks own."""
+        # A phase without tasks is stored exactly as before tasks existed.
+        return self.model_dump(mode="json", exclude=set(TASK_OWNED) if self.tasks else {"tasks"})
+
     @model_validator(mode="after")
     def _check(self) -> PhaseSpec:
         if self.opens_at and self.closes_at and self.opens_at >= self.closes_at:
             raise ValueError(f"phase {self.slug!r}: opens_at must be before closes_at")
-        for group, name in ((self.inputs, "inputs"), (self.outputs, "outputs")):
-            slugs = [i.slug for i in group]
-            if len(set(slugs)) != len(slugs):
-                raise ValueError(f"phase {self.slug!r}: {name} slugs must be unique")
-        if any(i.kind is not InterfaceKind.image for i in self.inputs):
-            raise ValueError(f"phase {self.slug!r}: inputs must be image interfaces")
         if (self.metrics is None) == (self.evaluation is None):
             raise ValueError(
                 f"phase {self.slug!r}: give either metrics (the built-in evaluator) or "
                 "evaluation (an organizer's evaluation image), not both or neither"
             )
-        if self.evaluation is not None and self.private_fraction is not None:
+        if self.evaluation is not None and (self.private_fraction is not None or self.tasks):
             raise ValueError(
                 f"phase {self.slug!r}: a phase scored by an organizer's evaluation image "
-                "cannot have a private_fraction (its per-case records are not heldout's)"
+                "cannot have a private_fraction or tasks (yet)"
             )
-        out_slugs = {o.slug for o in self.outputs}
-        for m in self.metrics.metrics if self.metrics else []:
-            if m.kind is MetricKind.external:
-                raise ValueError(
-                    f"phase {self.slug!r}: metric {m.name!r}: kind 'external' is only for "
-                    "an organizer's evaluation image (the phase's `evaluation`)"
-                )
-            if m.output not in out_slugs:
-                raise ValueError(
-                    f"phase {self.slug!r}: metric {m.name!r} reads output {m.output!r}, "
-                    f"which is not among the phase outputs {sorted(out_slugs)}"
-                )
+        _check_interfaces(f"phase {self.slug!r}", self.inputs, self.outputs, self.metrics)
+        if self.tasks is not None:
+            self._check_tasks(self.tasks)
         gpus = max(self.limits.gpus, self.training_limits.gpus if self.training_limits else 0)
         if self.runtime == "runsc" and gpus:
             raise ValueError(
@@ -330,6 +396,51 @@ class PhaseSpec(StrictModel):
             ],
         )
 
+    def _check_tasks(self, tasks: list[TaskSpec]) -> None:
+        where = f"phase {self.slug!r}"
+        if len(tasks) < 2:
+            raise ValueError(f"{where}: a multi-task phase needs at least two tasks")
+        slugs = [t.slug for t in tasks]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError(f"{where}: task slugs must be unique")
+        if self.kind is not PhaseKind.algorithm:
+            raise ValueError(f"{where}: tasks are supported on algorithm (T2) phases only")
+        if self.canary_dataset:
+            raise ValueError(f"{where}: a multi-task phase has no canary_dataset (yet)")
+        # The container tells its task by the inputs it is given (grand-challenge's
+        # algorithm interfaces): no two tasks may give the same set.
+        seen: dict[frozenset[str], str] = {}
+        for t in tasks:
+            key = frozenset(i.slug for i in t.inputs)
+            if key in seen:
+                raise ValueError(
+                    f"{where}: tasks {seen[key]!r} and {t.slug!r} have the same inputs "
+                    f"{sorted(key)}; the algorithm could not tell them apart"
+                )
+            seen[key] = t.slug
+            if len(task_phase_slug(self.slug, t.slug)) > 63:
+                raise ValueError(
+                    f"{where}: task {t.slug!r}: phase and task slugs together must be at most "
+                    "61 characters"
+                )
+
+    def task_phases(self) -> list[PhaseSpec]:
+        """The phase each task runs as: this phase's limits and rules, the task's test set,
+        interfaces and metrics, slug `<phase>--<task>`."""
+        out = []
+        for t in self.tasks or []:
+            data = self.model_dump(mode="json", exclude={"tasks"})
+            data.update(
+                slug=task_phase_slug(self.slug, t.slug),
+                title=f"{self.title}: {t.title or t.slug}"[:200],
+                test_dataset=t.test_dataset,
+                inputs=[i.model_dump(mode="json") for i in t.inputs],
+                outputs=[o.model_dump(mode="json") for o in t.outputs],
+                metrics=t.metrics.model_dump(mode="json"),
+            )
+            out.append(PhaseSpec.model_validate(data))
+        return out
+
 
 class DatasetSpec(StrictModel):
     slug: Slug
@@ -353,7 +464,8 @@ class ChallengeSpec(StrictModel):
     def _check(self) -> ChallengeSpec:
         ds = {d.slug for d in self.datasets}
         for p in self.phases:
-            for ref in (p.test_dataset, p.training_dataset, p.canary_dataset):
+            tasks = [t.test_dataset for t in p.tasks or []]
+            for ref in (p.test_dataset, p.training_dataset, p.canary_dataset, *tasks):
                 if ref is not None and ref not in ds:
                     raise ValueError(
                         f"phase {p.slug!r} names dataset {ref!r}, which the bundle does not declare"
@@ -373,6 +485,13 @@ class ChallengeSpec(StrictModel):
         slugs = [p.slug for p in self.phases]
         if len(set(slugs)) != len(slugs):
             raise ValueError("phase slugs must be unique")
+        for p in self.phases:
+            for t in p.tasks or []:
+                if task_phase_slug(p.slug, t.slug) in slugs:
+                    raise ValueError(
+                        f"phase slug {task_phase_slug(p.slug, t.slug)!r} is taken by a task "
+                        f"of phase {p.slug!r}"
+                    )
         return self
 
 

@@ -16,7 +16,7 @@ from server.challenges.models import Challenge, ChallengeOrganizer, Phase, Phase
 from server.challenges.phases import get_challenge as get_challenge
 from server.challenges.phases import get_phase as get_phase
 from server.challenges.phases import is_open as is_open
-from server.challenges.schemas import ChallengeSpec
+from server.challenges.schemas import ChallengeSpec, PhaseSpec, task_phase_slug
 from server.datasets import repository as datasets_repo
 from server.datasets import service as datasets
 from server.datasets.models import Dataset
@@ -87,7 +87,7 @@ def _check_metrics(
     from evaluation.inputs import EvaluationError
 
     warnings: list[str] = []
-    for phase_spec in spec.phases:
+    for phase_spec in _with_tasks(spec):
         ds_id = dataset_ids.get(phase_spec.test_dataset or "")
         if ds_id is None or phase_spec.metrics is None:
             continue  # no test set yet, or the organizer's own evaluation image
@@ -105,6 +105,27 @@ def _check_metrics(
             ) from None
         warnings += [f"phase {phase_spec.slug}: {w}" for w in found]
     return warnings
+
+
+def _with_tasks(spec: ChallengeSpec) -> list[PhaseSpec]:
+    """The bundle's phases, each multi-task phase followed by the phases its tasks run as."""
+    return [p for phase in spec.phases for p in (phase, *phase.task_phases())]
+
+
+def _link_tasks(session: Session, challenge_id: int, spec: ChallengeSpec) -> None:
+    """Tie each task's phase to its multi-task phase (a no-op once tied)."""
+    for phase_spec in spec.phases:
+        if not phase_spec.tasks:
+            continue
+        parent = repository.get_phase(session, challenge_id, phase_spec.slug)
+        assert parent is not None
+        for task in phase_spec.tasks:
+            child = repository.get_phase(
+                session, challenge_id, task_phase_slug(phase_spec.slug, task.slug)
+            )
+            assert child is not None
+            if (child.parent_id, child.task_slug) != (parent.id, task.slug):
+                child.parent_id, child.task_slug = parent.id, task.slug
 
 
 def apply_spec(
@@ -193,8 +214,8 @@ def apply_spec(
 
     report.warnings = _check_metrics(session, store, spec, dataset_ids)
 
-    for phase_spec in spec.phases:
-        spec_json = phase_spec.model_dump(mode="json")
+    for phase_spec in _with_tasks(spec):
+        spec_json = phase_spec.stored()
         ids = {
             "test_dataset_id": dataset_ids.get(phase_spec.test_dataset or ""),
             "training_dataset_id": dataset_ids.get(phase_spec.training_dataset or ""),
@@ -262,6 +283,7 @@ def apply_spec(
         phase.updated_at = utcnow()
         report.record(name, "updated")
     session.flush()
+    _link_tasks(session, challenge.id, spec)
     if reinfer:
         for phase, cases in reinfer.items():
             report.reinferred += reinference.reinfer(session, phase, cases, dry_run=plan)

@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from server.accounts import service as accounts
+from server.challenges import repository as challenges_repo
 from server.challenges import service as challenges
 from server.deps import CurrentUser, SessionDep
 from server.leaderboards import boards, service
@@ -60,4 +61,7 @@ def reevaluate(
     """Re-score submissions lacking a current result, without re-running algorithms."""
     row, ph = challenges.get_phase(session, challenge, phase)
     accounts.require_organizer(session, user, row.id)
-    return {"queued": service.reevaluate(session, ph)}
+    queued = service.reevaluate(session, ph)
+    for task_phase in challenges_repo.task_phases(session, ph.id):  # a multi-task phase's
+        queued += service.reevaluate(session, task_phase)
+    return {"queued": queued}

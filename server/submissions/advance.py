@@ -21,9 +21,10 @@ from server.jobs.states import FINAL as JOB_FINAL
 from server.jobs.states import PLATFORM_FAILURES, JobKind, JobStatus
 from server.leaderboards import reinference
 from server.leaderboards import service as leaderboards
+from server.submissions import multitask
 from server.submissions import service as submissions
 from server.submissions.models import Submission
-from server.submissions.states import SubmissionStatus
+from server.submissions.states import FINAL, SubmissionStatus
 
 MAX_LISTED_CASES = 10
 
@@ -72,9 +73,18 @@ def lock_for_record(session: Session, job_id: int) -> Job:
 
 
 def advance(session: Session, job: Job, *, platform_caused: bool) -> None:
-    # long: what follows each job kind, one branch each: the rules in one table
     """What a finished job means for its submission: the next state and the next jobs, or
-    its failure. Called with the job recorded, in the same transaction."""
+    its failure. Called with the job recorded, in the same transaction. A task's submission
+    that ends may end its multi-task phase's submission (server.submissions.multitask)."""
+    _advance(session, job, platform_caused=platform_caused)
+    submission = session.get(Submission, job.submission_id)
+    assert submission is not None
+    if submission.parent_id is not None and SubmissionStatus(submission.status) in FINAL:
+        multitask.settle(session, submission)
+
+
+def _advance(session: Session, job: Job, *, platform_caused: bool) -> None:
+    # long: what follows each job kind, one branch each: the rules in one table
     submission = _lock_submission(session, job.submission_id)
     status = SubmissionStatus(submission.status)
     if status in (SubmissionStatus.cancelled,):
@@ -223,7 +233,14 @@ def _after_canary(session: Session, submission: Submission) -> None:
 
 def start_inference(session: Session, submission: Submission) -> None:
     phase = session.get(Phase, submission.phase_id)
-    assert phase is not None and phase.test_dataset_id is not None
+    assert phase is not None
+    if phase.spec_json.get("tasks"):
+        # A multi-task phase: each task runs as a child submission on its own cases.
+        submissions.transition(session, submission, SubmissionStatus.inferring)
+        for child in multitask.start(session, submission, phase):
+            start_inference(session, child)
+        return
+    assert phase.test_dataset_id is not None
     submissions.transition(session, submission, SubmissionStatus.inferring)
     if phase.spec.batch_mode:
         jobs.create(session, submission, JobKind.infer, queue=_run_queue(phase))

@@ -19,6 +19,7 @@ from server.submissions.schemas import (
     SubmissionCreate,
     SubmissionPrecheck,
     SubmissionRead,
+    TaskRun,
     TransitionRead,
 )
 from server.teams import repository as teams_repo
@@ -37,7 +38,16 @@ def view(
     challenge = session.get(Challenge, phase.challenge_id)
     team = session.get(Team, submission.team_id)
     assert challenge is not None and team is not None
-    computed = {"challenge", "phase", "team", "transitions", "jobs", "queue", "operator_detail"}
+    computed = {
+        "challenge",
+        "phase",
+        "team",
+        "transitions",
+        "jobs",
+        "queue",
+        "operator_detail",
+        "tasks",
+    }
     data: dict[str, Any] = {
         c: getattr(submission, c) for c in SubmissionRead.model_fields if c not in computed
     }
@@ -50,6 +60,18 @@ def view(
         ]
         data["jobs"] = [JobSummary(**j) for j in jobs.summary(session, submission.id)]
         data["queue"] = queue.position(session, submission.id)
+        data["tasks"] = [
+            TaskRun(
+                task=phase_of.task_slug or phase_of.slug,
+                submission_id=child.id,
+                status=child.status,
+                failure_code=child.failure_code,
+                failure_message=child.failure_message,
+                jobs=[JobSummary(**j) for j in jobs.summary(session, child.id)],
+            )
+            for child in repository.children(session, submission.id)
+            if (phase_of := session.get(Phase, child.phase_id)) is not None
+        ]
     return SubmissionRead(**data)
 
 

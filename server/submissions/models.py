@@ -39,6 +39,13 @@ class Submission(Base):
     repository_url: Mapped[str | None] = mapped_column(String(500))
     ref: Mapped[str | None] = mapped_column(String(255))
     commit_sha: Mapped[str | None] = mapped_column(String(40))
+    # A multi-task phase's submission runs as one child submission per task, on the task's
+    # phase: parent_id names the submission it is a part of. Only the parent counts against
+    # the team's limits (they count per phase); a child's `charged` says whether its outcome
+    # is the team's doing, which decides the parent's charge when a task fails.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -101,3 +101,12 @@ def has_finished(session: Session, submission_id: int) -> bool:
         .limit(1)
     )
     return session.scalar(stmt) is not None
+
+
+def children(session: Session, parent_id: int) -> list[Submission]:
+    """The per-task submissions of a multi-task phase's submission, in task order."""
+    return list(
+        session.scalars(
+            select(Submission).where(Submission.parent_id == parent_id).order_by(Submission.id)
+        )
+    )

@@ -57,6 +57,17 @@ class JobSummary(BaseModel):
     by_status: dict[str, int]
 
 
+class TaskRun(BaseModel):
+    """How one task of a multi-task phase went for this submission."""
+
+    task: str
+    submission_id: int = Field(description="the task's own submission (its jobs and logs)")
+    status: str
+    failure_code: str | None
+    failure_message: str | None
+    jobs: list[JobSummary] = []
+
+
 class SubmissionRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -83,3 +94,7 @@ class SubmissionRead(BaseModel):
     jobs: list[JobSummary] = []
     # Where its next pending job stands: position, jobs ahead, estimated start.
     queue: dict[str, Any] | None = None
+    # A multi-task phase's submission: one entry per task (detail view only); a task's own
+    # submission names the submission it is part of.
+    tasks: list[TaskRun] = []
+    parent_id: int | None = None

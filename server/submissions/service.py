@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from heldout.archive import IntakeError, check_config
@@ -276,10 +276,27 @@ def cancel(session: Session, user: User, submission_id: int) -> Submission:
             f"submission {submission_id} is {status} and can no longer be cancelled",
             field="status",
         )
+    # A multi-task phase's submission: its running task submissions first (locked before
+    # it, the order in which a finishing task locks them).
+    children = _lock_children(session, submission)
     # Cancelled before its canary passed it does not count (charging.decide).
     transition(session, submission, SubmissionStatus.cancelled, note=f"by {user.username}")
     jobs.cancel_open(session, submission)
+    for child in children:
+        transition(session, child, SubmissionStatus.cancelled, note=f"with {submission.id}")
+        jobs.cancel_open(session, child)
     return submission
+
+
+def _lock_children(session: Session, submission: Submission) -> list[Submission]:
+    """The task submissions of a multi-task submission still running, locked."""
+    rows = session.scalars(
+        select(Submission)
+        .where(Submission.parent_id == submission.id)
+        .order_by(Submission.id)
+        .with_for_update(key_share=True)
+    ).all()
+    return [c for c in rows if SubmissionStatus(c.status) in ACTIVE - {SubmissionStatus.evaluating}]
 
 
 def renounce(session: Session, user: User, submission_id: int) -> Submission:
@@ -288,9 +305,17 @@ def renounce(session: Session, user: User, submission_id: int) -> Submission:
     assert phase is not None
     if not phase.spec.rules.allow_renounce:
         raise NotPermitted("this phase does not allow renouncing a submission")
+    children = _lock_children(session, submission)
     submission.renounced = True
     generation.changed(session, submission.phase_id)
+    for child in repository.children(session, submission.id):
+        # Its tasks leave their boards with it.
+        child.renounced = True
+        generation.changed(session, child.phase_id)
     if SubmissionStatus(submission.status) in ACTIVE - {SubmissionStatus.evaluating}:
         transition(session, submission, SubmissionStatus.cancelled, note="renounced")
         jobs.cancel_open(session, submission)
+        for child in children:
+            transition(session, child, SubmissionStatus.cancelled, note="renounced")
+            jobs.cancel_open(session, child)
     return submission

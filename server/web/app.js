@@ -278,12 +278,23 @@ async function phasePage(ctx, slug, phaseSlug) {
     h("section", { "aria-labelledby": "rules-h" }, h("h2", { id: "rules-h", text: "Rules" }), rules),
     h("section", { "aria-labelledby": "submit-h" }, h("h2", { id: "submit-h", text: "Submit" }), submitBox, message),
     h("section", { "aria-labelledby": "lb-h" }, h("h2", { id: "lb-h", text: "Leaderboard" }), boardBox),
-    plots,
+    phase.tasks ? "" : plots,
     h("section", { "aria-labelledby": "subs-h" }, h("h2", { id: "subs-h", text: c.you_organize ? "Submissions (all teams)" : "Your team's submissions" }), subsBox));
 
   let boardKey = "";
   let lastSubs = "";
   const refresh = async () => {
+    if (phase.tasks) {
+      // A multi-task phase: the consensus board, then one board per task (no plots).
+      const [cons, subs, ...boards] = await Promise.all([call(`${base}/consensus`), call(`${base}/submissions`),
+        ...phase.tasks.map((t) => call(`${base}/tasks/${t.slug}/leaderboard`))]);
+      if (!ctx.current()) return;
+      const key = JSON.stringify([cons, boards]);
+      if (key !== boardKey) { boardKey = key; boardBox.replaceChildren(renderTaskBoards(phase, cons, boards)); }
+      const subsKey = JSON.stringify(subs);
+      if (subsKey !== lastSubs) { lastSubs = subsKey; subsBox.replaceChildren(renderSubmissions(subs, c.you_organize)); }
+      return;
+    }
     const [board, subs] = await Promise.all([call(`${base}/leaderboard`), call(`${base}/submissions`)]);
     if (!ctx.current()) return;
     const key = JSON.stringify(board);
@@ -345,7 +356,25 @@ async function upload(file, progress) {
   return up.key;
 }
 
-function renderBoard(board) {
+// The consensus (mean of task ranks; incomplete teams unranked) and each task's board.
+function renderTaskBoards(phase, cons, boards) {
+  const tasks = phase.tasks.map((t) => t.slug);
+  const rows = cons.entries.map((e) => h("tr", {},
+    h("th", { scope: "row", class: "num", text: e.rank === null ? "–" : String(e.rank) }),
+    h("td", { text: e.team }),
+    h("td", { class: "num", text: e.mean_rank === null ? "–" : fmt(e.mean_rank) }),
+    tasks.map((t) => h("td", { class: "num", text: e.task_ranks[t] === null ? "–" : String(e.task_ranks[t]) })),
+    h("td", { text: e.complete ? "" : `incomplete: no rank on ${e.missing.join(", ")}` })));
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: String(4 + tasks.length), text: "no scored submissions yet" })));
+  return h("div", {},
+    h("p", { class: "hint", id: "consensus-rule", text: `Consensus: ${cons.rule}.` }),
+    table("Consensus across tasks", ["rank", "team", "mean rank", ...tasks.map((t) => `rank on ${t}`), "note"], rows, { id: "consensus" }),
+    phase.tasks.map((t, i) => h("section", { "aria-labelledby": `task-h-${t.slug}` },
+      h("h3", { id: `task-h-${t.slug}`, text: `Task: ${t.title}` }),
+      renderBoard(boards[i], `-${t.slug}`))));
+}
+
+function renderBoard(board, suffix = "") {
   const others = board.metrics.filter((m) => !m.primary).map((m) => m.name);
   const leaders = {};
   for (const e of board.entries) if (e.rank !== null && !e.tied_with_leader) leaders[e.rank] = e.team;
@@ -365,7 +394,7 @@ function renderBoard(board) {
   if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: String(5 + others.length), text: "no scored submissions yet" })));
   const ens = board.ensemble;
   if (ens) {
-    rows.push(h("tr", { class: "ensemble", id: "ensemble-row" },
+    rows.push(h("tr", { class: "ensemble", id: `ensemble-row${suffix}` },
       h("th", { scope: "row", class: "num", text: "–" }),
       h("td", { text: `Ensemble (${ens.teams.join(", ")})` }),
       h("td", { class: "num", text: fmt(ens.value) }),
@@ -374,10 +403,10 @@ function renderBoard(board) {
       others.map(() => h("td", { text: "" }))));
   }
   return h("div", {},
-    h("p", { class: "hint", id: "ranking-rule", text: `Ranked by ${board.primary_metric} (${board.higher_is_better ? "higher" : "lower"} is better); ${board.ranking}.` }),
+    h("p", { class: "hint", id: `ranking-rule${suffix}`, text: `Ranked by ${board.primary_metric} (${board.higher_is_better ? "higher" : "lower"} is better); ${board.ranking}.` }),
     // A phase holding back private cases ranks on its public part until it closes.
-    board.part ? h("p", { class: "hint", id: "board-part", text: `This board ranks on the ${board.part} part of the test set${board.part === "public" ? "; the final board, from the phase's close, ranks on the private part" : ""}.` }) : "",
-    table(`Leaderboard: ${board.primary_metric} with 95% CI`, ["rank", "team", board.primary_metric, "95% CI", "tie", ...others], rows, { id: "leaderboard" }));
+    board.part ? h("p", { class: "hint", id: `board-part${suffix}`, text: `This board ranks on the ${board.part} part of the test set${board.part === "public" ? "; the final board, from the phase's close, ranks on the private part" : ""}.` }) : "",
+    table(`Leaderboard: ${board.primary_metric} with 95% CI`, ["rank", "team", board.primary_metric, "95% CI", "tie", ...others], rows, { id: `leaderboard${suffix}` }));
 }
 
 async function renderPlots(box, board, stats) {
@@ -418,7 +447,9 @@ async function submissionPage(ctx, id) {
   if (!ctx.current()) return;
   const c = await call(`/challenges/${s.challenge}`);
   if (!ctx.current()) return;
-  crumbs([["Challenges", "#/"], [c.title, `#/c/${s.challenge}`], [s.phase, `#/c/${s.challenge}/p/${s.phase}`], [`Submission ${s.id}`, `#/s/${s.id}`]]);
+  // A task's own submission sits under its multi-task submission (its phase is not listed).
+  const up = s.parent_id ? [`Submission ${s.parent_id}`, `#/s/${s.parent_id}`] : [s.phase, `#/c/${s.challenge}/p/${s.phase}`];
+  crumbs([["Challenges", "#/"], [c.title, `#/c/${s.challenge}`], up, [`Submission ${s.id}`, `#/s/${s.id}`]]);
   const reload = () => rerender(ctx);
   const facts = h("dl", { class: "facts" },
     h("dt", { text: "team" }), h("dd", { text: s.team }),
@@ -436,6 +467,11 @@ async function submissionPage(ctx, id) {
   const steps = table("Jobs per step", ["step", "jobs", "by state"], s.jobs.map((j) => h("tr", {},
     h("th", { scope: "row", text: j.kind }), h("td", { class: "num", text: String(j.total) }),
     h("td", { text: Object.entries(j.by_status).map(([k, v]) => `${v} ${k}`).join(", ") }))), { id: "steps" });
+  // A multi-task phase's submission: how each task's run went (each its own submission).
+  const taskRuns = s.tasks.length ? table("Tasks", ["task", "state", "outcome", "jobs"], s.tasks.map((t) => h("tr", {},
+    h("th", { scope: "row", text: t.task }), h("td", { class: `status ${t.status}`, text: t.status }),
+    h("td", { text: t.failure_code ? `${t.failure_code}: ${t.failure_message || ""}` : "" }),
+    h("td", {}, h("a", { href: `#/s/${t.submission_id}`, text: `submission ${t.submission_id}` })))), { id: "tasks" }) : "";
   const logs = h("div", { id: "logs" });
   const jobRows = jobs.map((j) => h("tr", {},
     h("th", { scope: "row", text: `${j.kind} #${j.id}` }), h("td", { text: j.status }),
@@ -465,7 +501,7 @@ async function submissionPage(ctx, id) {
   } }));
   page(`Submission ${s.id}`, facts, actions, artifactBox,
     h("section", { "aria-labelledby": "tl-h" }, h("h2", { id: "tl-h", text: "Timeline" }), timeline),
-    h("section", { "aria-labelledby": "steps-h" }, h("h2", { id: "steps-h", text: "Steps" }), steps,
+    h("section", { "aria-labelledby": "steps-h" }, h("h2", { id: "steps-h", text: "Steps" }), steps, taskRuns,
       h("details", { id: "jobs-box", open: jobs.length <= 8 }, h("summary", { text: `Every job and its log (${jobs.length})` }),
         table("Jobs and logs", ["job", "state", "reason", "logs", "log"], jobRows, { id: "jobs" })), logs));
   // Follow the run; not while the user is on a control of the page (it would lose focus).
