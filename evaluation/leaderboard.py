@@ -369,7 +369,9 @@ def board(
     if len(sections) != len(entries):
         raise ValueError("one predictions section (or None) per entry")
     present = [s for s in sections if s is not None]
-    if get_metric(kind).is_auc and entries and len(present) == len(sections):
+    # `external`: a value an organizer's evaluation image computed, ranked on values alone.
+    is_auc = kind != "external" and get_metric(kind).is_auc
+    if is_auc and entries and len(present) == len(sections):
         try:
             ranked = rank_with_delong(
                 entries, present, higher_is_better=higher_is_better, alpha=alpha

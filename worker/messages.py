@@ -18,6 +18,12 @@ EXIT_CODE_MESSAGE = (
     "with `heldout run-local` to see why."
 )
 DISK_FULL_MESSAGE = "The algorithm filled one of its size-capped directories."
+# The organizers' own evaluation image failed (worker/evaluation_container.py): its logs
+# and reason name private cases and ground truth, so they are the organizers' alone.
+EVALUATION_FAILED_MESSAGE = (
+    "The phase's evaluation (the organizers' evaluation image) failed on this submission; "
+    "the organizers have been told. This does not count against your team's limits."
+)
 
 
 def private_failure(failure: Failure) -> tuple[str, str]:

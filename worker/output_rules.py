@@ -15,7 +15,8 @@ PROBABILITY_METRICS = frozenset({"auc"})
 
 def scored_outputs(spec: PhaseSpec) -> list[Interface]:
     """The phase's output interfaces with the ranges its metrics imply narrowed in."""
-    probability = {m.output for m in spec.metrics.metrics if m.kind.value in PROBABILITY_METRICS}
+    metrics = spec.metrics.metrics if spec.metrics else []  # an organizer's image: its own
+    probability = {m.output for m in metrics if m.kind.value in PROBABILITY_METRICS}
     out = []
     for interface in spec.outputs:
         numeric = interface.value_type in (JsonValueType.number, JsonValueType.integer)

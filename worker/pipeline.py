@@ -44,6 +44,7 @@ from server.storage import ArtifactStore
 from server.submissions import advance
 from server.submissions.models import Submission
 from worker import steps
+from worker.evaluation_container import EVALUATION_WALL_S
 from worker.executor.base import LABEL_JOB
 from worker.model import MODEL_MOUNT
 from worker.node import NoGpuInTime, gpu_lease
@@ -180,7 +181,6 @@ def _phase_of(session: Session, job: Job) -> Phase:
     return phase
 
 
-EVALUATION_WALL_S = 1800
 INTAKE_WALL_S = 900  # inspecting and loading a multi-GB image archive
 
 
@@ -198,8 +198,10 @@ def _time_budget(settings: Settings, session: Session, job: Job) -> int:
     if kind is JobKind.train:
         # Training, then adding its artifacts to the inference image.
         return (spec.training_limits or spec.limits).wall_time_s + settings.build_timeout_s
+    if kind is JobKind.evaluate and spec.evaluation is not None and spec.evaluation.limits:
+        return spec.evaluation.limits.wall_time_s + INTAKE_WALL_S  # may load the image first
     if kind is JobKind.evaluate:
-        return EVALUATION_WALL_S + settings.build_timeout_s  # may build the evaluator first
+        return EVALUATION_WALL_S + max(settings.build_timeout_s, INTAKE_WALL_S)
     if job.case_id is None and phase.test_dataset_id is not None:  # batch: all cases at once
         cases = len(datasets_repo.list_cases(session, phase.test_dataset_id))
         return batch_limits(spec.limits, cases).wall_time_s
@@ -315,22 +317,17 @@ def _record_infrastructure(settings: Settings, ctx: JobContext, reason: str) -> 
 
 
 def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
+    from server.challenges.evaluation import image_limits
     from worker.images import submission_tag
-    from worker.intake import IntakeError, IntakeLimits, load_image
+    from worker.intake import IntakeError, load_image
 
     assert ctx.archive_digest is not None
-    limits = IntakeLimits(
-        max_archive_bytes=settings.max_image_archive_bytes,
-        max_image_bytes=settings.max_image_bytes,
-        max_expanded_bytes=settings.max_image_expanded_bytes,
-        max_compression_ratio=settings.max_image_compression_ratio,
-    )
     try:
         loaded = load_image(
             steps.engine(),
             store.path(ctx.archive_digest),
             tag=submission_tag(settings, ctx.submission_id, "image"),
-            limits=limits,
+            limits=image_limits(settings),
         )
     except IntakeError as exc:
         if exc.platform_caused:
@@ -587,8 +584,17 @@ def step_evaluate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             store.copy_to(dataset.labels_digest, gt / "labels.csv")
             _copy_masks(session, store, dataset.id, gt)
             ctx.ground_truth = dataset.digest
+        for path in [work / "input", *(work / "input").rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if ctx.phase.evaluation is not None:
+            from worker import evaluation_container
+
+            outcome = evaluation_container.evaluate(settings, store, ctx, work / "input", gt)
+            outcome.result["evaluator_version"] = ctx.phase.evaluation.image
+            return outcome
+        assert ctx.phase.metrics is not None
         (gt / "metrics.json").write_text(ctx.phase.metrics.model_dump_json())
-        for path in [work / "input", gt, *gt.rglob("*"), *(work / "input").rglob("*")]:
+        for path in [gt, *gt.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
         image, evaluator = ensure_evaluation_image(settings)

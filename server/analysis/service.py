@@ -68,7 +68,7 @@ class ChallengeAnalysis:
 
 
 def _primary(phase: Phase) -> MetricSpec:
-    cfg = phase.spec.metrics
+    cfg = phase.spec.board_metrics()
     return next(m for m in cfg.metrics if m.name == cfg.primary)
 
 
@@ -110,10 +110,16 @@ def _failures(session: Session, phase: Phase) -> dict[str, int]:
     return dict(sorted(codes.items()))
 
 
+_NO_SECTIONS = {
+    True: "no team has a current result on the primary metric",
+    False: "scored by the organizers' evaluation image: no predictions to analyse",
+}
+
+
 def _phase_task(session: Session, phase: Phase) -> tuple[PhaseAnalysis, an.Task | None, list[str]]:
     """The phase's board as an analysis task (None, with the reason set, when there is
     none), and the scored cases' names in task order."""
-    cfg = phase.spec.metrics
+    cfg = phase.spec.board_metrics()
     metric = _primary(phase)
     out = PhaseAnalysis(
         slug=phase.slug,
@@ -141,8 +147,8 @@ def _phase_task(session: Session, phase: Phase) -> tuple[PhaseAnalysis, an.Task 
         if isinstance(roc, dict):
             out.roc[team.name] = roc
     out.data = _data(session, phase, sections[0] if sections else None)
-    if not sections:
-        out.reason = "no team has a current result on the primary metric"
+    if not sections:  # (an organizer's evaluation image gives no aligned predictions)
+        out.reason = _NO_SECTIONS[phase.spec.evaluation is None]
         return out, None, []
     try:
         cases, y_true, scores = align_sections(sections)

@@ -54,7 +54,7 @@ def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
         "limits": spec.limits.model_dump(),
         "rules": spec.rules.model_dump(),
         "rules_text": rules.describe(phase),
-        "metrics": spec.metrics.model_dump(mode="json"),
+        "metrics": spec.board_metrics().model_dump(mode="json"),
         "participants_see_logs": spec.participants_see_logs,
         "feedback_round": spec.feedback_round,
     }
@@ -78,6 +78,8 @@ def _phase_view(phase: Any, organizer: bool) -> dict[str, Any]:
             "training": spec.training_dataset,
             "canary": spec.canary_dataset,
         }
+        if spec.evaluation is not None:  # image and tarball digests, JSON paths
+            view["evaluation"] = spec.evaluation.model_dump(mode="json")
     return view
 
 

@@ -97,6 +97,8 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("phases[].rules", schemas.SubmissionRules),
     ("phases[].metrics", schemas.MetricConfig),
     ("phases[].metrics.metrics[]", schemas.MetricSpec),
+    ("phases[].evaluation", schemas.EvaluationSpec),
+    ("phases[].evaluation.columns.*", schemas.EvaluationColumn),
     ("phases[].tasks[]", schemas.TaskSpec),
 ]
 # Meanings of fields that carry neither a description nor a comment in schemas.py; the
@@ -129,7 +131,14 @@ _MEANINGS: dict[tuple[str, str], str] = {
     ("PhaseSpec", "feedback_round"): "train on a public dataset and hand the logs back",
     ("PhaseSpec", "batch_mode"): "one container run sees all cases at once instead of one "
     "run per case",
-    ("PhaseSpec", "metrics"): "how outputs are scored and ranked",
+    ("PhaseSpec", "metrics"): "how heldout's built-in evaluator scores and ranks outputs",
+    ("PhaseSpec", "evaluation"): "instead of `metrics`: the organizers' own evaluation "
+    "image (docs/contracts.md, the evaluation container)",
+    ("EvaluationSpec", "higher_is_better"): "the score's direction for ranking",
+    ("EvaluationSpec", "columns"): "extra board columns: name -> JSON path (or an object "
+    "with `path`, `case_key`, `higher_is_better`)",
+    ("EvaluationColumn", "path"): "JSON path of the column's value in metrics.json",
+    ("EvaluationColumn", "higher_is_better"): "the column's direction",
     ("PhaseSpec", "inference_dir"): "codebase phases: the inference Dockerfile's directory",
     ("Interface", "slug"): "the interface's name: /input/images/<slug>/ or /output/<slug>",
     ("Interface", "kind"): "`image` (an input image, or an output image such as a mask), "

@@ -159,6 +159,9 @@ class MetricKind(StrEnum):
     dice = "dice"
     hd95 = "hd95"
     assd = "assd"
+    # A value the organizer's evaluation image computed (PhaseSpec.evaluation); never
+    # written in a bundle's `metrics`.
+    external = "external"
 
 
 LOWER_IS_BETTER = frozenset({MetricKind.mae, MetricKind.hd95, MetricKind.assd})
@@ -219,6 +222,64 @@ class MetricConfig(StrictModel):
         return self
 
 
+# A JSON path into the evaluation's metrics.json: keys joined by dots, a list index as a
+# number ("aggregates.dice.mean", "results.0.score").
+JSON_PATH_RE = r"^[^.\s]+(\.[^.\s]+)*$"
+JsonPath = Annotated[str, Field(pattern=JSON_PATH_RE, max_length=300)]
+# An uploaded file: its upload key (as `heldout upload` prints it) or its sha256 digest.
+UploadRef = Annotated[str, Field(pattern=r"^(sha256:[0-9a-f]{64}|[0-9a-f-]{36})$")]
+
+
+class EvaluationColumn(StrictModel):
+    path: JsonPath
+    # Where this column's per-case values sit under `per_case`; by default the key before
+    # the statistic ("aggregates.dice.mean" -> "dice").
+    case_key: str | None = None
+    higher_is_better: bool = True
+
+    def per_case_key(self) -> str:
+        if self.case_key:
+            return self.case_key
+        parts = self.path.split(".")
+        return parts[-2] if len(parts) >= 3 else parts[-1]
+
+
+class EvaluationSpec(StrictModel):
+    """The organizer's evaluation image (grand-challenge's evaluation container): it reads
+    /input/predictions.json and writes /output/metrics.json; the board reads its score and
+    extra columns there by JSON path (worker/evaluation_container.py)."""
+
+    image: UploadRef = Field(description="the uploaded `docker save` archive of the image")
+    ground_truth: UploadRef | None = Field(
+        None, description="an uploaded tarball, extracted beside the phase's labels.csv"
+    )
+    name: Slug = Field("score", description="the board's name for the score")
+    score: JsonPath = Field(description="JSON path of the score in metrics.json")
+    higher_is_better: bool = True
+    case_key: str | None = Field(None, description="the score's key under per_case")
+    columns: dict[Slug, JsonPath | EvaluationColumn] = Field(default_factory=dict)
+    per_case: JsonPath | None = Field(
+        None, description="JSON path of the per-case values: bootstrap CIs of their mean"
+    )
+    limits: Limits | None = Field(None, description="default: the phase's limits, no GPU")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluationSpec:
+        if self.name in self.columns:
+            raise ValueError(f"evaluation column {self.name!r} has the score's name")
+        return self
+
+    def all_columns(self) -> dict[str, EvaluationColumn]:
+        """The score first, then the extra columns, each with its path."""
+        score = EvaluationColumn(
+            path=self.score, case_key=self.case_key, higher_is_better=self.higher_is_better
+        )
+        out = {self.name: score}
+        for name, col in self.columns.items():
+            out[name] = col if isinstance(col, EvaluationColumn) else EvaluationColumn(path=col)
+        return out
+
+
 class TaskSpec(StrictModel):
     """One task of a multi-task phase (AUC23-style): its own test cases, interfaces and
     metrics. Every submission to the phase runs on every task's cases; the container of a
@@ -239,7 +300,7 @@ class TaskSpec(StrictModel):
 
 
 def _check_interfaces(
-    what: str, inputs: list[Interface], outputs: list[Interface], metrics: MetricConfig
+    what: str, inputs: list[Interface], outputs: list[Interface], metrics: MetricConfig | None
 ) -> None:
     for group, name in ((inputs, "inputs"), (outputs, "outputs")):
         slugs = [i.slug for i in group]
@@ -248,7 +309,12 @@ def _check_interfaces(
     if any(i.kind is not InterfaceKind.image for i in inputs):
         raise ValueError(f"{what}: inputs must be image interfaces")
     out_slugs = {o.slug for o in outputs}
-    for m in metrics.metrics:
+    for m in metrics.metrics if metrics else []:  # None: an organizer's evaluation image
+        if m.kind is MetricKind.external:
+            raise ValueError(
+                f"{what}: metric {m.name!r}: kind 'external' is only for an organizer's "
+                "evaluation image (the phase's `evaluation`)"
+            )
         if m.output not in out_slugs:
             raise ValueError(
                 f"{what}: metric {m.name!r} reads output {m.output!r}, "
@@ -302,7 +368,9 @@ class PhaseSpec(StrictModel):
     test_dataset: str | None = Field(None, description="dataset slug")
     training_dataset: str | None = Field(None, description="dataset slug (codebase phases)")
     canary_dataset: str | None = Field(None, description="public cases for the canary run")
-    metrics: MetricConfig
+    # The built-in evaluator's metrics, or the organizer's evaluation image: one of the two.
+    metrics: MetricConfig | None = None
+    evaluation: EvaluationSpec | None = None
     # Public/private split (shake-up): the share of test cases held back as the private
     # part. A fraction, not a label column, so the bundle (which organizers share) never
     # says which cases are private: each case falls in a part by a keyed hash of its name
@@ -372,6 +440,16 @@ class PhaseSpec(StrictModel):
     def _check(self) -> PhaseSpec:
         if self.opens_at and self.closes_at and self.opens_at >= self.closes_at:
             raise ValueError(f"phase {self.slug!r}: opens_at must be before closes_at")
+        if (self.metrics is None) == (self.evaluation is None):
+            raise ValueError(
+                f"phase {self.slug!r}: give either metrics (the built-in evaluator) or "
+                "evaluation (an organizer's evaluation image), not both or neither"
+            )
+        if self.evaluation is not None and (self.private_fraction is not None or self.tasks):
+            raise ValueError(
+                f"phase {self.slug!r}: a phase scored by an organizer's evaluation image "
+                "cannot have a private_fraction or tasks (yet)"
+            )
         _check_interfaces(f"phase {self.slug!r}", self.inputs, self.outputs, self.metrics)
         if self.tasks is not None:
             self._check_tasks(self.tasks)
@@ -384,6 +462,26 @@ class PhaseSpec(StrictModel):
         if self.kind is PhaseKind.codebase and not self.training_dataset:
             raise ValueError(f"phase {self.slug!r}: a codebase phase needs a training_dataset")
         return self
+
+    def board_metrics(self) -> MetricConfig:
+        """The metrics the board shows and ranks: the built-in evaluator's, or the columns
+        of the organizer's evaluation image (kind `external`, the score primary)."""
+        if self.metrics is not None:
+            return self.metrics
+        assert self.evaluation is not None
+        return MetricConfig(
+            primary=self.evaluation.name,
+            metrics=[
+                MetricSpec(
+                    name=name,
+                    kind=MetricKind.external,
+                    output=self.outputs[0].slug,
+                    label=col.path,
+                    higher_is_better=col.higher_is_better,
+                )
+                for name, col in self.evaluation.all_columns().items()
+            ],
+        )
 
     def _check_tasks(self, tasks: list[TaskSpec]) -> None:
         where = f"phase {self.slug!r}"

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from server.accounts import repository as accounts_repo
 from server.accounts import service as accounts
 from server.accounts.models import User
-from server.challenges import repository
+from server.challenges import evaluation, repository
 from server.challenges.models import Challenge, ChallengeOrganizer, Phase, PhaseInvitation
 from server.challenges.phases import get_challenge as get_challenge
 from server.challenges.phases import get_phase as get_phase
@@ -89,8 +89,8 @@ def _check_metrics(
     warnings: list[str] = []
     for phase_spec in _with_tasks(spec):
         ds_id = dataset_ids.get(phase_spec.test_dataset or "")
-        if ds_id is None:
-            continue
+        if ds_id is None or phase_spec.metrics is None:
+            continue  # no test set yet, or the organizer's own evaluation image
         dataset = session.get(Dataset, ds_id)
         assert dataset is not None
         try:
@@ -159,6 +159,9 @@ def apply_spec(
             report.record(f"challenge {spec.slug}", "updated")
         else:
             report.record(f"challenge {spec.slug}", "unchanged")
+
+    # Evaluation images and ground-truth tarballs by digest, the images vetted.
+    spec = evaluation.resolve_uploads(session, store, user, spec, challenge)
 
     current = repository.organizer_ids(session, challenge.id)
     for username in spec.organizers:
@@ -262,12 +265,14 @@ def apply_spec(
             k for k in {*phase.spec_json, *spec_json} if phase.spec_json.get(k) != spec_json.get(k)
         )
         changed += [k for k in ids if current_ids[k] != ids[k]]
-        if phase.spec_json.get("metrics") != spec_json.get("metrics"):
+        # What scores the phase: the built-in metrics or the organizer's evaluation image.
+        scoring = ("metrics", "evaluation")
+        if any(phase.spec_json.get(k) != spec_json.get(k) for k in scoring):
             phase.metrics_version += 1
             rescore.append(phase)
             changed = [
-                f"metrics (v{phase.metrics_version - 1} -> v{phase.metrics_version})"
-                if k == "metrics"
+                f"{k} (v{phase.metrics_version - 1} -> v{phase.metrics_version})"
+                if k in scoring
                 else k
                 for k in changed
             ]

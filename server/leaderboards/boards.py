@@ -59,7 +59,7 @@ def rule_key(session: Session, phase: Phase) -> str:
     return _rule_key(
         phase.metrics_version,
         ground_truth_digest(session, phase),
-        current_evaluator(),
+        current_evaluator(phase),
         phase.spec_json,
         phase.slug,
         board_part(phase),  # the board turns from the public to the private part at close

@@ -39,8 +39,11 @@ ENSEMBLE_K = 3
 ALPHA = 0.05
 
 
-def current_evaluator() -> str:
-    """The key results must carry to be current: what the workers of this installation run."""
+def current_evaluator(phase: Phase | None = None) -> str:
+    """The key results must carry to be current: the phase's own evaluation image (its
+    archive digest), else what the workers of this installation run."""
+    if phase is not None and phase.spec.evaluation is not None:
+        return phase.spec.evaluation.image
     return get_settings().evaluation_image or _own_evaluator()
 
 
@@ -77,7 +80,9 @@ def record(
     existing = repository.find(session, submission.id, evaluator_version, version, ground_truth)
     if existing is not None:
         return existing
-    primary = str(metrics.get("aggregates", {}).get("primary") or phase.spec.metrics.primary)
+    primary = str(
+        metrics.get("aggregates", {}).get("primary") or phase.spec.board_metrics().primary
+    )
     value = metrics.get("aggregates", {}).get(primary, {}).get("value")
     result = Result(
         submission_id=submission.id,
@@ -100,7 +105,7 @@ def _finite(value: Any) -> float | None:
 
 
 def _primary(phase: Phase) -> MetricSpec:
-    cfg = phase.spec.metrics
+    cfg = phase.spec.board_metrics()
     return next(m for m in cfg.metrics if m.name == cfg.primary)
 
 
@@ -117,7 +122,7 @@ def _team_best(
         return []
     sign = 1 if _primary(phase).higher_is_better else -1
     rows = repository.current_results_on_board(
-        session, phase.id, phase.metrics_version, gt, current_evaluator()
+        session, phase.id, phase.metrics_version, gt, current_evaluator(phase)
     )
     settings = session.info.get("settings") or get_settings()
     stored: dict[int, Result] = {}
@@ -182,10 +187,10 @@ def _board(
 ) -> tuple[Board, dict[str, tuple[Result, Submission, Team]]]:
     rows = _team_best(session, phase, split.board_part(phase))
     primary = _primary(phase)
-    cfg = phase.spec.metrics
+    cfg = phase.spec.board_metrics()
     by_key = {str(r.submission_id): (r, s, t) for r, s, t in rows}
     computed = board(
-        primary.kind.value,
+        primary.kind.value,  # `external`: ranked on values alone
         [Entry(str(r.submission_id), r.primary_value, _no_value_reason(r)) for r, _, _ in rows],
         [_section(r, primary.name) for r, _, _ in rows],
         higher_is_better=bool(primary.higher_is_better),
@@ -210,7 +215,7 @@ def leaderboard(
     computed_board: tuple[Board, dict[str, tuple[Result, Submission, Team]]] | None = None,
 ) -> dict[str, Any]:
     """Computed live: endpoints serve the stored board instead (`boards.current`)."""
-    cfg = phase.spec.metrics
+    cfg = phase.spec.board_metrics()
     primary = _primary(phase)
     computed, by_key = computed_board or _board(session, phase)
     entries = []
@@ -342,7 +347,7 @@ def reevaluate(
     have = {
         r.submission_id
         for r in repository.current_results(
-            session, phase.id, phase.metrics_version, gt, current_evaluator()
+            session, phase.id, phase.metrics_version, gt, current_evaluator(phase)
         )
     }
     queued: list[int] = []
@@ -385,8 +390,8 @@ def reevaluate_all(session: Session) -> list[int]:
     truth by another evaluator only: run when the server starts, so the first start after an
     upgrade of heldout's evaluator re-scores what the old one scored, and nothing else."""
     queued: list[int] = []
-    evaluator = current_evaluator()
     for phase in session.scalars(select(Phase).order_by(Phase.id)):
+        evaluator = current_evaluator(phase)
         gt = ground_truth_digest(session, phase)
         if gt is None:
             continue

@@ -129,7 +129,7 @@ def view(
     """A transient copy of `result` (never added to a session) whose aggregates and
     predictions cover the part's cases only; no ROC, no per-case record. `full=False`:
     the primary metric's value only, without intervals (to choose each team's best)."""
-    cfg = phase.spec.metrics
+    cfg = phase.spec.board_metrics()
     fraction = phase.spec.private_fraction
     assert fraction is not None
     secret = key(settings)

@@ -28,6 +28,7 @@ from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
 from tests.support.workers import start_worker, stop_worker, wait_final, wait_for
+from worker.executor.base import LABEL_NODE
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 
@@ -99,7 +100,7 @@ def test_a_submissions_cases_run_on_both_nodes_and_score_once(live: Any, tmp_pat
 
 
 def test_a_killed_nodes_case_is_retried_on_the_other_node(live: Any, tmp_path: Path) -> None:
-    settings, api, _ = live
+    settings, api, client = live
     a = None
     b = _node(settings, tmp_path, "node-b")
     try:
@@ -126,3 +127,15 @@ def test_a_killed_nodes_case_is_retried_on_the_other_node(live: Any, tmp_path: P
         assert job.attempt == 2 and job.node == "node-a" and job.status == "succeeded"
         assert job.failure_message and "retried" in job.failure_message
     assert _cases_scored(settings, sub) == N_CASES
+
+    # Node B's worker comes back: its reaper removes the container its killed worker left
+    # (node A's reaper leaves other nodes' containers alone).
+    def on_b() -> list[Any]:
+        return list(client.containers.list(all=True, filters={"label": f"{LABEL_NODE}=node-b"}))
+
+    assert on_b(), "the SIGKILLed worker's container should still be there"
+    b = _node(settings, tmp_path, "node-b")
+    try:
+        wait_for(lambda: not on_b(), 60, "node-b's orphan container to be removed")
+    finally:
+        stop_worker(b)
