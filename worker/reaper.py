@@ -161,21 +161,22 @@ def remove_orphans(settings: Settings) -> list[int]:
     prefix = steps.instance_prefix(settings)
     me = steps.node_name(settings)
     found: dict[int, str] = {}
-    for labels in steps.executor(settings, wait_s=0).running({LABEL_NODE: me}):
+    for labels in steps.executor(settings, wait_s=0).held({LABEL_NODE: me}):
         key = labels.get(LABEL_JOB, "")
         if key.startswith(prefix) and key[len(prefix) :].isdigit():
             found[int(key[len(prefix) :])] = labels.get(LABEL_NODE, "")
     orphans = node.orphaned(settings, found)
     for job_id in orphans:
         log.warning("removing the orphaned containers of job %s on node %s", job_id, me)
-        _remove_containers(settings, job_id)
+        # Only this node's: on an engine shared by nodes, a retry elsewhere runs meanwhile.
+        _remove_containers(settings, job_id, {LABEL_NODE: me})
     return orphans
 
 
-def _remove_containers(settings: Settings, job_id: int) -> None:
-
+def _remove_containers(settings: Settings, job_id: int, only: dict[str, str] | None = None) -> None:
+    key = steps.container_key(settings, job_id)
     try:
-        steps.executor(settings).cleanup_stale({LABEL_JOB: steps.container_key(settings, job_id)})
+        steps.executor(settings).cleanup_stale({LABEL_JOB: key, **(only or {})})
     except Exception:  # the retried attempt removes its leftovers by name as well
         log.exception("could not remove containers of job %s", job_id)
 

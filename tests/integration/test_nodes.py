@@ -29,6 +29,7 @@ from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
 from tests.support.workers import start_worker, stop_worker, wait_final, wait_for
 from worker.executor.base import LABEL_NODE
+from worker.executor.sized_dir import mounts_under
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 
@@ -128,14 +129,16 @@ def test_a_killed_nodes_case_is_retried_on_the_other_node(live: Any, tmp_path: P
         assert job.failure_message and "retried" in job.failure_message
     assert _cases_scored(settings, sub) == N_CASES
 
-    # Node B's worker comes back: its reaper removes the container its killed worker left
-    # (node A's reaper leaves other nodes' containers alone).
-    def on_b() -> list[Any]:
-        return list(client.containers.list(all=True, filters={"label": f"{LABEL_NODE}=node-b"}))
+    # Node B's worker comes back: its reaper removes what its killed worker left, the
+    # container if it is still there and the mounted /output of its work dir (node A's
+    # reaper leaves other nodes' leftovers alone).
+    def left_on_b() -> list[Any]:
+        mounts = mounts_under(tmp_path / "node-b")
+        return mounts + client.containers.list(all=True, filters={"label": f"{LABEL_NODE}=node-b"})
 
-    assert on_b(), "the SIGKILLed worker's container should still be there"
+    assert left_on_b(), "the SIGKILLed worker's run should have left something behind"
     b = _node(settings, tmp_path, "node-b")
     try:
-        wait_for(lambda: not on_b(), 60, "node-b's orphan container to be removed")
+        wait_for(lambda: not left_on_b(), 60, "node-b's leftovers to be removed")
     finally:
         stop_worker(b)

@@ -358,6 +358,13 @@ class Executor(ABC, Generic[H]):
         """The labels of this backend's running containers whose labels include `labels`
         (the reaper finds the runs of cancelled jobs by them)."""
 
+    def held(self, labels: Mapping[str, str]) -> list[dict[str, str]]:
+        """The labels of everything this backend still holds for runs whose labels include
+        `labels`: containers in any state and, where the backend keeps them, work dirs (a
+        killed worker's mounted /output outlives its container). The reaper finds a dead
+        worker's leftovers by them; by default, the running containers."""
+        return self.running(labels)
+
     def run(self, spec: RunSpec, dest: Path) -> RunResult:
         """provision → execute → collect → deprovision, always deprovisioning."""
         handle = self.provision(spec)

@@ -496,6 +496,20 @@ class DockerExecutor(DockerEngine, Backend[DockerHandle]):
             filters = {"label": [f"{k}={v}" for k, v in want.items()]}
             return [dict(c.labels) for c in self.client.containers.list(filters=filters)]
 
+    def held(self, labels: Mapping[str, str]) -> list[dict[str, str]]:
+        want = {**labels, LABEL_MANAGED: "1"}
+        with _engine_errors("list"):
+            filters = {"label": [f"{k}={v}" for k, v in want.items()]}
+            found = [dict(c.labels) for c in self.client.containers.list(all=True, filters=filters)]
+        for workdir in self.work_root.iterdir() if self.work_root.is_dir() else ():
+            try:
+                have = json.loads((workdir / _LABELS_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(have, dict) and all(have.get(k) == v for k, v in want.items()):
+                found.append({str(k): str(v) for k, v in have.items()})
+        return found
+
     def cleanup_stale(self, labels: Mapping[str, str]) -> list[str]:
         want = {**labels, LABEL_MANAGED: "1"}
         removed: set[str] = set()
