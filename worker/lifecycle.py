@@ -32,7 +32,12 @@ def _start_reaper(**_: Any) -> None:
     """Register this node with the queues it consumes, remove the containers its dead
     workers left, then reap on every tick."""
     consumed = app.amqp.queues.consume_from or app.amqp.queues
-    node.register(settings, sorted(consumed))
+    # The server may not have migrated the database yet (compose starts both at once): the
+    # reaper's heartbeat registers the node then, so the reaper starts either way.
+    try:
+        node.register(settings, sorted(consumed))
+    except Exception:
+        logging.getLogger("worker.node").exception("registering this node failed; retrying")
     try:
         remove_orphans(settings)
     except Exception:  # the engine may be restarting; the reaper's next pass tries again

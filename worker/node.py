@@ -49,10 +49,15 @@ def _disk(settings: Settings) -> tuple[int, int]:
     return free, size
 
 
+# The queues this process consumes, kept for the heartbeat's re-registration.
+_queues: list[str] = []
+
+
 def register(settings: Settings, queues: Sequence[str]) -> None:
+    _queues[:] = sorted(set(queues))
     free, cache = _disk(settings)
     with session_scope(settings) as session:
-        nodes.register(session, node_name(settings), queues=sorted(set(queues)),
+        nodes.register(session, node_name(settings), queues=list(_queues),
                        devices=settings.gpu_device_ids, free_disk_bytes=free,
                        cache_bytes=cache)  # fmt: skip
     log.info("node %s registered (queues %s, GPUs %s)", node_name(settings), ",".join(queues),
@@ -60,12 +65,13 @@ def register(settings: Settings, queues: Sequence[str]) -> None:
 
 
 def beat(settings: Settings) -> None:
-    """The node is alive (a reaper step); a node whose row was removed registers again."""
+    """The node is alive (a reaper step); a node not registered yet (its row removed, or
+    the database was not migrated when the worker started) registers with its queues."""
     free, cache = _disk(settings)
     with session_scope(settings) as session:
         name = node_name(settings)
         if not nodes.heartbeat(session, name, free_disk_bytes=free, cache_bytes=cache):
-            nodes.register(session, name, queues=[], devices=settings.gpu_device_ids,
+            nodes.register(session, name, queues=list(_queues), devices=settings.gpu_device_ids,
                            free_disk_bytes=free, cache_bytes=cache)  # fmt: skip
 
 

@@ -158,7 +158,8 @@ def _token(stack: dict[str, Any], user: str, *admin: str) -> str:
 def test_composed_stack_scores_a_submission(stack: dict[str, Any], tmp_path: Path) -> None:
     dc, client = stack["dc"], stack["client"]
     ps = dc("ps", "--services", "--filter", "status=running")
-    assert sorted(ps.stdout.split()) == ["postgres", "redis", "server", "worker"], ps.stderr
+    services = ["postgres", "redis", "registry", "server", "worker"]
+    assert sorted(ps.stdout.split()) == services, ps.stderr
 
     admin = _token(stack, "admin", "--admin")
     alice = _token(stack, "alice")
@@ -189,7 +190,12 @@ def test_composed_stack_scores_a_submission(stack: dict[str, Any], tmp_path: Pat
         board = api.get(
             "/api/v1/challenges/stoic/phases/qualification/leaderboard", headers=auth(alice)
         ).json()
+        # The worker started beside the server, before it had migrated the database: the
+        # node is registered all the same, with the queues it consumes.
+        listed = api.get("/api/v1/nodes", headers=auth(admin)).json()
     (entry,) = board["entries"]
+    (node,) = listed
+    assert node["name"] == "node-1" and "cpu" in node["queues"], listed
     assert entry["team"] == "alice"
     assert entry["metrics"]["auc-covid"]["value"] == pytest.approx(1.0)
 

@@ -199,3 +199,141 @@ def test_segmentation_masks_are_scored_with_dice_and_hd95(live: Any, tmp_path: P
         assert m["ci_lower"] <= m["value"] <= m["ci_upper"]
     assert entry["value"] == metrics["hd95"]["value"]
     assert board.get("higher_is_better", False) is False
+
+
+# The organizer's own evaluation image, evalutils-style and pure Python (the base image has
+# no numpy): reads /input/predictions.json, each job's mask in the newer layout under
+# /input/<pk>/output/images/lung-mask/, the reference masks under
+# /opt/ml/input/data/ground_truth/lungs/, and writes per-case and aggregate Dice and HD95.
+# Surfaces and HD95 by brute force over surface voxels: an independent computation of what
+# evaluation/segmentation.py does with distance transforms.
+ORGANIZER_EVALUATION = """
+import json, math, os
+
+GT = "/opt/ml/input/data/ground_truth/lungs"
+
+def read(path):
+    raw = open(path, "rb").read()
+    header, _, data = raw.partition(b"ElementDataFile = LOCAL\\n")
+    f = dict(l.split(" = ", 1) for l in header.decode().splitlines() if " = " in l)
+    assert f["ElementType"] == "MET_UCHAR", (path, f["ElementType"])
+    size = tuple(int(v) for v in f["DimSize"].split())
+    spacing = tuple(float(v) for v in f["ElementSpacing"].split())
+    return size, spacing, data[: size[0] * size[1] * size[2]]
+
+def surface(size, mask):
+    nx, ny, nz = size
+    out = []
+    for i in mask:
+        x, y, z = i % nx, (i // nx) % ny, i // (nx * ny)
+        near = ((x - 1, y, z), (x + 1, y, z), (x, y - 1, z), (x, y + 1, z),
+                (x, y, z - 1), (x, y, z + 1))
+        if any(not (0 <= a < nx and 0 <= b < ny and 0 <= c < nz)
+               or (a + nx * (b + ny * c)) not in mask for a, b, c in near):
+            out.append((x, y, z))
+    return out
+
+def q95(values):
+    v = sorted(values)
+    pos = 0.95 * (len(v) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+def directed(a, b, spacing):
+    sx, sy, sz = spacing
+    pts = [(x * sx, y * sy, z * sz) for x, y, z in b]
+    return [math.sqrt(min((x * sx - px) ** 2 + (y * sy - py) ** 2 + (z * sz - pz) ** 2
+                          for px, py, pz in pts)) for x, y, z in a]
+
+dice, hd95 = {}, {}
+for job in json.load(open("/input/predictions.json")):
+    case = job["inputs"][0]["image"]["name"].rsplit(".", 1)[0]
+    (out,) = job["outputs"]
+    folder = out["interface"]["relative_path"]
+    mask = os.path.join("/input", str(job["pk"]), "output", folder, out["image"]["name"])
+    pred_size, pred_spacing, pred = read(mask)
+    size, spacing, ref = read(os.path.join(GT, case + ".mha"))
+    assert pred_size == size and all(abs(a - b) < 1e-6 for a, b in zip(pred_spacing, spacing))
+    d, h = [], []
+    for label in (1, 2):
+        p = {i for i, v in enumerate(pred) if v == label}
+        g = {i for i, v in enumerate(ref) if v == label}
+        assert p and g, (case, label)
+        d.append(2 * len(p & g) / (len(p) + len(g)))
+        sp, sg = surface(size, p), surface(size, g)
+        h.append(max(q95(directed(sp, sg, spacing)), q95(directed(sg, sp, spacing))))
+    dice[case], hd95[case] = sum(d) / 2, sum(h) / 2
+
+mean = lambda values: sum(values.values()) / len(values)
+json.dump({"case": {"dice": dice, "hd95": hd95},
+           "aggregates": {"dice": {"mean": mean(dice)}, "hd95": {"mean": mean(hd95)}}},
+          open("/output/metrics.json", "w"))
+"""
+
+
+def test_an_organizers_image_scores_the_masks_as_the_built_in_metrics_do(
+    live: Any, tmp_path: Path
+) -> None:
+    """The same participant image and model on two phases of one test set: one scored by
+    heldout's Dice/HD95, one by the organizer's evaluation image reading the newer mask
+    layout. Both boards agree, and each has bootstrap intervals."""
+    settings, api, client = live
+    admin = user_token(settings, "admin", admin=True)
+    evaluator = images.build_image(
+        client, "segmentation-evaluation", ORGANIZER_EVALUATION, user="algorithm"
+    )
+    evaluator_archive = images.save_image(
+        client, [evaluator], tmp_path / "evaluation.tar.gz", gz=True
+    )
+    bundle = _bundle()
+    organizer_phase = {
+        **{k: v for k, v in bundle["phases"][0].items() if k != "metrics"},
+        "slug": "organizer",
+        "title": "Scored by the organizers' image",
+        "evaluation": {
+            "image": upload_bytes(api, admin, evaluator_archive.read_bytes(), "evaluation.tar.gz"),
+            "name": "dice",
+            "score": "aggregates.dice.mean",
+            "higher_is_better": True,
+            "per_case": "case",
+            "columns": {"hd95": "aggregates.hd95.mean"},
+        },
+    }
+    bundle["phases"].append(organizer_phase)
+    r = apply_bundle(api, admin, bundle, {"test": _dataset(tmp_path / "test")})
+    assert r.status_code == 200, r.text
+    tag = images.build_image(client, "segmenter", SEGMENTER)
+    archive = images.save_image(client, [tag], tmp_path / "segmenter.tar.gz", gz=True)
+    alice = user_token(settings, "alice")
+    model = _model_tarball({"low": -950, "high": -700})
+    boards: dict[str, Any] = {}
+    with celery_worker(settings):
+        for phase in ("segmentation", "organizer"):
+            r = api.post(
+                f"/api/v1/challenges/lungseg/phases/{phase}/submissions",
+                json={
+                    "upload": upload_bytes(api, alice, archive.read_bytes()),
+                    "model_upload": upload_bytes(api, alice, model, "model.tar.gz"),
+                },
+                headers=auth(alice),
+            )
+            assert r.status_code == 201, r.text
+            final = wait_final(api, alice, r.json()["id"])
+            assert final["status"] == "succeeded", (phase, final)
+            boards[phase] = api.get(
+                f"/api/v1/challenges/lungseg/phases/{phase}/leaderboard", headers=auth(alice)
+            ).json()
+    (builtin,) = boards["segmentation"]["entries"]
+    (organizer,) = boards["organizer"]["entries"]
+    assert boards["organizer"]["primary_metric"] == "dice"
+    assert boards["organizer"]["higher_is_better"] is True
+    assert organizer["value"] == pytest.approx(builtin["metrics"]["dice"]["value"], rel=1e-9)
+    assert organizer["metrics"]["hd95"]["value"] == pytest.approx(
+        builtin["metrics"]["hd95"]["value"], rel=1e-6
+    )
+    assert 0.4 < organizer["value"] < 0.99 and 1.0 < organizer["metrics"]["hd95"]["value"] < 10
+    lo, hi = organizer["ci"]
+    assert lo is not None and lo < organizer["value"] < hi
+    hd = organizer["metrics"]["hd95"]
+    assert hd["ci_lower"] is not None and hd["ci_lower"] < hd["value"] < hd["ci_upper"]
