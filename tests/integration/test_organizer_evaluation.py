@@ -118,7 +118,10 @@ ClassificationEvaluation().evaluate()
 
 
 @pytest.fixture
-def live(settings: Settings) -> Any:
+def live(pg_settings: Settings) -> Any:
+    # Slow (an image built and run per test): once, on PostgreSQL; the evaluation step's
+    # database paths are those of test_pipeline_t2.py, run on both.
+    settings = pg_settings
     need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
     client = images.client_or_none()
     need(client is not None, "a Docker engine")
