@@ -166,6 +166,7 @@ def test_open_board_shows_public_part_only_then_private_at_close(
         "team_id": 1,
         "job_id": 1,
         "key": "none",
+        "task": "none",  # not a multi-task phase: the task routes answer 404, and leak nothing
     }
     with session_scope(settings) as session:
         ids["team_id"] = session.get(Submission, subs["alpha"]).team_id  # type: ignore[union-attr]
