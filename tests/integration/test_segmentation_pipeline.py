@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import SimpleITK as sitk  # a server dependency: missing, the test fails (never skips)
 from fastapi.testclient import TestClient
 
 from server.app import create_app
@@ -25,8 +26,6 @@ from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, upload_bytes, user_token
 from tests.support.workers import celery_worker, wait_final
-
-sitk = pytest.importorskip("SimpleITK")
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk  # a server dependency: missing, the test fails (never skips)
 
 from evaluation.metrics import METRICS
 from evaluation.segmentation import (
@@ -20,8 +21,6 @@ from evaluation.segmentation import (
     worst_distance,
 )
 from evaluation.stats import bootstrap_ci
-
-sitk = pytest.importorskip("SimpleITK")
 
 SPACING = (2.5, 0.7, 1.3)  # array axes (z, y, x)
 
