@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -89,6 +90,23 @@ def settings(
 @pytest.fixture
 def pg_settings(tmp_path: Path) -> Settings:
     return _pg_settings(tmp_path)
+
+
+@pytest.fixture
+def pg_live(pg_settings: Settings) -> Iterator[tuple[Settings, TestClient, Any]]:
+    """PostgreSQL, an emptied Redis broker, the Docker engine and an API client, with a 1 s
+    heartbeat: (settings, api, docker client) for the slow pipeline tests that run once."""
+    import redis
+
+    from tests.support import images
+
+    need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
+    client = images.client_or_none()
+    need(client is not None, "a Docker engine")
+    redis.Redis.from_url(pg_settings.broker_url).flushdb()
+    settings = pg_settings.model_copy(update={"heartbeat_s": 1})
+    with TestClient(create_app(settings)) as api:
+        yield settings, api, client
 
 
 @pytest.fixture

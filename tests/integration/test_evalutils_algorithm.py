@@ -21,13 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from fastapi.testclient import TestClient
 
 from heldout.client import Client
-from server.app import create_app
-from server.config import Settings
-from tests.conftest import REDIS_URL, need
+from tests.conftest import need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, user_token
 from tests.support.workers import ROOT, celery_worker, wait_final
@@ -104,16 +100,10 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def live(pg_settings: Settings) -> Any:
+def live(pg_live: Any) -> Any:
     # Slow (a 1 GB image, every case run): once, on PostgreSQL; the pipeline's database
     # paths are those of test_pipeline_t2.py, run on both.
-    need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
-    client = images.client_or_none()
-    need(client is not None, "a Docker engine")
-    redis.Redis.from_url(pg_settings.broker_url).flushdb()
-    settings = pg_settings.model_copy(update={"heartbeat_s": 1})
-    with TestClient(create_app(settings)) as api:
-        yield settings, api, client
+    return pg_live
 
 
 def _cases(root: Path) -> Path:

@@ -12,12 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.config import Settings
-from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, submit_blob, user_token
 from tests.support.workers import celery_worker, wait_final
@@ -143,17 +138,10 @@ def bundle() -> dict[str, Any]:
 
 
 @pytest.fixture
-def live(pg_settings: Settings) -> Any:
+def live(pg_live: Any) -> Any:
     # Slow (real images, every case run): once, on PostgreSQL; test_multitask_states.py
     # covers the task states on both databases.
-    settings = pg_settings
-    need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
-    client = images.client_or_none()
-    need(client is not None, "a Docker engine")
-    redis.Redis.from_url(settings.broker_url).flushdb()
-    settings = settings.model_copy(update={"heartbeat_s": 1})
-    with TestClient(create_app(settings)) as api:
-        yield settings, api, client
+    return pg_live
 
 
 def test_one_submission_per_team_two_boards_and_a_consensus(live: Any, tmp_path: Path) -> None:

@@ -17,14 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from fastapi.testclient import TestClient
 
-from server.app import create_app
 from server.config import Settings
 from server.db import session_scope
 from server.jobs import repository as jobs_repo
-from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
 from tests.support.workers import start_worker, stop_worker, wait_final, wait_for
@@ -37,14 +33,8 @@ N_CASES = 6
 
 
 @pytest.fixture
-def live(pg_settings: Settings) -> Any:
-    need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
-    client = images.client_or_none()
-    need(client is not None, "a Docker engine")
-    redis.Redis.from_url(pg_settings.broker_url).flushdb()
-    settings = pg_settings.model_copy(update={"heartbeat_s": 1})
-    with TestClient(create_app(settings)) as api:
-        yield settings, api, client
+def live(pg_live: Any) -> Any:
+    return pg_live
 
 
 def _node(settings: Settings, tmp_path: Path, name: str) -> Any:

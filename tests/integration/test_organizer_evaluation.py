@@ -19,12 +19,9 @@ from typing import Any
 
 import docker
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.config import Settings
-from tests.conftest import REDIS_URL, need
+from tests.conftest import need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, upload_bytes, user_token
 from tests.support.netprobe import ConnectionCounter
@@ -118,18 +115,12 @@ ClassificationEvaluation().evaluate()
 
 
 @pytest.fixture
-def live(pg_settings: Settings) -> Any:
+def live(pg_live: Any) -> Any:
     # Slow (an image built and run per test): once, on PostgreSQL; the evaluation step's
     # database paths are those of test_pipeline_t2.py, run on both.
-    settings = pg_settings
-    need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
-    client = images.client_or_none()
-    need(client is not None, "a Docker engine")
+    _, _, client = pg_live
     need(bool(client.images.list(name=PYTHON_BASE)), f"base image {PYTHON_BASE}")
-    redis.Redis.from_url(settings.broker_url).flushdb()
-    settings = settings.model_copy(update={"heartbeat_s": 1})
-    with TestClient(create_app(settings)) as api:
-        yield settings, api, client
+    return pg_live
 
 
 def build_evaluation(

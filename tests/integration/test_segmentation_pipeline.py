@@ -16,13 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import SimpleITK as sitk  # a server dependency: missing, the test fails (never skips)
-from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.config import Settings
-from tests.conftest import REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, upload_bytes, user_token
 from tests.support.workers import celery_worker, wait_final
@@ -147,17 +142,10 @@ def _model_tarball(thresholds: dict[str, int]) -> bytes:
 
 
 @pytest.fixture
-def live(pg_settings: Settings) -> Any:
+def live(pg_live: Any) -> Any:
     # Slow (real images, every case run): once, on PostgreSQL; the pipeline's database
     # paths are those of test_pipeline_t2.py, run on both.
-    settings = pg_settings
-    need(REDIS_URL is not None, "Redis (HELDOUT_TEST_REDIS_URL)")
-    client = images.client_or_none()
-    need(client is not None, "a Docker engine")
-    redis.Redis.from_url(settings.broker_url).flushdb()
-    settings = settings.model_copy(update={"heartbeat_s": 1})
-    with TestClient(create_app(settings)) as api:
-        yield settings, api, client
+    return pg_live
 
 
 def test_segmentation_masks_are_scored_with_dice_and_hd95(live: Any, tmp_path: Path) -> None:
