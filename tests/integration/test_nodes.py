@@ -25,7 +25,7 @@ from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
 from tests.support.workers import start_worker, stop_worker, wait_final, wait_for
 from worker.executor.base import LABEL_NODE
-from worker.executor.sized_dir import mounts_under
+from worker.executor.sized_dir import mounts_under, unmount_all_under
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 
@@ -33,8 +33,10 @@ N_CASES = 6
 
 
 @pytest.fixture
-def live(pg_live: Any) -> Any:
-    return pg_live
+def live(pg_live: Any, tmp_path: Path) -> Any:
+    yield pg_live
+    # What a failed run leaves mounted would outlive the test's tmp dir otherwise.
+    unmount_all_under(tmp_path)
 
 
 def _node(settings: Settings, tmp_path: Path, name: str) -> Any:
@@ -98,6 +100,11 @@ def test_a_killed_nodes_case_is_retried_on_the_other_node(live: Any, tmp_path: P
         alice, sub = _submit(live, tmp_path, 6)
 
         def running_on_b() -> int | None:
+            # A job is "running" from its claim, before its container exists: kill B only
+            # once the container is up, so that B's leftovers are certain to be there.
+            on_b = client.containers.list(filters={"label": f"{LABEL_NODE}=node-b"})
+            if not on_b:
+                return None
             with session_scope(settings) as session:
                 for j in jobs_repo.for_submission(session, sub, "infer"):
                     if j.status == "running" and j.node == "node-b":
