@@ -193,7 +193,10 @@ class ArtifactCache:
                 total -= size
         if total + need > self.max_bytes:
             log.warning(
-                "artifact cache %s holds %s bytes in use; bound %s", self.root, total, self.max_bytes
+                "artifact cache %s holds %s bytes in use; bound %s",
+                self.root,
+                total,
+                self.max_bytes,
             )
 
     @staticmethod
