@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
 import pytest
 
 from worker.cache import ArtifactCache, DigestMismatch, Sink
@@ -137,7 +138,7 @@ def test_concurrent_fetches_of_one_digest_download_it_once(tmp_path: Path) -> No
             pin = cache.get(digest_of(data), slow)
             got.append(pin.path.read_bytes())
             pin.release()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=job) for _ in range(6)]
