@@ -66,8 +66,9 @@ class RemoteStore(ArtifactStore):
         super().__init__(settings.node_cache_path)
         self.cache = ArtifactCache(settings.node_cache_path, settings.node_cache_bytes)
         assert settings.node_token is not None  # Settings requires it with the URL
+        # Full URLs, not a base_url: `sha256:...` alone would parse as a URL scheme.
+        self.base = settings.node_server_url.rstrip("/") + "/api/v1/node/artifacts/"
         self.client = httpx.Client(
-            base_url=settings.node_server_url.rstrip("/") + "/api/v1/node/artifacts/",
             headers={NODE_TOKEN_HEADER: settings.node_token.get_secret_value()},
             timeout=httpx.Timeout(60.0, connect=10.0),
         )
@@ -109,7 +110,7 @@ class RemoteStore(ArtifactStore):
         return _retrying(f"fetching artifact {digest}", lambda: self._fetch_once(digest))
 
     def _fetch_once(self, digest: str) -> Pin:
-        with self.client.stream("GET", digest) as r:
+        with self.client.stream("GET", self.base + digest) as r:
             _check(r, digest)
             size = int(r.headers.get("content-length", 0)) or None
             return self._cached(digest, lambda sink: _copy(r.iter_bytes(CHUNK), sink), size)
@@ -123,7 +124,7 @@ class RemoteStore(ArtifactStore):
             raise InfrastructureError(str(exc)) from exc
 
     def _download(self, digest: str, sink: Sink) -> None:
-        with self.client.stream("GET", digest) as r:
+        with self.client.stream("GET", self.base + digest) as r:
             _check(r, digest)
             _copy(r.iter_bytes(CHUNK), sink)
 
@@ -167,7 +168,9 @@ class RemoteStore(ArtifactStore):
         pass  # the server's copy is sealed when stored
 
     def _send(self, digest: str, size: int, body: Iterable[bytes]) -> None:
-        r = self.client.put(digest, content=iter(body), headers={"content-length": str(size)})
+        r = self.client.put(
+            self.base + digest, content=iter(body), headers={"content-length": str(size)}
+        )
         if r.status_code != 200:
             raise InfrastructureError(
                 f"the server refused artifact {digest}: HTTP {r.status_code} {r.text[:300]}"

@@ -5,14 +5,21 @@ user's token does; what a node sends back is stored only if it hashes to its dig
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from server.app import create_app
 from server.config import Settings
 from server.db import session_scope
 from server.nodes.models import NodeToken
 from server.storage import ArtifactStore
 from tests.support.factories import auth, user_token
+from tests.support.workers import live_server
+from worker.artifacts import ArtifactMissing, cache_bytes, store_for
+from worker.steps import InfrastructureError
 
 HEADER = "X-Heldout-Node-Token"
 
@@ -108,3 +115,56 @@ def test_an_output_sent_back_is_stored_only_if_it_matches_its_digest(
     assert r.status_code == 401
     r = api.put("/api/v1/node/artifacts/sha256:zz", content=b"x", headers={HEADER: token})
     assert r.status_code == 404
+
+
+def test_a_node_with_no_shared_directory_reads_and_writes_through_the_server(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """worker.artifacts.RemoteStore against a real uvicorn: inputs fetched into the node's
+    cache and verified, outputs sent back, damaged content refused."""
+    server_store = ArtifactStore(settings.artifacts_path)
+    case = b"a CT volume " * 20_000
+    case_digest = server_store.put_bytes(case)
+    damaged = server_store.put_bytes(b"ground truth")
+    path = server_store.path(damaged)  # the server's copy rots on disk
+    os.chmod(path, 0o644)
+    path.write_bytes(b"ground truth, altered")
+    token = node_token(api, settings)
+    with live_server(create_app(settings)) as url:
+        node = Settings(data_dir=tmp_path / "node", node_server_url=url, node_token=token)
+        assert node.artifacts_path != settings.artifacts_path
+        with store_for(node) as store:
+            local = store.path(case_digest)
+            assert local.read_bytes() == case and local.is_relative_to(node.node_cache_path)
+            assert store.path(case_digest) == local  # held for the job: fetched once
+            store.copy_to(case_digest, tmp_path / "work" / "case.mha")
+            assert (tmp_path / "work" / "case.mha").read_bytes() == case
+
+            out = tmp_path / "work" / "prediction.json"
+            out.write_text('{"probability": 0.7}')
+            digest, size = store.put_file(out)
+            assert (
+                server_store.read_bytes(digest) == out.read_bytes() and size == out.stat().st_size
+            )
+            log_digest = store.put_bytes(b"the run's log")
+            assert server_store.read_bytes(log_digest) == b"the run's log"
+
+            with pytest.raises(InfrastructureError, match="damaged"):
+                store.path(damaged)
+            assert not store.cache.has(damaged)
+            missing = digest_of(b"nobody stored this")
+            assert not store.exists(missing)
+            with pytest.raises(ArtifactMissing):
+                store.path(missing)
+        assert cache_bytes(node) == len(case)
+
+        # A user's token is no node credential.
+        user = Settings(data_dir=tmp_path / "user", node_server_url=url,
+                        node_token=user_token(settings, "root", admin=True))  # fmt: skip
+        with store_for(user) as store, pytest.raises(InfrastructureError, match="401"):
+            store.path(case_digest)
+
+
+def test_a_node_server_url_needs_a_node_token(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="HELDOUT_NODE_TOKEN"):
+        Settings(data_dir=tmp_path, node_server_url="http://127.0.0.1:8000")
