@@ -188,16 +188,17 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, creator: User, name: str) -> tuple[NodeToken, str]:
+def create_token(session: Session, creator: User | None, name: str) -> tuple[NodeToken, str]:
     """A new node token; returns the row and the token, which is shown only now. Only
-    administrators: a node reads every challenge's artifacts, private test sets included."""
-    if not creator.is_admin:
+    administrators (or None: an operator at the installation's database, the CLI): a node
+    reads every challenge's artifacts, private test sets included."""
+    if creator is not None and not creator.is_admin:
         raise NotPermitted("only administrators may create node tokens")
     if not name.strip():
         raise InvalidInput("a node token needs a name (the node or group it is for)", field="name")
     token = NODE_TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = NodeToken(name=name.strip()[:100], prefix=token[:12], token_hash=_hash(token),
-                    created_by=creator.username)  # fmt: skip
+                    created_by=creator.username if creator else "cli")  # fmt: skip
     session.add(row)
     session.flush()
     return row, token
