@@ -81,7 +81,7 @@ def revoke_node_token(token_id: PathId, user: CurrentUser, session: SessionDep) 
 @router.get(
     "/node/artifacts/{digest}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the content"}},
 )
 def get_artifact(digest: str, node: CurrentNode, store: StoreDep) -> FileResponse:
     """Nodes only: the artifact's content, streamed."""
