@@ -157,3 +157,33 @@ def test_not_a_digest_is_refused(tmp_path: Path) -> None:
     cache = ArtifactCache(tmp_path / "cache", max_bytes=10)
     with pytest.raises(ValueError, match="not a sha256 digest"):
         cache.get("sha256:../../etc/passwd", writer(b""))
+
+
+def _fetch_in_process(root: str, data: bytes, log: str) -> None:
+    def slow(out: Sink) -> None:
+        with open(log, "a") as f:
+            f.write("fetch\n")
+        for i in range(0, len(data), 1000):
+            out.write(data[i : i + 1000])
+            time.sleep(0.01)
+
+    pin = ArtifactCache(Path(root), max_bytes=10_000).get(digest_of(data), slow)
+    assert pin.path.read_bytes() == data
+
+
+def test_worker_processes_sharing_the_cache_fetch_one_digest_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    data = b"p" * 5000
+    log = tmp_path / "fetches.log"
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_fetch_in_process, args=(str(tmp_path / "cache"), data, str(log)))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert log.read_text() == "fetch\n"
