@@ -26,8 +26,10 @@ from heldout.cli import (  # noqa: F401  (re-exported for commands added here)
 from server import config
 
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+node_token_app = typer.Typer(help="Worker nodes' credentials.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(node_token_app, name="node-token")
 app.add_typer(db_app, name="db")
 
 
@@ -214,6 +216,33 @@ def token_create(
     if not emit(data, as_json):
         err.print(f"using the {where}", markup=False, highlight=False)
         out.print(f"token for {data['user']} (shown once, store it now):")
+        typer.echo(token)
+
+
+@node_token_app.command("create")
+def node_token_create(
+    name: str = typer.Option(..., "--name", help="the node (or group of nodes) it is for"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a node token on this installation's database, for a worker node that shares no
+    filesystem with the server (its HELDOUT_NODE_TOKEN). Shown once."""
+    from server.db import session_scope
+    from server.embedded import has_database, migrate
+    from server.nodes import service as nodes
+
+    settings = get_settings()
+    if not has_database(settings):
+        exit_with(
+            "no heldout database here: run this where the server runs, with its "
+            "HELDOUT_DATA_DIR (or HELDOUT_DATABASE_URL)",
+            EXIT_REFUSED,
+        )
+    migrate(settings)
+    with session_scope(settings) as session:
+        row, token = nodes.create_token(session, None, name)
+        data = {"id": row.id, "name": row.name, "token": token}
+    if not emit(data, as_json):
+        out.print(f"node token {data['name']!r} (shown once; the node's HELDOUT_NODE_TOKEN):")
         typer.echo(token)
 
 

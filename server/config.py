@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     # Tests and development: GPU ids are leased as usual but not requested from the engine,
     # so a GPU phase's containers run on a machine without GPUs (refused in production).
     fake_gpus: bool = False
+    # Many nodes: a worker node that shares no filesystem with the server sets both, and then
+    # fetches artifacts by digest from the server's node-only endpoints into its own cache
+    # and sends outputs and logs back the same way. Empty: artifacts are read and written in
+    # artifact_dir directly (one machine, or a shared filesystem).
+    node_server_url: str = ""
+    node_token: SecretStr | None = None
+    node_cache_dir: Path | None = Field(None, description="default: data_dir/cache")
+    # The cache's bound; the least recently used files not in use by a job are evicted.
+    node_cache_bytes: int = Field(50 * 1024**3, ge=1)
     heartbeat_s: int = 10
     deadline_margin_s: int = 300
     # A pending job older than this whose queue is empty lost its message; it is re-sent.
@@ -139,6 +148,16 @@ class Settings(BaseSettings):
         return [str(ref) for ref in parse_allowed(value)]
 
     @model_validator(mode="after")
+    def _node_credential(self) -> Settings:
+        token = self.node_token.get_secret_value() if self.node_token else ""
+        if bool(self.node_server_url) != bool(token):
+            raise ValueError(
+                "HELDOUT_NODE_SERVER_URL and HELDOUT_NODE_TOKEN go together: a node fetches "
+                "artifacts from the server only with a node token (`heldout node-token create`)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production_guard(self) -> Settings:
         problems = production_problems(self) if self.environment == "production" else []
         if problems:
@@ -158,6 +177,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_path(self) -> Path:
         return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def node_cache_path(self) -> Path:
+        return (self.node_cache_dir or self.data_dir / "cache").resolve()
 
     @property
     def embedded_redis_socket(self) -> Path:

@@ -12,6 +12,8 @@ from server.accounts import service as accounts
 from server.accounts.models import User
 from server.config import Settings
 from server.db import session_scope
+from server.nodes import service as nodes
+from server.nodes.models import NodeToken
 from server.storage import ArtifactStore
 
 # Requests that only read: on SQLite their transaction takes no write lock, so a slow
@@ -66,3 +68,15 @@ def get_user_briefly(request: Request) -> User:
 
 
 BriefUser = Annotated[User, Depends(get_user_briefly)]
+
+
+def get_node_briefly(request: Request) -> NodeToken:
+    """The calling worker node, by its node token (never a user's token), read in a session
+    closed before the endpoint runs: artifact transfers hold no transaction."""
+    with session_scope(request.app.state.settings, write=False) as session:
+        row = nodes.authenticate_node(session, request.headers.get(nodes.NODE_TOKEN_HEADER))
+        session.expunge(row)
+        return row
+
+
+CurrentNode = Annotated[NodeToken, Depends(get_node_briefly)]

@@ -47,6 +47,14 @@ BEARER: dict[str, Any] = {
     "scheme": "bearer",
     "description": "an API token from `POST /api/v1/tokens` or `heldout login`",
 }
+# Worker nodes' endpoints take a node token in a header of their own, never a user's token.
+NODE_TOKEN: dict[str, Any] = {
+    "type": "apiKey",
+    "in": "header",
+    "name": "X-Heldout-Node-Token",
+    "description": "a node token from `heldout node-token create` or `POST /api/v1/nodes/tokens`",
+}
+NODE_PATHS = "/api/v1/node/"
 # Operations that take no API token: the health check, and the push webhook (it is signed
 # with the link's HMAC secret instead).
 PUBLIC = [("/api/v1/health", "get"), ("/api/v1/webhooks/push/{link_id}", "post")]
@@ -68,10 +76,14 @@ def install(app: FastAPI) -> None:
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
         # The API token travels as a bearer header; declaring it lets the docs' Authorize
         # button send it with every "Try it out".
-        schema["components"]["securitySchemes"] = {"token": BEARER}
+        schema["components"]["securitySchemes"] = {"token": BEARER, "node": NODE_TOKEN}
         schema["security"] = [{"token": []}]
         for path, method in PUBLIC:
             schema["paths"].get(path, {}).get(method, {})["security"] = []
+        for path, item in schema["paths"].items():
+            if path.startswith(NODE_PATHS):
+                for operation in item.values():
+                    operation["security"] = [{"node": []}]
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 responses = operation.setdefault("responses", {})

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from server.errors import NotFound
+from server.errors import BadRequest, NotFound, TooLarge
 
 CHUNK = 1024 * 1024
 
@@ -87,6 +87,34 @@ class ArtifactStore:
             digest = "sha256:" + h.hexdigest()
             self.adopt(tmp, digest)
             return digest, size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_verified(
+        self, chunks: Iterable[bytes], digest: str, max_bytes: int | None = None
+    ) -> int:
+        """Store content that must hash to `digest` (a node sending an output back): checked
+        before it gets its name, so on a mismatch nothing is stored. Returns its size."""
+        self.path(digest)  # NotFound for anything but a sha256 digest
+        tmp = self.tmp_path()
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with tmp.open("wb") as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise TooLarge(f"content exceeds {max_bytes} bytes; nothing was stored")
+                    h.update(chunk)
+                    f.write(chunk)
+            got = "sha256:" + h.hexdigest()
+            if got != digest:
+                raise BadRequest(
+                    f"the content's digest is {got}, not {digest}; nothing was stored",
+                    field="digest",
+                )
+            self.adopt(tmp, digest)
+            return size
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -23,6 +23,7 @@ from server.jobs import service as jobs
 from server.jobs.models import Job
 from server.jobs.states import JobStatus
 from server.nodes import service as nodes
+from worker.artifacts import cache_bytes
 from worker.steps import node_name
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,7 @@ def _disk(settings: Settings) -> tuple[int, int]:
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(data).free
-    cache = settings.data_dir / "cache"
-    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache.is_dir() else 0
-    return free, size
+    return free, cache_bytes(settings)
 
 
 # The queues this process consumes, kept for the heartbeat's re-registration.

@@ -44,6 +44,7 @@ from server.storage import ArtifactStore
 from server.submissions import advance
 from server.submissions.models import Submission
 from worker import steps
+from worker.artifacts import store_for
 from worker.evaluation_container import EVALUATION_WALL_S
 from worker.executor.base import LABEL_JOB
 from worker.model import MODEL_MOUNT
@@ -119,8 +120,7 @@ def _gpus_needed(spec: PhaseSpec, kind: JobKind) -> int:
 
 
 def _run_step(settings: Settings, ctx: JobContext, job_id: int, me: str) -> None:
-    store = ArtifactStore(settings.artifacts_path)
-    with Heartbeat(settings, job_id, me):
+    with store_for(settings) as store, Heartbeat(settings, job_id, me):
         try:
             outcome = _steps()[ctx.kind](settings, store, ctx)
         except StepFailed as exc:
@@ -272,15 +272,21 @@ def _record(
     failure: StepFailed | None = None,
     platform_caused: bool = False,
 ) -> None:
-    store = ArtifactStore(settings.artifacts_path)
+    log_text = outcome.log if outcome else failure.result.pop("log", "") if failure else ""
+    # Stored before the row is locked: on a remote store this is an upload.
+    log_digest = None
+    if log_text:
+        try:
+            with store_for(settings) as store:
+                log_digest = store.put_bytes(log_text.encode())
+        except InfrastructureError as exc:  # the outcome still counts; only the log is lost
+            log.warning("job %s: its log was not stored: %s", ctx.job_id, exc)
     with session_scope(settings) as session:
         job = advance.lock_for_record(session, ctx.job_id)
         if JobStatus(job.status) is not JobStatus.running or job.attempt != ctx.attempt:
             # Reaped and retried while we worked: the newer attempt owns the job.
             log.warning("job %s attempt %s superseded; result dropped", ctx.job_id, ctx.attempt)
             return
-        log_text = outcome.log if outcome else failure.result.pop("log", "") if failure else ""
-        log_digest = store.put_bytes(log_text.encode()) if log_text else None
         # Runs on sequestered data keep their logs from participants until reviewed.
         _, phase = logs.job_phase(session, job)
         job.logs_held = bool(log_digest) and logs.held_for(ctx.kind, phase)

@@ -37,3 +37,19 @@ class GpuLease(Base):
     job_id: Mapped[int] = mapped_column(Integer, index=True)
     leased_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class NodeToken(Base):
+    """A worker node's credential for the node-only endpoints (artifacts by digest). Only a
+    SHA-256 of the token is stored; the token itself is shown once, when created."""
+
+    __tablename__ = "node_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # No foreign key: a token outlives the account of the administrator who created it.
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -3,10 +3,16 @@
 A lease is one row per (node, device), inserted in a savepoint: when two workers (threads,
 prefork processes, nodes) race for one device, the database lets exactly one insert commit
 and the other gets an integrity error and takes nothing. A lease whose holder stops
-heartbeating, or whose node does, is reclaimed by any node's reaper."""
+heartbeating, or whose node does, is reclaimed by any node's reaper.
+
+A node proves itself to the node-only endpoints with a node token (`hldn_<random>`, sent
+in `X-Heldout-Node-Token`); only its SHA-256 is stored, as for user tokens. User tokens
+and node tokens are separate tables: neither opens the other's endpoints."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,11 +21,15 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from server.accounts.models import User
 from server.db import utcnow
+from server.errors import InvalidInput, NotFound, NotPermitted, Unauthorized
 from server.jobs.models import Job
 from server.jobs.states import JobStatus
-from server.nodes.models import GpuLease, Node
+from server.nodes.models import GpuLease, Node, NodeToken
 
+NODE_TOKEN_PREFIX = "hldn_"
+NODE_TOKEN_HEADER = "X-Heldout-Node-Token"
 # A node silent for longer than this is shown as not alive.
 ALIVE_WITHIN = timedelta(minutes=2)
 
@@ -169,3 +179,45 @@ def reclaim_stale(session: Session, stale_before: datetime) -> list[tuple[str, s
         session.delete(row)
     session.flush()
     return [(row.node, row.device) for row in stale]
+
+
+# --- node credentials ------------------------------------------------------------------
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, creator: User | None, name: str) -> tuple[NodeToken, str]:
+    """A new node token; returns the row and the token, which is shown only now. Only
+    administrators (or None: an operator at the installation's database, the CLI): a node
+    reads every challenge's artifacts, private test sets included."""
+    if creator is not None and not creator.is_admin:
+        raise NotPermitted("only administrators may create node tokens")
+    if not name.strip():
+        raise InvalidInput("a node token needs a name (the node or group it is for)", field="name")
+    token = NODE_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = NodeToken(name=name.strip()[:100], prefix=token[:12], token_hash=_hash(token),
+                    created_by=creator.username if creator else "cli")  # fmt: skip
+    session.add(row)
+    session.flush()
+    return row, token
+
+
+def revoke_token(session: Session, revoker: User, token_id: int) -> None:
+    if not revoker.is_admin:
+        raise NotPermitted("only administrators may revoke node tokens")
+    row = session.get(NodeToken, token_id)
+    if row is None:
+        raise NotFound(f"no node token {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+
+
+def authenticate_node(session: Session, token: str | None) -> NodeToken:
+    if not token:
+        raise Unauthorized(f"a node token is required: '{NODE_TOKEN_HEADER}: hldn_...'")
+    row = session.scalar(select(NodeToken).where(NodeToken.token_hash == _hash(token)))
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("the node token is unknown or revoked")
+    return row

@@ -6,14 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from server.config import Settings
@@ -30,7 +25,7 @@ from tests.support.factories import (
     user_token,
     write_dataset,
 )
-from tests.support.workers import ROOT, free_port, stop_worker, wait_for, wait_healthy, worker_env
+from tests.support.workers import ROOT, live_server, stop_worker, wait_for, worker_env
 
 
 def test_a_node_registers_heartbeats_and_is_listed_for_admins_only(
@@ -149,21 +144,6 @@ def test_heldout_worker_node_name_registers_and_heldout_nodes_lists_it(
                 assert word in table.stdout, table.stdout
     finally:
         stop_worker(proc)
-
-
-@contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, 30, "the test server")
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _node(settings: Settings, name: str) -> dict:  # type: ignore[type-arg]

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
 
 from server.config import Settings
 
@@ -136,3 +139,20 @@ def wait_final(api: Any, token: str, submission_id: int, timeout: float = 240) -
         return sub if sub["status"] in FINAL_STATES else None
 
     return dict(wait_for(done, timeout, f"submission {submission_id} to finish"))
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[str]:
+    """A real uvicorn serving `app` on 127.0.0.1 (for workers and CLIs in other processes);
+    yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, 30, "the test server")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
