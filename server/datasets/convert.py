@@ -1,0 +1,101 @@
+"""Case files given as an `.mhd` pair, `.nii`/`.nii.gz` or a DICOM series become one `.mha`
+at ingest: what an algorithm (and the evaluator, for reference masks) is given.
+
+An `.mhd` pair is joined byte for byte (metaimage.py: every header field kept, as run-local
+stages it). NIfTI and DICOM are decoded with SimpleITK and written with their voxels,
+pixel type, spacing, origin and direction only: NIfTI header extras and DICOM tags (patient
+data among them) do not travel; the originals stay in the artifact store. Every image is
+read (an `.mhd` pair's result too) before anything is stored, so a bad one refuses the
+whole ingest, naming its file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import SimpleITK
+
+from server.datasets import metaimage
+from server.datasets.manifest import CaseFile
+
+sitk: Any = SimpleITK  # untyped: one annotation here, not an ignore per call
+MHA = ".mha"
+DECODED = (".nii", ".nii.gz")
+
+
+def needs_conversion(f: CaseFile) -> bool:
+    ext = f.ext.lower()
+    return f.is_series or ext == metaimage.HEADER_SUFFIX or ext in DECODED
+
+
+class ConversionError(ValueError):
+    """A case file that cannot become one .mha; the message names it (dataset-relative)."""
+
+
+_DIRS = re.compile(r"(?:/[^\s/:'\"]+)+/")
+
+
+def _reason(exc: Exception) -> str:
+    """ITK's message, short: its last line, paths cut to their file names (no server
+    folders)."""
+    lines = [_DIRS.sub("", ln).strip() for ln in str(exc).splitlines()]
+    return next((ln for ln in reversed(lines) if ln), type(exc).__name__)[:300]
+
+
+def _read(root: Path, f: CaseFile, path: Path) -> Any:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ConversionError(f"{f.relpath} is not a readable image ({_reason(exc)})") from exc
+
+
+def _read_series(root: Path, f: CaseFile) -> Any:
+    folder = str(root / f.relpath)
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    if len(ids) != 1:
+        what = "no DICOM series" if not ids else f"{len(ids)} DICOM series"
+        raise ConversionError(f"{f.relpath}: {what}; a case directory holds exactly one series")
+    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0])
+    strays = sorted(
+        {p.relpath for p in f.parts} - {Path(n).relative_to(root).as_posix() for n in names}
+    )
+    if strays:
+        raise ConversionError(
+            f"{strays[0]} is not a readable slice of the DICOM series in {f.relpath} "
+            f"({len(strays)} such file(s))",
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(names)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise ConversionError(
+            f"{f.relpath}: the DICOM series is not readable ({_reason(exc)})"
+        ) from exc
+
+
+def to_mha(root: Path, f: CaseFile, dest: Path) -> Path:
+    """The case file (under root) as one .mha at dest, checked readable; returns dest."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if f.ext.lower() == metaimage.HEADER_SUFFIX:
+        try:
+            metaimage.to_mha(root / f.relpath, dest)
+        except metaimage.MetaImageError as exc:
+            raise ConversionError(f"{Path(f.relpath).parent.as_posix()}/{exc}") from exc
+        _read(root, f, dest)  # the joined pair must decode, as the algorithm will read it
+        return dest
+    img = _read_series(root, f) if f.is_series else _read(root, f, root / f.relpath)
+    for key in img.GetMetaDataKeys():
+        img.EraseMetaData(key)
+    sitk.WriteImage(img, str(dest), useCompression=True)
+    return dest
+
+
+def convert_all(root: Path, files: list[CaseFile], dest: Path) -> dict[str, Path]:
+    """relpath -> its .mha under dest, for each file needing conversion."""
+    out: dict[str, Path] = {}
+    for i, f in enumerate(files):
+        if needs_conversion(f):
+            out[f.relpath] = to_mha(root, f, dest / f"{i}{MHA}")
+    return out
