@@ -43,26 +43,24 @@ def _reason(exc: Exception) -> str:
     return next((ln for ln in reversed(lines) if ln), type(exc).__name__)[:300]
 
 
-def _read(root: Path, f: CaseFile, path: Path) -> Any:
+def _read(path: Path, label: str) -> Any:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ConversionError(f"{f.relpath} is not a readable image ({_reason(exc)})") from exc
+        raise ConversionError(f"{label} is not a readable image ({_reason(exc)})") from exc
 
 
-def _read_series(root: Path, f: CaseFile) -> Any:
-    folder = str(root / f.relpath)
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+def _read_series(folder: Path, label: str) -> Any:
+    """One DICOM series: every file in folder one of its slices."""
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if len(ids) != 1:
         what = "no DICOM series" if not ids else f"{len(ids)} DICOM series"
-        raise ConversionError(f"{f.relpath}: {what}; a case directory holds exactly one series")
-    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0])
-    strays = sorted(
-        {p.relpath for p in f.parts} - {Path(n).relative_to(root).as_posix() for n in names}
-    )
+        raise ConversionError(f"{label}: {what}; a case directory holds exactly one series")
+    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
+    strays = sorted({p.name for p in folder.iterdir()} - {Path(n).name for n in names})
     if strays:
         raise ConversionError(
-            f"{strays[0]} is not a readable slice of the DICOM series in {f.relpath} "
+            f"{label}/{strays[0]} is not a readable slice of the DICOM series in {label} "
             f"({len(strays)} such file(s))",
         )
     reader = sitk.ImageSeriesReader()
@@ -71,24 +69,35 @@ def _read_series(root: Path, f: CaseFile) -> Any:
         return reader.Execute()
     except RuntimeError as exc:
         raise ConversionError(
-            f"{f.relpath}: the DICOM series is not readable ({_reason(exc)})"
+            f"{label}: the DICOM series is not readable ({_reason(exc)})"
         ) from exc
+
+
+def decoded_to_mha(src: Path, dest: Path, label: str) -> Path:
+    """A NIfTI file or a DICOM series directory as one .mha at dest: voxels, pixel type and
+    geometry only. `label` names src in errors."""
+    img = _read_series(src, label) if src.is_dir() else _read(src, label)
+    for key in img.GetMetaDataKeys():
+        img.EraseMetaData(key)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(dest), useCompression=True)
+    return dest
+
+
+def is_decoded(path: Path) -> bool:
+    """A NIfTI file or a directory (a DICOM series): what decoded_to_mha converts."""
+    return path.is_dir() or path.name.lower().endswith(DECODED)
 
 
 def to_mha(root: Path, f: CaseFile, dest: Path) -> Path:
     """The case file (under root) as one .mha at dest, checked readable; returns dest."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if f.ext.lower() == metaimage.HEADER_SUFFIX:
-        try:
-            metaimage.to_mha(root / f.relpath, dest)
-        except metaimage.MetaImageError as exc:
-            raise ConversionError(f"{Path(f.relpath).parent.as_posix()}/{exc}") from exc
-        _read(root, f, dest)  # the joined pair must decode, as the algorithm will read it
-        return dest
-    img = _read_series(root, f) if f.is_series else _read(root, f, root / f.relpath)
-    for key in img.GetMetaDataKeys():
-        img.EraseMetaData(key)
-    sitk.WriteImage(img, str(dest), useCompression=True)
+    if f.ext.lower() != metaimage.HEADER_SUFFIX:
+        return decoded_to_mha(root / f.relpath, dest, f.relpath)
+    try:
+        metaimage.to_mha(root / f.relpath, dest)
+    except metaimage.MetaImageError as exc:
+        raise ConversionError(f"{Path(f.relpath).parent.as_posix()}/{exc}") from exc
+    _read(dest, f.relpath)  # the joined pair must decode, as the algorithm will read it
     return dest
 
 
