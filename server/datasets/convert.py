@@ -10,7 +10,9 @@ whole ingest, naming its file."""
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ class ConversionError(ValueError):
     """A case file that cannot become one .mha; the message names it (dataset-relative)."""
 
 
+_COMPRESSED = re.compile(rb"(?mi)^\s*CompressedData\s*=\s*true\s*$")
 _DIRS = re.compile(r"(?:/[^\s/:'\"]+)+/")
 
 
@@ -43,7 +46,30 @@ def _reason(exc: Exception) -> str:
     return next((ln for ln in reversed(lines) if ln), type(exc).__name__)[:300]
 
 
+def _whole_stream(path: Path, label: str, kind: str) -> None:
+    """ITK reads a truncated gzip or zlib stream without an error (zeros, or a warning on
+    stderr): decompress it here to the end first."""
+    try:
+        if kind == "gzip":
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+            return
+        inflate = zlib.decompressobj()
+        with path.open("rb") as raw:
+            while block := raw.read(1 << 20):
+                inflate.decompress(block, 1 << 20)
+                while inflate.unconsumed_tail:
+                    inflate.decompress(inflate.unconsumed_tail, 1 << 20)
+        if not inflate.eof:
+            raise EOFError("the compressed data ends early")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConversionError(f"{label} is not a readable image ({kind}: {exc})") from exc
+
+
 def _read(path: Path, label: str) -> Any:
+    if path.name.lower().endswith(".gz"):
+        _whole_stream(path, label, "gzip")
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -93,10 +119,14 @@ def to_mha(root: Path, f: CaseFile, dest: Path) -> Path:
     """The case file (under root) as one .mha at dest, checked readable; returns dest."""
     if f.ext.lower() != metaimage.HEADER_SUFFIX:
         return decoded_to_mha(root / f.relpath, dest, f.relpath)
+    header = root / f.relpath
     try:
-        metaimage.to_mha(root / f.relpath, dest)
+        metaimage.to_mha(header, dest)
+        data = header.parent / metaimage.data_file(header)
     except metaimage.MetaImageError as exc:
         raise ConversionError(f"{Path(f.relpath).parent.as_posix()}/{exc}") from exc
+    if _COMPRESSED.search(header.read_bytes()[: metaimage.MAX_HEADER_BYTES]):
+        _whole_stream(data, f"{Path(f.relpath).parent.as_posix()}/{data.name}", "zlib")
     _read(dest, f.relpath)  # the joined pair must decode, as the algorithm will read it
     return dest
 

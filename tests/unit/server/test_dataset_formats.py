@@ -164,3 +164,23 @@ def test_mha_files_are_stored_as_given_and_digests_stay(tmp_path: Path) -> None:
     assert set(record) == {"digest", "ext", "size"}  # as before: no conversion, no originals
     assert store.read_bytes(record["digest"]) == b"opaque bytes"
     assert record["size"] == 12
+
+
+def test_truncated_compressed_data_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """ITK reads a cut-off gzip or zlib stream without an error: ingest must not."""
+    root = _labels(tmp_path / "ds", ["P1"])
+    nii = write_nifti(root / "images" / "ct" / "P1.nii.gz", volume(1, (8, 16, 16)))
+    nii.write_bytes(nii.read_bytes()[: nii.stat().st_size // 2])
+    with pytest.raises(InvalidInput, match=re.escape("images/ct/P1.nii.gz is not a readable")):
+        stored_files(_store(tmp_path), mf.scan(root), "test")
+
+    root = _labels(tmp_path / "ds2", ["P1"])
+    sitk.WriteImage(volume(1, (8, 16, 16)), str(tmp_path / "x.mhd"), useCompression=True)
+    folder = root / "images" / "ct"
+    folder.mkdir(parents=True)
+    header = (tmp_path / "x.mhd").read_bytes().replace(b"x.zraw", b"P1.zraw")
+    (folder / "P1.mhd").write_bytes(header)
+    data = (tmp_path / "x.zraw").read_bytes()
+    (folder / "P1.zraw").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInput, match=re.escape("images/ct/P1.zraw is not a readable")):
+        stored_files(_store(tmp_path / "s2"), mf.scan(root), "test")
