@@ -27,7 +27,7 @@ import typer
 from server.challenges.bundle import load_bundle
 from server.challenges.schemas import PhaseSpec
 from server.config import get_settings
-from server.datasets import metaimage
+from server.datasets import convert, metaimage
 from server.datasets.manifest import read_labels, split_case_file
 from server.errors import HeldoutError
 from worker.executor.engine import Backend, Engine, EngineError
@@ -90,7 +90,12 @@ def _case_files(folder: Path, ids: set[str] | None, hint: str) -> dict[str, Path
     for f in sorted(folder.iterdir()):
         if f.name in companions:
             continue
-        split = split_case_file(f.name, ids)
+        if f.is_dir():  # a DICOM series, named by its case id (made one .mha when staged)
+            if ids is not None and f.name not in ids:
+                raise typer.BadParameter(f"{f}/ names no case of labels.csv", param_hint=hint)
+            split: tuple[str, str] | None = (f.name, "")
+        else:
+            split = split_case_file(f.name, ids)
         if split is None:
             why = "names no case of labels.csv" if ids is not None else "has no extension"
             raise typer.BadParameter(f"{f} {why}", param_hint=hint)
@@ -217,11 +222,19 @@ def _train(
 
 
 def _as_staged(files: dict[str, Path], work: Path) -> dict[str, Path]:
-    """A MetaImage pair becomes one .mha, as the platform stores it; other files as given."""
+    """A MetaImage pair, a NIfTI file or a DICOM series directory becomes one .mha, as the
+    platform's ingest stores it (server/datasets/convert.py); other files as given."""
     staged = dict(files)
     for slug, f in files.items():
+        stem = f.name if f.is_dir() else (split_case_file(f.name) or (f.name, ""))[0]
+        dest = work / slug / f"{stem}.mha"
         if f.suffix.lower() == metaimage.HEADER_SUFFIX:
-            staged[slug] = metaimage.to_mha(f, work / slug / (f.name[: -len(f.suffix)] + ".mha"))
+            staged[slug] = metaimage.to_mha(f, dest)
+        elif convert.is_decoded(f):
+            try:
+                staged[slug] = convert.decoded_to_mha(f, dest, str(f))
+            except convert.ConversionError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--cases") from exc
     return staged
 
 

@@ -6,6 +6,11 @@ uploads) and the server (to ingest).
     ground-truth/<name>/<case><ext>  optional reference masks (segmentation metrics whose
                                      `label` is <name>): organizer-only, like labels.csv
 
+A case file is one file (`.mha`, `.nii.gz`, ...), an `.mhd` header with the `.raw`/`.zraw`
+data file it names, or a directory `<case>/` holding one DICOM series (every file in it a
+slice). The digest covers every original file; ingest (server/datasets/convert.py) turns
+the last three kinds into one `.mha` each.
+
 A case id is a labels.csv row; a file belongs to the longest case id it starts with,
 followed by a '.', so DICOM-UID-style ids (`1.2.826.0.1.3680043.8.498.1`) and compound
 extensions (`.nii.gz`) both work. Without labels (a participant's own cases) the extension
@@ -23,6 +28,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.datasets import metaimage
 from server.errors import InvalidInput
 
 # Dots allowed inside (DICOM UIDs), never at the end: an id is also a directory name.
@@ -39,12 +45,34 @@ def _sha256(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Part:
+    """One original file of a case file made of several: its path in the dataset."""
+
+    relpath: str
+    digest: str
+    size: int
+
+
 @dataclass
 class CaseFile:
+    """relpath: the file, the .mhd header or the DICOM series' directory. ext: the
+    original's extension ('' for a DICOM directory). parts: every original file where there
+    are several (header and data file, the series' slices); empty for one file."""
+
     relpath: str
     digest: str
     size: int
     ext: str
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def originals(self) -> list[Part]:
+        return self.parts or [Part(self.relpath, self.digest, self.size)]
+
+    @property
+    def is_series(self) -> bool:
+        return self.ext == ""
 
 
 @dataclass
@@ -62,18 +90,23 @@ class Manifest:
     def digest(self) -> str:
         canon: dict[str, object] = {
             "labels": self.labels_digest,
-            "files": {f.relpath: f.digest for per in self.files.values() for f in per.values()},
+            "files": _digests(self.files),
         }
         if self.truth:  # absent otherwise: digests of datasets without masks stay as they were
-            canon["truth"] = {
-                f.relpath: f.digest for per in self.truth.values() for f in per.values()
-            }
+            canon["truth"] = _digests(self.truth)
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()
 
     @property
     def interfaces(self) -> set[str]:
         return {slug for per in self.files.values() for slug in per}
+
+
+def _digests(files: dict[str, dict[str, CaseFile]]) -> dict[str, str]:
+    """Every original file's digest by path (one file: as before parts existed)."""
+    return {
+        p.relpath: p.digest for per in files.values() for f in per.values() for p in f.originals
+    }
 
 
 def split_case_file(name: str, case_ids: Collection[str] | None = None) -> tuple[str, str] | None:
@@ -147,25 +180,8 @@ def scan(root: Path) -> Manifest:
                 f"dataset {root}: images/{slug_dir.name} is not an interface directory",
                 field="images",
             )
-        for f in sorted(slug_dir.iterdir()):
-            if f.is_symlink() or not f.is_file():
-                raise InvalidInput(f"dataset {root}: {f} is not a regular file", field="images")
-            split = split_case_file(f.name, rows)
-            if split is None:
-                raise InvalidInput(
-                    f"dataset {root}: images/{slug_dir.name}/{f.name} has no row in labels.csv",
-                    field="images",
-                )
-            case, ext = split
-            per = manifest.files.setdefault(case, {})
-            if slug_dir.name in per:
-                raise InvalidInput(
-                    f"dataset {root}: case {case!r} has two files for {slug_dir.name!r}",
-                    field="images",
-                )
-            per[slug_dir.name] = CaseFile(
-                f"images/{slug_dir.name}/{f.name}", _sha256(f), f.stat().st_size, ext
-            )
+        for case, f in _folder(root, f"images/{slug_dir.name}", rows).items():
+            manifest.files.setdefault(case, {})[slug_dir.name] = f
     if not manifest.files:
         raise InvalidInput(f"dataset {root}: no images under images/", field="images")
     _scan_truth(root, manifest)
@@ -197,26 +213,10 @@ def _scan_truth(root: Path, manifest: Manifest) -> None:
                 "(lower-case letters, digits, '-')",
                 field=TRUTH_DIR,
             )
-        seen: set[str] = set()
-        for f in sorted(folder.iterdir()):
-            rel = f"{TRUTH_DIR}/{folder.name}/{f.name}"
-            if f.is_symlink() or not f.is_file():
-                raise InvalidInput(f"dataset {root}: {rel} is not a regular file", field=TRUTH_DIR)
-            split = split_case_file(f.name, manifest.rows)
-            if split is None:
-                raise InvalidInput(
-                    f"dataset {root}: {rel} has no row in labels.csv", field=TRUTH_DIR
-                )
-            case, ext = split
-            if case in seen:
-                raise InvalidInput(
-                    f"dataset {root}: case {case!r} has two masks in {TRUTH_DIR}/{folder.name}",
-                    field=TRUTH_DIR,
-                )
-            seen.add(case)
-            manifest.truth.setdefault(case, {})[folder.name] = CaseFile(
-                rel, _sha256(f), f.stat().st_size, ext
-            )
+        found = _folder(root, f"{TRUTH_DIR}/{folder.name}", manifest.rows)
+        for case, f in found.items():
+            manifest.truth.setdefault(case, {})[folder.name] = f
+        seen = set(found)
         missing = [c for c in manifest.rows if c not in seen]
         if missing:
             raise InvalidInput(
@@ -224,3 +224,85 @@ def _scan_truth(root: Path, manifest: Manifest) -> None:
                 f"case(s), e.g. {missing[0]!r}",
                 field=TRUTH_DIR,
             )
+
+
+def _companions(root: Path, rel: str) -> set[str]:
+    """The data files that the folder's .mhd headers name (each is part of its header)."""
+    names = set()
+    top = rel.split("/")[0]
+    for f in (root / rel).iterdir():
+        if f.suffix.lower() == metaimage.HEADER_SUFFIX and f.is_file():
+            try:
+                name = metaimage.data_file(f)
+            except metaimage.MetaImageError as exc:
+                raise InvalidInput(f"dataset {root}: {rel}/{exc}", field=top) from exc
+            if not (root / rel / name).is_file():
+                raise InvalidInput(
+                    f"dataset {root}: {rel}/{f.name} names its data file {name}, missing",
+                    field=top,
+                )
+            names.add(name)
+    return names
+
+
+def _part(root: Path, path: Path) -> Part:
+    return Part(path.relative_to(root).as_posix(), _sha256(path), path.stat().st_size)
+
+
+def _series(root: Path, folder: Path) -> CaseFile:
+    """A directory of DICOM slices (checked as a series at ingest, not here)."""
+    rel = folder.relative_to(root).as_posix()
+    parts = []
+    for f in sorted(folder.iterdir()):
+        if f.is_symlink() or not f.is_file():
+            raise InvalidInput(
+                f"dataset {root}: {rel}/{f.name} is not a regular file (a case directory "
+                "holds the slices of one DICOM series, no folders)",
+                field=rel.split("/")[0],
+            )
+        parts.append(_part(root, f))
+    if not parts:
+        raise InvalidInput(f"dataset {root}: {rel} is empty (no DICOM slices)", field=rel)
+    blob = json.dumps([(p.relpath, p.digest) for p in parts]).encode()
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    return CaseFile(rel, digest, sum(p.size for p in parts), "", parts)
+
+
+def _folder(root: Path, rel: str, rows: Collection[str]) -> dict[str, CaseFile]:
+    """case -> its one case file in root/rel (a file, an .mhd pair or a series directory)."""
+    found: dict[str, CaseFile] = {}
+    companions = _companions(root, rel)
+    top = rel.split("/")[0]
+    for f in sorted((root / rel).iterdir()):
+        if f.name in companions:
+            continue
+        if f.is_dir() and not f.is_symlink():
+            if f.name not in rows:
+                raise InvalidInput(
+                    f"dataset {root}: {rel}/{f.name}/ has no row in labels.csv (a DICOM "
+                    "series directory is named by its case id)",
+                    field=top,
+                )
+            case, entry = f.name, _series(root, f)
+        elif f.is_symlink() or not f.is_file():
+            raise InvalidInput(f"dataset {root}: {f} is not a regular file", field=top)
+        else:
+            split = split_case_file(f.name, rows)
+            if split is None:
+                raise InvalidInput(
+                    f"dataset {root}: {rel}/{f.name} has no row in labels.csv", field=top
+                )
+            case, ext = split
+            entry = CaseFile(f"{rel}/{f.name}", _sha256(f), f.stat().st_size, ext)
+            if ext.lower() == metaimage.HEADER_SUFFIX:
+                data = f.parent / metaimage.data_file(f)
+                entry.parts = [_part(root, f), _part(root, data)]
+        if case in found:
+            raise InvalidInput(
+                f"dataset {root}: case {case!r} has two files in {rel} "
+                f"({Path(found[case].relpath).name}, {f.name}): one per case (an .mhd header "
+                "names its own .raw/.zraw in ElementDataFile)",
+                field=top,
+            )
+        found[case] = entry
+    return found

@@ -1,5 +1,7 @@
 """Dataset ingest: an archive or directory of cases becomes content-addressed artifacts plus
-Case rows. Ground truth (labels.csv) is stored as an artifact that no endpoint serves."""
+Case rows. Ground truth (labels.csv) is stored as an artifact that no endpoint serves.
+Case files given as an .mhd pair, NIfTI or a DICOM series are stored as one .mha each
+(convert.py), their original files beside it by digest (`originals` in the file record)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from server.datasets import convert, repository
 from server.datasets import manifest as mf
-from server.datasets import repository
 from server.datasets.models import Case, Dataset
 from server.db import utcnow
 from server.errors import InvalidInput
@@ -57,10 +59,7 @@ def ingest_directory(
         existing.title, existing.public = title, public
         return existing, "updated" if changed else "unchanged", CaseChanges()
 
-    store.put_file(root / "labels.csv")
-    for per in [*manifest.files.values(), *manifest.truth.values()]:
-        for f in per.values():
-            store.put_file(root / f.relpath)
+    stored = stored_files(store, manifest, slug)
 
     if existing is None:
         dataset = Dataset(challenge_id=challenge_id, slug=slug, version=1)
@@ -83,14 +82,11 @@ def ingest_directory(
     old = {c.name: c for c in repository.list_cases(session, dataset.id, retired=True)}
     added: list[Case] = []
     for name in manifest.rows:
-        files = {
-            slug: {"digest": f.digest, "ext": f.ext, "size": f.size}
-            for slug, f in manifest.files[name].items()
-        }
+        files = {slug: stored[f.relpath] for slug, f in manifest.files[name].items()}
         # Reference masks ride along under keys no interface slug can take ("truth:<name>");
         # only the evaluation step reads them.
         files |= {
-            f"{TRUTH_PREFIX}{folder}": {"digest": f.digest, "ext": f.ext, "size": f.size}
+            f"{TRUTH_PREFIX}{folder}": stored[f.relpath]
             for folder, f in manifest.truth.get(name, {}).items()
         }
         case = old.pop(name, None)
@@ -114,6 +110,52 @@ def ingest_directory(
     session.flush()
     changes.added |= {c.id for c in added}
     return dataset, outcome, changes
+
+
+def stored_files(
+    store: ArtifactStore, manifest: mf.Manifest, slug: str
+) -> dict[str, dict[str, Any]]:
+    """Store labels.csv and every case file; returns each case file's record by relpath:
+    {"digest", "ext", "size"} of what algorithms get, plus for a converted one "originals":
+    [{"name" (under its interface or mask folder), "digest", "size"}]. Every conversion is
+    done (and may refuse) before anything is stored."""
+    root = manifest.root
+    every = [
+        f for per in [*manifest.files.values(), *manifest.truth.values()] for f in per.values()
+    ]
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
+        try:
+            converted = convert.convert_all(root, every, Path(tmp))
+        except convert.ConversionError as exc:
+            where = mf.TRUTH_DIR if str(exc).startswith(mf.TRUTH_DIR) else "images"
+            raise InvalidInput(f"dataset {slug!r}: {exc}", field=where) from exc
+        store.put_file(root / "labels.csv")
+        records: dict[str, dict[str, Any]] = {}
+        for f in every:
+            mha = converted.get(f.relpath)
+            if mha is None:
+                store.put_file(root / f.relpath)
+                records[f.relpath] = {"digest": f.digest, "ext": f.ext, "size": f.size}
+                continue
+            digest, size = store.put_file(mha)
+            folder = f.relpath.rsplit("/", 1)[0]  # images/<interface> or ground-truth/<name>
+            originals = []
+            for part in f.originals:
+                store.put_file(root / part.relpath)
+                originals.append(
+                    {
+                        "name": part.relpath.removeprefix(folder + "/"),
+                        "digest": part.digest,
+                        "size": part.size,
+                    }
+                )
+            records[f.relpath] = {
+                "digest": digest,
+                "ext": convert.MHA,
+                "size": size,
+                "originals": originals,
+            }
+    return records
 
 
 def ingest_archive(

@@ -152,3 +152,26 @@ def test_run_local_stages_mhd_pairs_under_dicom_uid_names(tmp_path: Path, labels
     assert sorted(out["cases"]) == list(DICOM_UIDS)
     covid = {c: r["outputs"]["probability-covid-19"] for c, r in out["cases"].items()}
     assert covid == {DICOM_UIDS[0]: "0.5", DICOM_UIDS[1]: "0.6"}
+
+
+def test_run_local_stages_nifti_and_dicom_series_as_mha(tmp_path: Path) -> None:
+    """As the platform's ingest converts them: a .nii.gz case and a DICOM series directory
+    reach the algorithm as one .mha each (the image reads only .mha; PatientAge absent: 0.5)."""
+    from tests.support.medical import volume, write_dicom_series, write_nifti
+
+    client = images.client_or_none()
+    need(client is not None, "a Docker engine")
+    assert client is not None
+    tag = images.build_image(client, "run-local-uid", images.WELL_BEHAVED)
+    cases = tmp_path / "mine"
+    images.write_ct_dataset(cases, [("P000", 50, 1, 1), ("P001", 60, 0, 0)])
+    folder = cases / "images" / "ct"
+    for mha in folder.glob("*.mha"):
+        mha.unlink()
+    write_nifti(folder / "P000.nii.gz", volume(1))
+    write_dicom_series(folder / "P001", volume(2), "1.2.826.0.1.3680043.8.498.5")
+    proc = _run_local(tmp_path, tag)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    covid = {c: r["outputs"]["probability-covid-19"] for c, r in out["cases"].items()}
+    assert covid == {"P000": "0.5", "P001": "0.5"}
