@@ -228,7 +228,7 @@ def apply_spec(
             datasets.check_interfaces(
                 test_ds,
                 datasets_repo.list_cases(session, test_ds.id),
-                {i.slug for i in phase_spec.inputs},
+                {i.slug: i.extension for i in phase_spec.inputs},
             )
         phase = repository.get_phase(session, challenge.id, phase_spec.slug)
         name = f"phase {phase_spec.slug}"

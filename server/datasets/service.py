@@ -205,13 +205,25 @@ def truth_files(files: dict[str, Any]) -> dict[str, Any]:
     return {k.removeprefix(TRUTH_PREFIX): v for k, v in files.items() if k.startswith(TRUTH_PREFIX)}
 
 
-def check_interfaces(dataset: Dataset, cases: list[Case], slugs: set[str]) -> None:
-    """A phase's image inputs must all be present in its dataset's cases."""
+def check_interfaces(dataset: Dataset, cases: list[Case], inputs: dict[str, str | None]) -> None:
+    """A phase's inputs (slug -> declared extension) must all be present in its dataset's
+    cases, stored with that extension: images are converted to .mha at upload, so an input
+    declared as .nii.gz would hand containers .mha bytes under a .nii.gz name."""
     for case in cases:
-        missing = slugs - set(case.files)
+        missing = set(inputs) - set(case.files)
         if missing:
             raise InvalidInput(
                 f"dataset {dataset.slug!r} lacks images for inputs {sorted(missing)} "
                 f"(case {case.name!r})",
                 field="inputs",
             )
+        for slug, extension in inputs.items():
+            stored = case.files[slug].get("ext")
+            if extension and stored and stored != extension:
+                raise InvalidInput(
+                    f"input {slug!r} declares extension {extension!r}, but dataset "
+                    f"{dataset.slug!r} holds it as {stored!r} (case {case.name!r}; images "
+                    "given as .mhd, .nii, .nii.gz or DICOM are stored as .mha): declare "
+                    f"extension {stored!r}",
+                    field="inputs",
+                )

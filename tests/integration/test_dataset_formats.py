@@ -82,3 +82,18 @@ def test_a_corrupt_image_refuses_the_upload_naming_it(
     assert api.get("/api/v1/challenges", headers=auth(admin)).json() == []
     with session_scope(settings) as session:
         assert session.query(Case).count() == 0
+
+
+def test_an_input_declared_as_nifti_is_refused_naming_what_is_stored(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    # The upload turns .nii.gz into .mha: an interface still declaring .nii.gz would hand
+    # algorithms .mha bytes under a .nii.gz name (relative_path, inputs.json).
+    admin = user_token(settings, "admin", admin=True)
+    bundle = stoic_bundle()
+    bundle["phases"][0]["inputs"] = [{"slug": "ct", "kind": "image", "extension": ".nii.gz"}]
+    r = apply_bundle(api, admin, bundle, {"test": _dataset(tmp_path / "test")})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "input 'ct' declares extension '.nii.gz'" in detail and "'.mha'" in detail
+    assert api.get("/api/v1/challenges", headers=auth(admin)).json() == []
