@@ -14,6 +14,13 @@ from server.leaderboards import boards, service, tasks
 router = APIRouter(tags=["leaderboards"])
 
 CACHED = {304: {"description": "the board has not changed since the ETag given in If-None-Match"}}
+PHASE_BOARD = {
+    **CACHED,
+    409: {
+        "description": "a multi-task phase has no board of its own: the problem document names "
+        "each task's board (`tasks`: slug -> path) and the consensus board (`consensus`)"
+    },
+}
 
 
 def _serve(request: Request, etag: str, body: bytes) -> Response:
@@ -50,7 +57,7 @@ def _board(request: Request, challenge: str, phase: str) -> boards.Stored:
 @router.get(
     "/challenges/{challenge}/phases/{phase}/leaderboard",
     response_model=dict[str, Any],
-    responses=CACHED,  # type: ignore[arg-type]
+    responses=PHASE_BOARD,  # type: ignore[arg-type]
 )
 def leaderboard(challenge: str, phase: str, request: Request) -> Response:
     """Served from the stored board (recomputed when a result changes); send the ETag back
@@ -64,7 +71,7 @@ def leaderboard(challenge: str, phase: str, request: Request) -> Response:
 @router.get(
     "/challenges/{challenge}/phases/{phase}/leaderboard/statistics",
     response_model=dict[str, Any],
-    responses=CACHED,  # type: ignore[arg-type]
+    responses=PHASE_BOARD,  # type: ignore[arg-type]
 )
 def leaderboard_statistics(challenge: str, phase: str, request: Request) -> Response:
     """All-pairs DeLong p-values and ROC points with CI bands, for plots."""
