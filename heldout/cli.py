@@ -96,7 +96,13 @@ def _api_message(exc: ApiError) -> str:
 
 
 def _suggestion(exc: ApiError, challenge: str | None, phase: str | None) -> str:
-    """ "did you mean …" for an unknown challenge or phase slug."""
+    """ "did you mean …" for an unknown challenge or phase slug; the boards to read instead
+    of a multi-task phase's own."""
+    if exc.status == 409 and "consensus" in exc.body and challenge and phase:
+        return (
+            f"; list its tasks: heldout tasks {challenge} {phase}; read one: heldout "
+            f"leaderboard {challenge} {phase} --task TASK (or --consensus)"
+        )
     if exc.status != 404 or challenge is None:
         return ""
     client = make_client()
@@ -111,6 +117,8 @@ def _suggestion(exc: ApiError, challenge: str | None, phase: str | None) -> str:
             return ""
     except (ApiError, httpx.HTTPError):
         return ""
+    if wrong in known:
+        return ""  # the slug is right: the phase lacks what was asked (no tasks, say)
     close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
     if close:
         return f"; did you mean {close[0]!r}? (list them: {listing})"
@@ -697,12 +705,39 @@ def _fmt(value: Any) -> str:
 
 
 @app.command()
-def leaderboard(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
-    """Show a phase's leaderboard (primary metric with its confidence interval)."""
-    data = call_api(make_client().leaderboard, challenge, phase, challenge=challenge, phase=phase)
-    if emit(data, as_json):
+def leaderboard(
+    challenge: str,
+    phase: str,
+    task: str | None = typer.Option(None, "--task", help="a multi-task phase's task board"),
+    consensus: bool = typer.Option(
+        False, "--consensus", help="a multi-task phase's consensus board (mean task rank)"
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a phase's leaderboard (primary metric with its confidence interval); for a
+    multi-task phase, a task's board (--task SLUG) or the consensus board (--consensus)."""
+    if task and consensus:
+        exit_with("give --task or --consensus, not both", EXIT_REFUSED)
+    client = make_client()
+    if consensus:
+        data = call_api(client.consensus, challenge, phase, challenge=challenge, phase=phase)
+        if not emit(data, as_json):
+            _consensus_table(challenge, phase, data)
         return
-    table = Table(title=f"{challenge} / {phase} — ranked on {data['primary_metric']}")
+    if task:
+        data = call_api(
+            client.task_leaderboard, challenge, phase, task, challenge=challenge, phase=phase
+        )
+        title = f"{challenge} / {phase} / task {task}"
+    else:
+        data = call_api(client.leaderboard, challenge, phase, challenge=challenge, phase=phase)
+        title = f"{challenge} / {phase}"
+    if not emit(data, as_json):
+        _board_table(title, data)
+
+
+def _board_table(title: str, data: dict[str, Any]) -> None:
+    table = Table(title=f"{title} — ranked on {data['primary_metric']}")
     table.add_column("rank", justify="right")
     table.add_column("team")
     table.add_column("submission", justify="right")
@@ -725,6 +760,49 @@ def leaderboard(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
     out.print(table)
     if not data["entries"]:
         out.print("no scored submissions yet")
+
+
+def _consensus_table(challenge: str, phase: str, data: dict[str, Any]) -> None:
+    table = Table(title=f"{challenge} / {phase} — consensus across tasks")
+    table.add_column("rank", justify="right")
+    table.add_column("team")
+    table.add_column("mean rank", justify="right")
+    for t in data["tasks"]:
+        table.add_column(f"rank on {t}", justify="right")
+    table.add_column("note")
+    for e in data["entries"]:
+        ranks = ["-" if e["task_ranks"].get(t) is None else str(e["task_ranks"][t])
+                 for t in data["tasks"]]  # fmt: skip
+        note = "" if e["complete"] else "incomplete: no rank on " + ", ".join(e["missing"])
+        rank = "-" if e["rank"] is None else str(e["rank"])
+        mean = "-" if e["mean_rank"] is None else f"{e['mean_rank']:g}"
+        table.add_row(rank, e["team"], mean, *ranks, note)
+    out.print(table)
+    out.print(f"consensus: {data['rule']}", markup=False)
+    if not data["entries"]:
+        out.print("no scored submissions yet")
+
+
+@app.command()
+def tasks(challenge: str, phase: str, as_json: bool = JsonOpt) -> None:
+    """List a multi-task phase's tasks (inputs, outputs, primary metric) and their boards."""
+    data = call_api(make_client().tasks, challenge, phase, challenge=challenge, phase=phase)
+    if emit(data, as_json):
+        return
+    table = Table(title=f"{challenge} / {phase} — tasks")
+    for column in ("task", "title", "inputs", "outputs", "primary metric"):
+        table.add_column(column)
+    for t in data["tasks"]:
+        table.add_row(
+            t["slug"], t["title"], ", ".join(t["inputs"]), ", ".join(t["outputs"]),
+            t["primary_metric"],
+        )  # fmt: skip
+    out.print(table)
+    out.print(
+        f"boards: `heldout leaderboard {challenge} {phase} --task TASK`; across tasks: "
+        f"`heldout leaderboard {challenge} {phase} --consensus`",
+        markup=False,
+    )
 
 
 @app.command()

@@ -124,6 +124,16 @@ class Client:
     def leaderboard(self, challenge: str, phase: str) -> dict[str, Any]:
         return dict(self.get(f"/challenges/{challenge}/phases/{phase}/leaderboard"))
 
+    def tasks(self, challenge: str, phase: str) -> dict[str, Any]:
+        """A multi-task phase's tasks and the paths of their boards."""
+        return dict(self.get(f"/challenges/{challenge}/phases/{phase}/tasks"))
+
+    def task_leaderboard(self, challenge: str, phase: str, task: str) -> dict[str, Any]:
+        return dict(self.get(f"/challenges/{challenge}/phases/{phase}/tasks/{task}/leaderboard"))
+
+    def consensus(self, challenge: str, phase: str) -> dict[str, Any]:
+        return dict(self.get(f"/challenges/{challenge}/phases/{phase}/consensus"))
+
     def nodes(self) -> list[dict[str, Any]]:
         return list(self.get("/nodes"))
 

@@ -445,10 +445,20 @@ class PhaseSpec(StrictModel):
                 f"phase {self.slug!r}: give either metrics (the built-in evaluator) or "
                 "evaluation (an organizer's evaluation image), not both or neither"
             )
-        if self.evaluation is not None and (self.private_fraction is not None or self.tasks):
+        if self.evaluation is not None and self.private_fraction is not None:
+            # The split (server/leaderboards/split.py) scores each part from the built-in
+            # evaluator's per-case values; an image's metrics.json holds aggregates only.
             raise ValueError(
                 f"phase {self.slug!r}: a phase scored by an organizer's evaluation image "
-                "cannot have a private_fraction or tasks (yet)"
+                "cannot have a private_fraction: the image's score is an aggregate over all "
+                "cases, and the board would need it computed on the public and private part "
+                "separately (one evaluation run per part), which the platform does not do "
+                "yet; use the built-in metrics, or drop private_fraction"
+            )
+        if self.evaluation is not None and self.tasks:
+            raise ValueError(
+                f"phase {self.slug!r}: a multi-task phase is scored by each task's built-in "
+                "metrics; an organizer's evaluation image per task is not supported yet"
             )
         _check_interfaces(f"phase {self.slug!r}", self.inputs, self.outputs, self.metrics)
         if self.tasks is not None:

@@ -100,7 +100,9 @@ def served(settings: Settings, token_hash: str, challenge: str, phase: str) -> S
     probe = board_probe(settings, token_hash, challenge, phase)
     if probe is None:
         return None
-    fraction, closes_at, _ = _spec_fields(probe.spec_text)
+    fraction, closes_at, spec_json = _spec_fields(probe.spec_text)
+    if spec_json.get("tasks"):
+        return None  # a multi-task phase has no board: the full path answers 409
     key = _rule_key_of(
         probe.metrics_version,
         probe.digest,

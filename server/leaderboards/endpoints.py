@@ -9,11 +9,18 @@ from server.challenges import repository as challenges_repo
 from server.challenges import service as challenges
 from server.db import session_scope
 from server.deps import CurrentUser, SessionDep, bearer_token
-from server.leaderboards import boards, service
+from server.leaderboards import boards, service, tasks
 
 router = APIRouter(tags=["leaderboards"])
 
 CACHED = {304: {"description": "the board has not changed since the ETag given in If-None-Match"}}
+PHASE_BOARD = {
+    **CACHED,
+    409: {
+        "description": "a multi-task phase has no board of its own: the problem document names "
+        "each task's board (`tasks`: slug -> path) and the consensus board (`consensus`)"
+    },
+}
 
 
 def _serve(request: Request, etag: str, body: bytes) -> Response:
@@ -30,7 +37,8 @@ def _board(request: Request, challenge: str, phase: str) -> boards.Stored:
     """The phase's stored board for a signed-in caller. A board this process holds and the
     database says is current costs one indexed read; anything else (no board held, a newer
     generation, a bad token, no such phase) takes the full path, which answers or raises
-    exactly as every endpoint does (401 before 404)."""
+    exactly as every endpoint does (401 before 404). A multi-task phase answers 409 naming
+    its task boards and its consensus board (`tasks.refuse_phase_board`)."""
     settings = request.app.state.settings
     token = bearer_token(request)
     if token:
@@ -40,6 +48,7 @@ def _board(request: Request, challenge: str, phase: str) -> boards.Stored:
     with session_scope(settings, write=False) as session:
         accounts.authenticate(session, token)
         _, ph = challenges.get_phase(session, challenge, phase)
+        tasks.refuse_phase_board(ph, request.url.path.rsplit("/leaderboard", 1)[0])
         return boards.current(session, ph)
 
 
@@ -48,11 +57,13 @@ def _board(request: Request, challenge: str, phase: str) -> boards.Stored:
 @router.get(
     "/challenges/{challenge}/phases/{phase}/leaderboard",
     response_model=dict[str, Any],
-    responses=CACHED,  # type: ignore[arg-type]
+    responses=PHASE_BOARD,  # type: ignore[arg-type]
 )
 def leaderboard(challenge: str, phase: str, request: Request) -> Response:
     """Served from the stored board (recomputed when a result changes); send the ETag back
-    in If-None-Match to get a 304 while it is unchanged."""
+    in If-None-Match to get a 304 while it is unchanged. A multi-task phase has no board of
+    its own: 409, the problem document naming each task's board (`tasks`: slug -> path) and
+    the consensus board (`consensus`: path)."""
     stored = _board(request, challenge, phase)
     return _serve(request, stored.etag, stored.leaderboard_bytes)
 
@@ -60,7 +71,7 @@ def leaderboard(challenge: str, phase: str, request: Request) -> Response:
 @router.get(
     "/challenges/{challenge}/phases/{phase}/leaderboard/statistics",
     response_model=dict[str, Any],
-    responses=CACHED,  # type: ignore[arg-type]
+    responses=PHASE_BOARD,  # type: ignore[arg-type]
 )
 def leaderboard_statistics(challenge: str, phase: str, request: Request) -> Response:
     """All-pairs DeLong p-values and ROC points with CI bands, for plots."""

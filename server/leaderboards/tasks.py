@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from server.challenges import repository as challenges_repo
 from server.challenges.models import Phase
-from server.errors import NotFound
+from server.errors import Conflict, NotFound
 from server.leaderboards import boards
 from server.leaderboards.consensus import RULE, consensus
 
@@ -28,6 +28,22 @@ class Served:
 def _require_tasks(phase: Phase) -> None:
     if not phase.spec_json.get("tasks"):
         raise NotFound(f"phase {phase.slug!r} has no tasks", field="phase")
+
+
+def refuse_phase_board(phase: Phase, base: str) -> None:
+    """A multi-task phase has no board of its own (its teams are ranked per task, then by
+    consensus): 409 naming the boards it has, as paths under `base` (the phase's path)."""
+    if not phase.spec_json.get("tasks"):
+        return
+    slugs = [t["slug"] for t in phase.spec_json["tasks"]]
+    raise Conflict(
+        f"phase {phase.slug!r} is a multi-task phase and has no leaderboard of its own: each "
+        f"task has its board ({', '.join(slugs)}: {base}/tasks/<task>/leaderboard) and the "
+        f"phase ranks teams across them on {base}/consensus",
+        field="phase",
+        tasks={slug: f"{base}/tasks/{slug}/leaderboard" for slug in slugs},
+        consensus=f"{base}/consensus",
+    )
 
 
 def list_tasks(session: Session, phase: Phase) -> dict[str, Any]:

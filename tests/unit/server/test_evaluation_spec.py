@@ -57,3 +57,12 @@ def test_the_board_metrics_are_the_evaluations_columns() -> None:
 def test_refusals_name_what_is_wrong(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         PhaseSpec.model_validate(phase(**changes))
+
+
+def test_the_private_fraction_refusal_says_why() -> None:
+    # The split ranks each part on per-case values recomputed over its cases; an evaluation
+    # image's score is an aggregate over all cases, so the refusal explains that.
+    bad = phase(metrics=None, evaluation=EVALUATION, private_fraction=0.5)
+    with pytest.raises(ValidationError, match="aggregate over all cases") as info:
+        PhaseSpec.model_validate(bad)
+    assert "public and private part" in str(info.value)
