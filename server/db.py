@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, Select, create_engine, event
@@ -168,7 +168,9 @@ def session_scope(settings: Settings | None = None, *, write: bool = True) -> It
         session.close()
 
 
-def read_one(settings: Settings, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
+def read_one(
+    settings: Settings, statement: Select[*tuple[Any, ...]], params: dict[str, Any]
+) -> tuple[Any, ...] | None:
     """The first row of a read on a hot path, run straight on a pooled DBAPI connection:
     the statement is compiled once per dialect and its columns converted by their types,
     as SQLAlchemy would, but without a Connection, whose per-execute bookkeeping (events,
@@ -201,7 +203,7 @@ def read_one(settings: Settings, statement: Select[Any], params: dict[str, Any])
 
 @lru_cache(maxsize=32)
 def _compiled(
-    statement: Select[Any], dialect: Dialect
+    statement: Select[*tuple[Any, ...]], dialect: Dialect
 ) -> tuple[str, tuple[str, ...] | None, tuple[Callable[[Any], Any] | None, ...]]:
     """The statement's SQL for the dialect, its bind names in order (None: named style)
     and each column's result processor."""

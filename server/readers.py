@@ -7,6 +7,7 @@ server shutting down abandons a read nobody waits for."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -66,7 +67,6 @@ def _settle(
         else:
             future.set_result(result)
 
-    try:
+    # RuntimeError: that loop is closed, so nobody waits for this result any more.
+    with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # that loop is closed: nobody waits for this result any more
-        pass

@@ -47,7 +47,9 @@ class HeldBoards:
                     return
         await self.app(scope, receive, send)
 
-    async def _serve(self, found: re.Match[str], token: str, if_none_match: str, send: Send) -> bool:
+    async def _serve(
+        self, found: re.Match[str], token: str, if_none_match: str, send: Send
+    ) -> bool:
         """Answer from the held board; False if there is none to answer from."""
         challenge, phase, statistics = found.groups()
         try:
