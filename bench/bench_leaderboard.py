@@ -330,7 +330,8 @@ def run_db(db: str, args: argparse.Namespace) -> None:
         log = (Path(tmp) / "server.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "server", "--port", str(port),
-             "--workers", str(args.workers)],
+             "--workers", str(args.workers),
+             "--access-log" if args.access_log else "--no-access-log"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
@@ -391,6 +392,10 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--client-procs", type=int, default=2, help="load generator processes")
     ap.add_argument("--keep", help="keep the filled phases in this folder and reuse them")
+    ap.add_argument(
+        "--no-access-log", dest="access_log", action="store_false",
+        help="the server logs no line per request (as behind a proxy that logs them)",
+    )  # fmt: skip
     ap.add_argument("--postgres-url", default=os.environ.get("HELDOUT_TEST_POSTGRES_URL"))
     ap.add_argument(
         "--redis-url", default=os.environ.get("HELDOUT_TEST_REDIS_URL", "redis://127.0.0.1:1/0")
