@@ -25,6 +25,7 @@ from server.config import Settings, get_settings
 from server.errors import HeldoutError, RuleViolation
 from server.jobs.endpoints import router as jobs_router
 from server.leaderboards.endpoints import router as leaderboards_router
+from server.leaderboards.lane import HeldBoards
 from server.leaderboards.task_endpoints import router as task_boards_router
 from server.nodes.endpoints import router as nodes_router
 from server.submissions.endpoints import router as submissions_router
@@ -123,6 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         nodes_router,
     ):
         app.include_router(router, prefix="/api/v1")
+    # In front of routing: looks at a held, current board skip FastAPI's per-request work.
+    app.add_middleware(HeldBoards, settings=settings)
     openapi.install(app)
     openapi.install_docs(app, "/vendor")
     # The participant page: static files that use the API above, nothing server-rendered.

@@ -77,6 +77,9 @@ def server(
     host: str = typer.Option(None, help="default: HELDOUT_HOST"),
     port: int = typer.Option(None, help="default: HELDOUT_PORT"),
     workers: int = typer.Option(None, min=1, help="processes; default: HELDOUT_SERVER_WORKERS"),
+    access_log: bool = typer.Option(
+        None, "--access-log/--no-access-log", help="a line per request; default: HELDOUT_ACCESS_LOG"
+    ),
 ) -> None:
     """Run the API server (migrates the database first; starts embedded Redis if needed)."""
     import uvicorn
@@ -101,6 +104,7 @@ def server(
             host=host or settings.host,
             port=port or settings.port,
             workers=workers or settings.server_workers,
+            access_log=settings.access_log if access_log is None else access_log,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             **patience,  # type: ignore[arg-type]
         )

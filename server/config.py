@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     leaderboard_fresh_wait_s: float = Field(2.0, ge=0)
     # `heldout server --workers`: processes behind one port.
     server_workers: int = Field(1, ge=1, le=64)
+    # One line per request on stderr. Behind a reverse proxy that logs requests, switching
+    # it off saves about 0.1 ms of CPU per request (a sixth of a held leaderboard's GET).
+    access_log: bool = True
 
     # Intake of T2 image archives.
     max_image_archive_bytes: int = 20 * 1024**3

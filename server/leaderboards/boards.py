@@ -100,13 +100,13 @@ def served(settings: Settings, token_hash: str, challenge: str, phase: str) -> S
     probe = board_probe(settings, token_hash, challenge, phase)
     if probe is None:
         return None
-    fraction, closes_at, spec_json = _spec_fields(probe.spec_text)
+    fraction, closes_at, image, spec_json = _spec_fields(probe.spec_text)
     if spec_json.get("tasks"):
         return None  # a multi-task phase has no board: the full path answers 409
     key = _rule_key_of(
         probe.metrics_version,
         probe.digest,
-        current_evaluator(),
+        image or current_evaluator(),  # as `current_evaluator(phase)` says
         probe.spec_text,
         phase,
         split.part_at(fraction, closes_at),
@@ -121,12 +121,17 @@ def served(settings: Settings, token_hash: str, challenge: str, phase: str) -> S
 
 
 @lru_cache(maxsize=256)
-def _spec_fields(spec_text: str) -> tuple[float | None, datetime | None, dict[str, Any]]:
+def _spec_fields(
+    spec_text: str,
+) -> tuple[float | None, datetime | None, str | None, dict[str, Any]]:
+    """What the rule key needs of a phase's spec: its private fraction, closing time, own
+    evaluation image (None: the installation's evaluator) and the spec itself."""
     from server.challenges.schemas import PhaseSpec
 
     spec_json = json.loads(spec_text)
     spec = PhaseSpec.model_validate(spec_json)
-    return spec.private_fraction, spec.closes_at, spec_json
+    image = spec.evaluation.image if spec.evaluation is not None else None
+    return spec.private_fraction, spec.closes_at, image, spec_json
 
 
 @lru_cache(maxsize=256)
@@ -139,7 +144,7 @@ def _rule_key_of(
     part: str | None,
 ) -> str:
     """`rule_key` from the phase's columns as read, its spec still as text."""
-    spec_json = _spec_fields(spec_text)[2]
+    spec_json = _spec_fields(spec_text)[3]
     return _rule_key(metrics_version, digest, evaluator, spec_json, slug, part)
 
 

@@ -9,7 +9,7 @@ from server.challenges import repository as challenges_repo
 from server.challenges import service as challenges
 from server.db import session_scope
 from server.deps import CurrentUser, SessionDep, bearer_token
-from server.leaderboards import boards, service, tasks
+from server.leaderboards import boards, lane, service, tasks
 
 router = APIRouter(tags=["leaderboards"])
 
@@ -26,27 +26,21 @@ PHASE_BOARD = {
 def _serve(request: Request, etag: str, body: bytes) -> Response:
     """The stored JSON as is, or 304 when the client holds this version already."""
     tag = f'"{etag}"'
-    headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
-    sent = request.headers.get("if-none-match", "")
-    if tag in {t.strip().removeprefix("W/") for t in sent.split(",")} or sent.strip() == "*":
+    headers = {"ETag": tag, "Cache-Control": lane.CACHE_CONTROL}
+    if lane.not_modified(tag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type="application/json", headers=headers)
 
 
 def _board(request: Request, challenge: str, phase: str) -> boards.Stored:
-    """The phase's stored board for a signed-in caller. A board this process holds and the
-    database says is current costs one indexed read; anything else (no board held, a newer
-    generation, a bad token, no such phase) takes the full path, which answers or raises
-    exactly as every endpoint does (401 before 404). A multi-task phase answers 409 naming
-    its task boards and its consensus board (`tasks.refuse_phase_board`)."""
+    """The phase's stored board for a signed-in caller, by the full path: a board this
+    process holds and the database says is current was served by `lane.HeldBoards` before
+    the request got here, so this path is taken by the first look after a change, and by
+    requests that fail (401 before 404, as every endpoint). A multi-task phase answers 409
+    naming its task boards and its consensus board (`tasks.refuse_phase_board`)."""
     settings = request.app.state.settings
-    token = bearer_token(request)
-    if token:
-        held = boards.served(settings, accounts.hash_token(token), challenge, phase)
-        if held is not None:
-            return held
     with session_scope(settings, write=False) as session:
-        accounts.authenticate(session, token)
+        accounts.authenticate(session, bearer_token(request))
         _, ph = challenges.get_phase(session, challenge, phase)
         tasks.refuse_phase_board(ph, request.url.path.rsplit("/leaderboard", 1)[0])
         return boards.current(session, ph)

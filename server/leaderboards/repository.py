@@ -10,7 +10,7 @@ from server.accounts.models import ApiToken, User
 from server.challenges.models import Challenge, Phase
 from server.config import Settings
 from server.datasets.models import Dataset
-from server.db import read_connection
+from server.db import read_one
 from server.leaderboards.models import Result
 from server.submissions.models import Submission
 from server.submissions.states import SubmissionStatus
@@ -110,7 +110,11 @@ def _probe_statement() -> Select[int, int, int, str, datetime, str, int, datetim
         .outerjoin(Dataset, Dataset.id == Phase.test_dataset_id)
         .join(ApiToken, and_(ApiToken.token_hash == bindparam("h"), ApiToken.revoked_at.is_(None)))
         .join(User, User.id == ApiToken.user_id)
-        .where(Challenge.slug == bindparam("c"), Phase.slug == bindparam("p"))
+        .where(
+            Challenge.slug == bindparam("c"),
+            Phase.slug == bindparam("p"),
+            Phase.parent_id.is_(None),  # a task's own phase is reached through its parent
+        )
     )
 
 
@@ -121,6 +125,5 @@ def board_probe(
     settings: Settings, token_hash: str, challenge: str, phase: str
 ) -> BoardProbe | None:
     """The phase and the live token of an existing user, or None if either is missing."""
-    with read_connection(settings) as conn:
-        row = conn.execute(_PROBE, {"h": token_hash, "c": challenge, "p": phase}).first()
+    row = read_one(settings, _PROBE, {"h": token_hash, "c": challenge, "p": phase})
     return None if row is None else BoardProbe(*row)

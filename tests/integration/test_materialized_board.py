@@ -5,6 +5,8 @@ recompute is running readers are served the previous board, whole, without waiti
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +108,16 @@ def test_readers_get_the_old_board_while_it_is_recomputed(
 
 
 def test_a_held_board_costs_one_read_and_keeps_every_check(
-    api: TestClient, settings: Settings, tmp_path: Path
+    api: TestClient, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Looking at an unchanged board is one indexed SELECT (token, phase, generation), and
-    is still refused at once to a revoked token, without a token, or for no such phase."""
-    from sqlalchemy import event
-
+    """Looking at an unchanged board is one indexed SELECT (token, phase, generation) sent
+    straight to the database driver, with no BEGIN or ROLLBACK statement, no ORM session
+    and no route reached; it is still refused at once to a revoked token, without a token,
+    or for no such phase."""
     from server.accounts import service as accounts
     from server.accounts.models import ApiToken
     from server.db import get_engine
+    from server.leaderboards import endpoints
 
     cases = _stoic_cases()
     _challenge(api, settings, tmp_path, cases)
@@ -124,26 +127,28 @@ def test_a_held_board_costs_one_read_and_keeps_every_check(
     board = api.get(BOARD, headers=auth(reader))
     assert board.status_code == 200
 
-    selects: list[str] = []
+    real_board = endpoints._board
+    routed: list[str] = []
 
-    def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append(statement)
+    def route(*args: Any) -> Any:
+        routed.append("route")
+        return real_board(*args)
 
-    engine = get_engine(settings)
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    monkeypatch.setattr(endpoints, "_board", route)
+    with _driver_statements(get_engine(settings)) as statements:
         again = api.get(BOARD, headers=auth(reader))
         assert again.status_code == 200 and again.content == board.content
         assert again.headers["etag"] == board.headers["etag"]
-        assert len(selects) == 1, selects
-        selects.clear()
+        assert again.headers["content-type"] == "application/json"
+        assert again.headers["cache-control"] == "private, no-cache"
+        assert len(statements) == 1 and statements[0].lstrip().startswith("SELECT"), statements
+        statements.clear()
         cached = api.get(BOARD, headers=auth(reader) | {"If-None-Match": board.headers["etag"]})
-        assert cached.status_code == 304 and cached.content == b"" and len(selects) == 1
+        assert cached.status_code == 304 and cached.content == b"" and len(statements) == 1
         stats = api.get(STATS, headers=auth(reader))
         assert stats.status_code == 200 and isinstance(stats.json(), dict)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+        assert stats.headers["etag"] == board.headers["etag"]
+    assert routed == []  # all three answered in front of the routes
 
     assert api.get(BOARD).status_code == 401
     assert api.get(BOARD, headers=auth("hld_not-a-token")).status_code == 401
@@ -154,3 +159,39 @@ def test_a_held_board_costs_one_read_and_keeps_every_check(
         accounts.revoke_token(session, accounts.get_user(session, "carol"), row.id)
     refused = api.get(BOARD, headers=auth(reader))
     assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+
+
+@contextmanager
+def _driver_statements(engine: Any) -> Iterator[list[str]]:
+    """Every statement request threads send through the database driver on the engine's
+    connections, whether or not through SQLAlchemy (left out: the background token
+    toucher's own writes, and the pool's liveness ping on checkout, `;` on PostgreSQL); the
+    engine's connections are closed afterwards."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def note(statement: str) -> None:
+        if threading.current_thread().name != "token-touch" and statement != ";":
+            seen.append(statement)
+
+    def hook(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        if engine.dialect.name == "sqlite":
+            dbapi_conn.set_trace_callback(note)
+        else:
+            import psycopg
+
+            class Noting(psycopg.Cursor[Any]):
+                def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+                    note(str(query))
+                    return super().execute(query, *args, **kwargs)
+
+            dbapi_conn.cursor_factory = Noting
+
+    engine.dispose()  # connections made from now on, each hooked when it is checked out
+    event.listen(engine, "checkout", hook)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "checkout", hook)
+        engine.dispose()

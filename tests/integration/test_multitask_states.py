@@ -75,3 +75,20 @@ def test_cancelling_the_submission_cancels_its_tasks(
     assert [t["status"] for t in final["tasks"]] == ["cancelled", "cancelled"]
     for t in final["tasks"]:
         assert t["jobs"] and all(set(j["by_status"]) == {"cancelled"} for j in t["jobs"]), t
+
+
+def test_a_tasks_board_is_reached_through_its_multi_task_phase_only(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """A task's board, once held by the process, is still not served as a phase's board
+    under the task's own phase slug (the full path says 404 for it, so must the held one)."""
+    admin = user_token(settings, "admin", admin=True)
+    r = apply_bundle(api, admin, bundle(), _datasets(tmp_path / "data"))
+    assert r.status_code == 200, r.text
+    alice = user_token(settings, "alice")
+    task_board = "/api/v1/challenges/auc/phases/final/tasks/nodules/leaderboard"
+    for _ in range(2):  # the second look is served from the held board
+        assert api.get(task_board, headers=auth(alice)).status_code == 200
+    for path in ("leaderboard", "leaderboard/statistics"):
+        r = api.get(f"/api/v1/challenges/auc/phases/final--nodules/{path}", headers=auth(alice))
+        assert r.status_code == 404 and r.json()["field"] == "phase", r.text
