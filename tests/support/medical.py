@@ -3,6 +3,7 @@ file per slice, with the tags a scanner writes), for the ingest-conversion tests
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,16 @@ def write_nifti(path: Path, img: sitk.Image) -> Path:
 def write_dicom_series(folder: Path, img: sitk.Image, series_uid: str) -> list[Path]:
     """One .dcm per slice carrying the position, orientation and spacing tags (and a
     patient id, which must never reach the converted image)."""
+    # GDCM's writer sets the process locale to "C" and leaves it: every later text read
+    # in this test process would then decode as ASCII. Put it back.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_slices(folder, img, series_uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(folder: Path, img: sitk.Image, series_uid: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

@@ -15,7 +15,7 @@ REASON = re.compile(r"^\s*# long: \S")
 
 def unexplained(path: Path) -> list[str]:
     """Functions of more than MAX_LINES lines with no reason, each as 'path:line name (n)'."""
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     out = []
     for node in ast.walk(ast.parse(text, str(path))):

@@ -21,7 +21,7 @@ def _private(name: str) -> bool:
 def private_imports(path: Path) -> list[str]:
     """`from a import _b` and `import a._b` in one file: each as 'line: what'."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             parts = node.module.split(".")
             names = [a.name for a in node.names]
@@ -118,7 +118,7 @@ DOCKER_BACKEND = re.compile(r"^worker/executor/docker[a-z_]*\.py$")
 def docker_imports(path: Path) -> list[str]:
     """Imports of the Docker SDK in one file, function-level ones included: 'line: what'."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module.split(".")[0] == "docker":
                 found.append(f"{node.lineno}: from {node.module} import ...")
