@@ -90,9 +90,20 @@ def _participant_gets(api: TestClient, token: str, ids: dict[str, Any]) -> dict[
             raise AssertionError(f"no value for {params} of {template}")
         path = template.format(**ids)
         r = api.get(path, headers=auth(token))
+        if template.startswith("/api/v1/node/"):
+            # Node-only routes (a case file by its digest): a user's token opens none.
+            assert r.status_code == 401, (path, r.status_code)
         ctype = r.headers.get("content-type", "")
         seen[path] = r.json() if "json" in ctype else r.text
     return seen
+
+
+def _a_case_digest(session: Any) -> str:
+    """A test case's stored image, what the node artifact route would stream."""
+    from server.datasets.models import Case
+
+    case = session.query(Case).first()
+    return str(next(iter(case.files.values()))["digest"])
 
 
 def test_open_board_shows_public_part_only_then_private_at_close(
@@ -171,6 +182,7 @@ def test_open_board_shows_public_part_only_then_private_at_close(
     with session_scope(settings) as session:
         ids["team_id"] = session.get(Submission, subs["alpha"]).team_id  # type: ignore[union-attr]
         ids["job_id"] = jobs_repo.for_submission(session, subs["alpha"], "evaluate")[0].id
+        ids["digest"] = _a_case_digest(session)
     seen = _participant_gets(api, tokens["alpha"], ids)
     assert BOARD in seen and BOARD + "/statistics" in seen and len(seen) >= 15, sorted(seen)
     trivial = {0.0, 1.0, 0.5, 0.95}
