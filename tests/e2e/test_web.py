@@ -429,9 +429,11 @@ def test_participant_and_organizer_journeys(
         check(page, "11-api-docs")  # axe, 375 px and screenshots, as for the app's pages
         # Authorize with a token, then "Try it out" on GET /me sends it.
         page.click("button.authorize")
-        page.locator(".modal-ux input").first.fill(alice)
-        page.locator(".modal-ux button.authorize").click()
-        page.locator(".modal-ux button.btn-done").click()
+        # Two schemes since node tokens: the user's bearer token, and the node-only key.
+        bearer = page.locator(".modal-ux form").filter(has_text="token (http, Bearer)")
+        bearer.locator("input").first.fill(alice)
+        bearer.locator("button.authorize").click()
+        page.locator(".modal-ux button.btn-done").first.click()
         page.locator("#operations-accounts-me_api_v1_me_get .opblock-summary").click()
         page.locator("#operations-accounts-me_api_v1_me_get button.try-out__btn").click()
         page.locator("#operations-accounts-me_api_v1_me_get button.execute").click()
