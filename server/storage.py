@@ -74,17 +74,8 @@ class ArtifactStore:
 
     def put_chunks(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[str, int]:
         tmp = self.tmp_path()
-        h = hashlib.sha256()
-        size = 0
         try:
-            with tmp.open("wb") as f:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise ValueError(f"content exceeds {max_bytes} bytes")
-                    h.update(chunk)
-                    f.write(chunk)
-            digest = "sha256:" + h.hexdigest()
+            digest, size = _write_hashed(tmp, chunks, max_bytes)
             self.adopt(tmp, digest)
             return digest, size
         finally:
@@ -97,17 +88,11 @@ class ArtifactStore:
         before it gets its name, so on a mismatch nothing is stored. Returns its size."""
         self.path(digest)  # NotFound for anything but a sha256 digest
         tmp = self.tmp_path()
-        h = hashlib.sha256()
-        size = 0
         try:
-            with tmp.open("wb") as f:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise TooLarge(f"content exceeds {max_bytes} bytes; nothing was stored")
-                    h.update(chunk)
-                    f.write(chunk)
-            got = "sha256:" + h.hexdigest()
+            try:
+                got, size = _write_hashed(tmp, chunks, max_bytes)
+            except ValueError as exc:
+                raise TooLarge(f"{exc}; nothing was stored") from exc
             if got != digest:
                 raise BadRequest(
                     f"the content's digest is {got}, not {digest}; nothing was stored",
@@ -145,6 +130,20 @@ class ArtifactStore:
     def copy_to(self, digest: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path(digest), dest)
+
+
+def _write_hashed(tmp: Path, chunks: Iterable[bytes], max_bytes: int | None) -> tuple[str, int]:
+    """Write chunks to tmp, hashing as they go: (digest, size). ValueError past max_bytes."""
+    h = hashlib.sha256()
+    size = 0
+    with tmp.open("wb") as f:
+        for chunk in chunks:
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise ValueError(f"content exceeds {max_bytes} bytes")
+            h.update(chunk)
+            f.write(chunk)
+    return "sha256:" + h.hexdigest(), size
 
 
 def extract_tar(archive: Path, dest: Path) -> None:
