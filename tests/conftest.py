@@ -78,6 +78,13 @@ def _pg_settings(tmp_path: Path) -> Settings:
     return settings
 
 
+# The slowest scenarios (live workers, Docker, half a minute and more each) run on one
+# database where the database code under them runs on both in faster tests, so that a second
+# run would find nothing new (scripts/test's time budget): `@ON_SQLITE def test_...`.
+ON_SQLITE = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+ON_POSTGRES = pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def settings(
     request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from server.config import Settings
+from tests.conftest import ON_SQLITE
 from tests.support.factories import (
     apply_bundle,
     auth,
@@ -66,6 +67,7 @@ def _challenge(api: TestClient, settings: Settings, root: Path) -> tuple[str, di
     return admin, tokens
 
 
+@ON_SQLITE
 def test_analysis_and_report_are_for_organizers_only(
     api: TestClient, settings: Settings, tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ from server.app import create_app
 from server.config import Settings
 from server.db import session_scope
 from server.jobs import repository as jobs_repo
-from tests.conftest import REDIS_URL, need
+from tests.conftest import ON_POSTGRES, REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, upload_bytes, user_token
 from tests.support.workers import celery_worker, wait_for
@@ -57,6 +57,7 @@ def live(settings: Settings) -> Any:
         yield settings, api, client
 
 
+@ON_POSTGRES
 def test_ranked_with_statistics_and_rescored(live: Any, tmp_path: Path) -> None:
     settings, api, client = live
     admin = user_token(settings, "admin", admin=True)

@@ -16,6 +16,7 @@ from server.db import session_scope, utcnow
 from server.jobs import repository as jobs_repo
 from server.jobs import service as jobs
 from server.nodes import service as nodes
+from tests.conftest import ON_POSTGRES
 from tests.support.factories import (
     apply_bundle,
     auth,
@@ -97,6 +98,7 @@ def test_every_job_records_the_node_running_it(
     assert api.get(f"/api/v1/submissions/{sub}/jobs", headers=auth(ann)).json()[0]["node"] is None
 
 
+@ON_POSTGRES
 def test_heldout_worker_node_name_registers_and_heldout_nodes_lists_it(
     settings: Settings, tmp_path: Path
 ) -> None:

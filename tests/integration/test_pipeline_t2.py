@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import Settings
-from tests.conftest import REDIS_URL, need
+from tests.conftest import ON_POSTGRES, ON_SQLITE, REDIS_URL, need
 from tests.support import images
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
 from tests.support.workers import celery_worker, start_worker, stop_worker, wait_final, wait_for
@@ -85,6 +85,7 @@ def test_good_algorithm_is_scored_and_ranked(live: Any, tmp_path: Path) -> None:
     assert lo is not None and hi is not None and lo <= entry["value"] <= hi
 
 
+@ON_POSTGRES
 def test_failing_cases_name_the_cases(live: Any, tmp_path: Path) -> None:
     settings, api, _ = live
     script = images.WELL_BEHAVED.replace("json.dump(0.25, f)", "json.dump(float('nan'), f)")
@@ -118,6 +119,7 @@ def test_root_image_is_refused_at_validation(live: Any, tmp_path: Path) -> None:
     assert final["charged"] is False
 
 
+@ON_SQLITE
 def test_worker_killed_mid_job_loses_nothing(live: Any, tmp_path: Path) -> None:
     """SIGKILL the worker while a case runs; the reaper in a new worker retries the job
     and every case is evaluated exactly once."""
