@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from server.accounts import service as accounts
-from server.analysis import report, service
+from server.analysis import service
 from server.challenges import service as challenges
 from server.deps import CurrentUser, SessionDep
 
@@ -32,6 +32,9 @@ def analysis_report(challenge: str, user: CurrentUser, session: SessionDep) -> R
     PNG and SVG and its data as CSV."""
     row = challenges.get_challenge(session, challenge)
     accounts.require_organizer(session, user, row.id)
+    # matplotlib only where a report is drawn: it would add 30 MB to every server worker.
+    from server.analysis import report
+
     data = report.report_zip(service.analyse(session, row))
     return Response(
         content=data,

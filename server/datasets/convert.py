@@ -16,14 +16,19 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import SimpleITK
-
 from server.datasets import metaimage
 from server.datasets.manifest import CaseFile
 
-sitk: Any = SimpleITK  # untyped: one annotation here, not an ignore per call
 MHA = ".mha"
 DECODED = (".nii", ".nii.gz")
+
+
+def _sitk() -> Any:
+    """SimpleITK (untyped: Any here, not an ignore per call), imported on first use: it adds
+    about 100 MB to a process, and a server worker needs it only to convert a dataset."""
+    import SimpleITK
+
+    return SimpleITK
 
 
 def needs_conversion(f: CaseFile) -> bool:
@@ -71,25 +76,25 @@ def _read(path: Path, label: str) -> Any:
     if path.name.lower().endswith(".gz"):
         _whole_stream(path, label, "gzip")
     try:
-        return sitk.ReadImage(str(path))
+        return _sitk().ReadImage(str(path))
     except RuntimeError as exc:
         raise ConversionError(f"{label} is not a readable image ({_reason(exc)})") from exc
 
 
 def _read_series(folder: Path, label: str) -> Any:
     """One DICOM series: every file in folder one of its slices."""
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    ids = _sitk().ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if len(ids) != 1:
         what = "no DICOM series" if not ids else f"{len(ids)} DICOM series"
         raise ConversionError(f"{label}: {what}; a case directory holds exactly one series")
-    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
+    names = _sitk().ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
     strays = sorted({p.name for p in folder.iterdir()} - {Path(n).name for n in names})
     if strays:
         raise ConversionError(
             f"{label}/{strays[0]} is not a readable slice of the DICOM series in {label} "
             f"({len(strays)} such file(s))",
         )
-    reader = sitk.ImageSeriesReader()
+    reader = _sitk().ImageSeriesReader()
     reader.SetFileNames(names)
     try:
         return reader.Execute()
@@ -106,7 +111,7 @@ def decoded_to_mha(src: Path, dest: Path, label: str) -> Path:
     for key in img.GetMetaDataKeys():
         img.EraseMetaData(key)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(dest), useCompression=True)
+    _sitk().WriteImage(img, str(dest), useCompression=True)
     return dest
 
 
