@@ -17,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 IntArray = npt.NDArray[np.integer]
+# Columns (case indices) and their (R, len(columns)) counts.
+Block = tuple[npt.NDArray[np.intp], npt.NDArray[np.unsignedinteger]]
 
 # Rows drawn at a time: at most 64, and at most ~2**17 (resample x case) cells, so that a
 # block's int64 bincount (1 MB) stays in a core's cache whatever N is.
@@ -38,21 +40,49 @@ class CaseCounts:
     def __init__(self, matrix: npt.NDArray[np.unsignedinteger]) -> None:
         if matrix.ndim != 2:
             raise ValueError("counts must be an (R, N) matrix")
-        self._matrix = matrix
-        self._matrix.flags.writeable = False
+        matrix.flags.writeable = False
+        self._matrix: npt.NDArray[np.unsignedinteger] | None = matrix
+        self._shape: tuple[int, int] = (int(matrix.shape[0]), int(matrix.shape[1]))
+        self._blocks: list[Block] = []
         self._cache: OrderedDict[bytes, npt.NDArray[np.unsignedinteger]] = OrderedDict()
         self._restricted: OrderedDict[bytes, CaseCounts] = OrderedDict()
 
+    @classmethod
+    def of_blocks(cls, n_cases: int, blocks: list[Block]) -> CaseCounts:
+        """Counts given as disjoint column blocks (columns, (R, len(columns)) counts), the
+        other cases never drawn. The (R, N) matrix is assembled only when first asked for:
+        AUC-type metrics read just the blocks (their strata), and at 100,000 cases writing
+        the matrix cost a tenth of a board's statistics."""
+        # One count type for all (a stratum widened to uint32 widens the others), as the
+        # assembled matrix has.
+        dtype = np.result_type(*(counts.dtype for _, counts in blocks))
+        blocks = [(columns, counts.astype(dtype, copy=False)) for columns, counts in blocks]
+        out = cls.__new__(cls)
+        out._matrix = None
+        out._shape = (int(blocks[0][1].shape[0]), n_cases)
+        out._blocks = blocks
+        out._cache, out._restricted = OrderedDict(), OrderedDict()
+        for columns, counts in blocks:
+            out.remember(columns, counts)
+        return out
+
     @property
     def n_resamples(self) -> int:
-        return int(self._matrix.shape[0])
+        return self._shape[0]
 
     @property
     def n_cases(self) -> int:
-        return int(self._matrix.shape[1])
+        return self._shape[1]
 
     @property
     def matrix(self) -> npt.NDArray[np.unsignedinteger]:
+        if self._matrix is None:
+            dtype = self._blocks[0][1].dtype
+            matrix: npt.NDArray[np.unsignedinteger] = np.zeros(self._shape, dtype=dtype)
+            for columns, counts in self._blocks:
+                matrix[:, columns] = counts
+            matrix.flags.writeable = False
+            self._matrix, self._blocks = matrix, []
         return self._matrix
 
     def take(self, idx: IntArray) -> npt.NDArray[np.unsignedinteger]:
@@ -62,7 +92,7 @@ class CaseCounts:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        cols = np.ascontiguousarray(self._matrix[:, index])
+        cols = np.ascontiguousarray(self.matrix[:, index])
         cols.flags.writeable = False
         _remember(self._cache, key, cols)
         return cols
@@ -163,20 +193,13 @@ def draw_stratified_counts(strata: IntArray, n_resamples: int, seed: int) -> Cas
     if codes.ndim != 1 or n_resamples < 1 or not (codes >= 0).any():
         raise ValueError("need strata (N,) with at least one case drawn and one resample")
     rng = np.random.default_rng(seed)
-    parts: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.unsignedinteger]]] = []
+    blocks: list[Block] = []
     for code in np.unique(codes[codes >= 0]).tolist():
         members = np.flatnonzero(codes == code)
         # Each stratum's counts drawn into its own contiguous block: the metrics take the
         # strata's columns again (AUC: the positives, the negatives), and get these blocks.
-        parts.append((members, _drawn_counts(rng, n_resamples, members.size)))
-    dtype = np.result_type(*(part.dtype for _, part in parts))
-    counts: npt.NDArray[np.unsignedinteger] = np.zeros((n_resamples, codes.size), dtype=dtype)
-    for members, part in parts:
-        counts[:, members] = part
-    out = CaseCounts(counts)
-    for members, part in parts:
-        out.remember(members, part.astype(counts.dtype, copy=False))
-    return out
+        blocks.append((members, _drawn_counts(rng, n_resamples, members.size)))
+    return CaseCounts.of_blocks(codes.size, blocks)
 
 
 @functools.lru_cache(maxsize=8)

@@ -190,8 +190,16 @@ def test_draws_work_on_blocks_that_stay_small_whatever_the_number_of_cases() -> 
     n, r = 20_000, 200
     assert _extra_peak_bytes(lambda: draw_counts(n, r, 1), r * n) < 4 * 2**20
     strata = np.arange(n) % 3 - 1  # -1: outside the subset
-    # The stratified draw keeps each stratum's block as well (`remember`): 2 R N.
-    assert _extra_peak_bytes(lambda: draw_stratified_counts(strata, r, 1), 2 * r * n) < 4 * 2**20
+    # The stratified draw holds only the strata's blocks (R x 2N/3 bytes here), the (R, N)
+    # matrix being assembled when first asked for.
+    drawn = _extra_peak_bytes(lambda: draw_stratified_counts(strata, r, 1), r * n * 2 // 3)
+    assert drawn < 4 * 2**20
+    counts = draw_stratified_counts(strata, r, 1)
+    blocks = [counts.take(np.flatnonzero(strata == code)) for code in (0, 1)]
+    matrix = counts.matrix
+    assert (matrix[:, strata < 0] == 0).all()
+    for code, block in enumerate(blocks):
+        np.testing.assert_array_equal(matrix[:, strata == code], block)
 
 
 def test_stratified_counts_are_those_of_the_documented_index_matrices() -> None:
