@@ -115,11 +115,11 @@ def _reference_align(sections: list[dict]) -> tuple[list, list, list[list]]:
 
 def _variants(base: dict) -> list[dict]:
     """The base section shuffled, and shuffled with a case missing, added, renamed,
-    duplicated, or a label changed."""
+    duplicated, or a label changed; and in the base's own order, with a label changed."""
     n = len(base["cases"])
     out = []
-    for trial in range(8):
-        order = RNG.permutation(n)
+    for trial in range(9):
+        order = np.arange(n) if trial >= 7 else RNG.permutation(n)
         sec = {k: [base[k][i] for i in order] for k in ("cases", "y_true", "y_score")}
         sec["y_score"] = [v + trial for v in sec["y_score"]]
         j = int(RNG.integers(0, n))
@@ -132,7 +132,7 @@ def _variants(base: dict) -> list[dict]:
             sec["cases"][j] = "renamed"
         elif trial == 4:
             sec["cases"][j] = sec["cases"][(j + 1) % n]
-        elif trial == 5:
+        elif trial in (5, 8):
             sec["y_true"][j] = 1 - sec["y_true"][j]
         out.append(sec)
     return out
