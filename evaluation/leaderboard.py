@@ -140,14 +140,8 @@ def align_sections(sections: Sequence[Section]) -> tuple[list[str], list[Any], l
     y_true = _objects(y_true_list)
     scores: list[list[Any]] = []
     for n, sec in enumerate(sections):
-        sec_cases = np.asarray(sec["cases"]).astype(str)
-        pos = np.searchsorted(sorted_cases, sec_cases)
-        found = (sec_cases.size == cases.size) and bool(
-            (pos < cases.size).all()
-            and (sorted_cases[np.minimum(pos, cases.size - 1)] == sec_cases).all()
-        )
-        perm = order[pos] if found else None
-        if perm is None or np.bincount(perm, minlength=cases.size).max(initial=0) > 1:
+        perm = _case_permutation(cases, sorted_cases, order, sec["cases"] if n else None)
+        if perm is None:
             raise ValueError(f"predictions section {n} covers different cases")
         labels = _objects(list(sec["y_true"]))
         if labels.shape != y_true.shape:
@@ -162,6 +156,31 @@ def align_sections(sections: Sequence[Section]) -> tuple[list[str], list[Any], l
     return cases.tolist(), y_true_list, scores
 
 
+def _case_permutation(
+    cases: npt.NDArray[np.str_],
+    sorted_cases: npt.NDArray[np.str_],
+    order: npt.NDArray[np.intp],
+    other: Sequence[Any] | None,
+) -> npt.NDArray[np.intp] | None:
+    """perm with other[j] == cases[perm[j]] for every j (None: `other` lists other cases).
+    `other` None: the first section itself."""
+    if other is None:
+        return np.arange(cases.size)
+    sec_cases = np.asarray(other).astype(str)
+    if sec_cases.shape == cases.shape and (sec_cases == cases).all():
+        # The usual board: every section lists the cases in the ground truth's order.
+        return np.arange(cases.size)
+    pos = np.searchsorted(sorted_cases, sec_cases)
+    found = (sec_cases.size == cases.size) and bool(
+        (pos < cases.size).all()
+        and (sorted_cases[np.minimum(pos, cases.size - 1)] == sec_cases).all()
+    )
+    perm = order[pos] if found else None
+    if perm is None or np.bincount(perm, minlength=cases.size).max(initial=0) > 1:
+        return None
+    return perm
+
+
 def _objects(values: list[Any], *, flat: bool = False) -> npt.NDArray[np.object_]:
     """Values as an object array that keeps Python equality (1 == 1.0, "a" != 1); `flat`:
     one element per case even when a value is itself a list (per-class scores)."""
@@ -169,7 +188,7 @@ def _objects(values: list[Any], *, flat: bool = False) -> npt.NDArray[np.object_
     out[:] = (
         values
         if flat or not values or not isinstance(values[0], list)
-        else [tuple(v) for v in values]
+        else list(map(tuple, values))
     )
     return out
 

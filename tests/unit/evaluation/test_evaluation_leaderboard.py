@@ -96,6 +96,75 @@ def test_align_refuses_different_cases_or_labels() -> None:
         align_sections([a, {"cases": ["2", "1"], "y_true": [0, 0], "y_score": [0.1, 0.9]}])
 
 
+def _reference_align(sections: list[dict]) -> tuple[list, list, list[list]]:
+    """align_sections written out case by case with dicts (the obvious, slow way)."""
+    cases, y_true = list(sections[0]["cases"]), list(sections[0]["y_true"])
+    if len(set(cases)) != len(cases):
+        raise ValueError("duplicate cases")
+    scores = []
+    for sec in sections:
+        by_case = dict(zip(sec["cases"], zip(sec["y_true"], sec["y_score"], strict=True),
+                           strict=True))  # fmt: skip
+        if len(sec["cases"]) != len(cases) or set(by_case) != set(cases):
+            raise ValueError("different cases")
+        if any(by_case[c][0] != y for c, y in zip(cases, y_true, strict=True)):
+            raise ValueError("different labels")
+        scores.append([by_case[c][1] for c in cases])
+    return cases, y_true, scores
+
+
+def _variants(base: dict) -> list[dict]:
+    """The base section shuffled, and shuffled with a case missing, added, renamed,
+    duplicated, or a label changed; and in the base's own order, with a label changed."""
+    n = len(base["cases"])
+    out = []
+    for trial in range(9):
+        order = np.arange(n) if trial >= 7 else RNG.permutation(n)
+        sec = {k: [base[k][i] for i in order] for k in ("cases", "y_true", "y_score")}
+        sec["y_score"] = [v + trial for v in sec["y_score"]]
+        j = int(RNG.integers(0, n))
+        if trial == 1:
+            sec = {k: v[:j] + v[j + 1 :] for k, v in sec.items()}
+        elif trial == 2:
+            sec = {k: [*v, v[j]] for k, v in sec.items()}
+            sec["cases"][-1] = "extra"
+        elif trial == 3:
+            sec["cases"][j] = "renamed"
+        elif trial == 4:
+            sec["cases"][j] = sec["cases"][(j + 1) % n]
+        elif trial in (5, 8):
+            sec["y_true"][j] = 1 - sec["y_true"][j]
+        out.append(sec)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 300])
+def test_align_agrees_with_a_case_by_case_reference_on_shuffled_and_missing_cases(
+    n: int,
+) -> None:
+    base = {
+        "cases": [f"c{i}" for i in RNG.permutation(n)],
+        "y_true": RNG.integers(0, 2, n).tolist(),
+        "y_score": RNG.random(n).tolist(),
+    }
+    variants = _variants(base)
+    for i, other in enumerate(variants):
+        for sections in ([base, other], [other, base], [base, variants[0], other]):
+            try:
+                expected = _reference_align(sections)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    align_sections(sections)
+                continue
+            assert align_sections(sections) == expected, i
+
+
+def test_align_refuses_duplicate_cases_in_the_first_section() -> None:
+    dup = {"cases": ["1", "1"], "y_true": [0, 0], "y_score": [0.1, 0.2]}
+    with pytest.raises(ValueError, match="duplicate"):
+        align_sections([dup, dup])
+
+
 def test_ensemble_averages_the_top_k_case_by_case() -> None:
     _, sections = _sections()
     entries = [Entry(k, score_section("auc", sections[k])) for k in sections]

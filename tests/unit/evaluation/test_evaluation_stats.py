@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import tracemalloc
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from evaluation import stats as S
 from evaluation.metrics import get_metric
-from evaluation.resampling import draw_counts
+from evaluation.resampling import draw_counts, draw_stratified_counts
 
 RNG = np.random.default_rng(2021)
 
@@ -169,6 +171,59 @@ def test_counts_are_those_of_one_index_matrix_from_the_seed() -> None:
     idx = np.random.default_rng(seed).integers(0, n, size=(r, n))
     expected = np.stack([np.bincount(row, minlength=n) for row in idx])
     np.testing.assert_array_equal(draw_counts(n, r, seed).matrix, expected)
+
+
+def _extra_peak_bytes(fn: Callable[[], object], kept: int) -> int:
+    """Peak bytes `fn` allocates beyond the `kept` bytes its result holds (tracemalloc sees
+    numpy's buffers)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] - kept
+    finally:
+        tracemalloc.stop()
+
+
+def test_draws_work_on_blocks_that_stay_small_whatever_the_number_of_cases() -> None:
+    # The draw once held a 64-row int64 index block and its bincount (~24 x 64 N bytes: 30 MB
+    # here), out of the CPU caches at 100,000 cases: the draw then scaled far worse than N.
+    n, r = 20_000, 200
+    assert _extra_peak_bytes(lambda: draw_counts(n, r, 1), r * n) < 4 * 2**20
+    strata = np.arange(n) % 3 - 1  # -1: outside the subset
+    # The stratified draw holds only the strata's blocks (R x 2N/3 bytes here), the (R, N)
+    # matrix being assembled when first asked for.
+    drawn = _extra_peak_bytes(lambda: draw_stratified_counts(strata, r, 1), r * n * 2 // 3)
+    assert drawn < 4 * 2**20
+    counts = draw_stratified_counts(strata, r, 1)
+    blocks = [counts.take(np.flatnonzero(strata == code)) for code in (0, 1)]
+    matrix = counts.matrix
+    assert (matrix[:, strata < 0] == 0).all()
+    for code, block in enumerate(blocks):
+        np.testing.assert_array_equal(matrix[:, strata == code], block)
+
+
+def test_stratified_counts_are_those_of_the_documented_index_matrices() -> None:
+    strata = RNG.integers(-1, 3, 301)
+    r, seed = 150, 8  # more resamples than one block of rows
+    idx = _stratified_indices(strata, r, seed)
+    expected = np.stack([np.bincount(row, minlength=strata.size) for row in idx])
+    np.testing.assert_array_equal(draw_stratified_counts(strata, r, seed).matrix, expected)
+
+
+def test_resampled_auc_works_on_blocks_that_stay_small_at_100k_cases() -> None:
+    n, r = 100_000, 100
+    y = RNG.random(n) < 0.3
+    s = np.round(RNG.random(n) + 0.5 * y, 3)  # ties: both prefix reads
+    counts = draw_counts(n, r, 2)
+    counts.take(np.flatnonzero(y)), counts.take(np.flatnonzero(~y))  # cached: R N bytes
+    got = _extra_peak_bytes(lambda: get_metric("auc").resampled(counts, y, s), 0)
+    assert got < 24 * 2**20  # 64 rows of 70,000 negatives took ~60 MB
+    values = [roc_auc_score(y[i], s[i]) for i in _indices(n, r, 2)[:3]]
+    np.testing.assert_allclose(get_metric("auc").resampled(counts, y, s)[:3], values, atol=1e-12)
+
+
+def _indices(n: int, r: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(r, n))
 
 
 def _stratified_indices(strata: np.ndarray, r: int, seed: int) -> np.ndarray:
