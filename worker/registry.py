@@ -59,8 +59,8 @@ def ensure_local(
     engine: Engine, settings: Settings, image_id: str, ref: str | None, *, tag: str | None = None
 ) -> None:
     """Make sure the engine holds `image_id`, pulling `ref` when it does not; the pulled
-    image is tagged `tag` (a submission tag, so releasing the submission removes it here
-    too). Without a reference a missing image is left for the run to report, as on one
+    image is held by `tag` alone (a submission tag, so releasing the submission removes it
+    here too). Without a reference a missing image is left for the run to report, as on one
     machine."""
     if _holds(engine, image_id) or not ref:
         return
@@ -81,6 +81,11 @@ def ensure_local(
         )
     if tag:
         engine.tag_image(image_id, tag)
+        # The engine keeps a pulled digest reference (another repository than the tag's)
+        # after the last tag goes: without this, releasing the submission would leave the
+        # image behind.
+        with suppress(ImageNotFound):
+            engine.remove_image(ref)
 
 
 def _holds(engine: Engine, image_id: str) -> bool:
@@ -111,11 +116,12 @@ def prune(settings: Settings, engine: Engine | None = None) -> list[str]:
             if match and match[1] == inst:
                 found.append((int(match[2]), tag, image.id))
     busy_submissions, busy_images = _in_use(settings)
+    pullable = _pushed(settings, {submission_id for submission_id, _, _ in found})
     removed: list[str] = []
     for submission_id, tag, image_id in sorted(found):
         if submission_id in busy_submissions or image_id in busy_images:
             continue
-        if not _pullable(engine, settings, image_id):
+        if image_id not in pullable:
             continue
         try:
             # Not forced: an image a container still uses (a job claimed since the query
@@ -138,12 +144,32 @@ def _free(root: Path) -> int:
     return shutil.disk_usage(root).free
 
 
-def _pullable(engine: Engine, settings: Settings, image_id: str) -> bool:
-    try:
-        digests = engine.inspect_image(image_id).get("RepoDigests") or []
-    except ImageNotFound:
-        return False
-    return any(str(d).startswith(f"{settings.image_registry}/") for d in digests)
+def _pushed(settings: Settings, submission_ids: set[int]) -> set[str]:
+    """The images of these submissions recorded with a reference in the registry (a job's
+    "<x>image_ref" beside its "<x>image_id"). The pushing engine keeps no trace of the
+    push, so the record is what says an image can be pulled again."""
+    ids: set[str] = set()
+    with session_scope(settings) as session:
+        for result in session.scalars(
+            select(Job.result).where(
+                Job.submission_id.in_(submission_ids), Job.status == JobStatus.succeeded.value
+            )
+        ):
+            for key, ref in (result or {}).items():
+                image_id = result.get(key.removesuffix("ref") + "id")
+                if key.endswith("image_ref") and ref and image_id:
+                    ids.add(str(image_id))
+        # A multi-task child runs its parent's image (the reference is copied, no job's).
+        ids |= {
+            image_id
+            for image_id in session.scalars(
+                select(Submission.image_id).where(
+                    Submission.id.in_(submission_ids), Submission.image_ref.is_not(None)
+                )
+            )
+            if image_id
+        }
+    return ids
 
 
 def _in_use(settings: Settings) -> tuple[set[int], set[str]]:

@@ -242,7 +242,8 @@ class FakeExecutor(Backend[FakeHandle]):
         ref = f"{name}@{digest}"
         self.registry[ref] = FakeImage(json.loads(json.dumps(image.attrs)), dict(image.files))
         self.registry[ref].attrs["RepoTags"] = []
-        image.attrs.setdefault("RepoDigests", []).append(ref)
+        # As on Docker, the pushing engine keeps no reference to the registry: the tag it
+        # pushed is removed again, and the digest reference goes with it.
         return ref
 
     def pull_image(self, ref: str) -> str:

@@ -179,12 +179,14 @@ def test_prune_drops_pullable_images_no_running_job_needs(
     ((validate, _),) = _pending(settings, idle)
     with steps.using_backend(node):
         pipeline.run_job(settings, validate)  # loaded, tagged and pushed
-    # A submission whose job runs on this node, and an image the registry never got.
-    busy = _submit(api, alice, _archive(tmp_path / "b.tar"))
-    busy_image = node.add_image(make_image({"Cmd": ["b"]}), submission_tag(settings, busy, "image"))
-    publish(node, settings, busy_image, "image", busy)
+    # A submission whose case runs on this node, and an image the registry never got.
+    busy = _submit(api, alice, _archive(tmp_path / "b.tar", cmd="other"))
+    ((validate, _),) = _pending(settings, busy)
+    with steps.using_backend(node):
+        pipeline.run_job(settings, validate)
+    busy_image = _submission(settings, busy).image_id
     with session_scope(settings) as session:
-        ((job_id, _),) = _pending(settings, busy)
+        job_id = _pending(settings, busy)[0][0]
         assert jobs.claim(session, job_id, "w", 60, 60, node=steps.node_name(settings))
     local_only = node.add_image(make_image({"Cmd": ["c"]}), submission_tag(settings, 99, "image"))
 
