@@ -161,14 +161,19 @@ def _pushed(settings: Settings, submission_ids: set[int]) -> set[str]:
     push, so the record is what says an image can be pulled again."""
     ids: set[str] = set()
     with session_scope(settings) as session:
+        pushing = [JobKind.validate.value, JobKind.build.value, JobKind.train.value]
         for result in session.scalars(
             select(Job.result).where(
-                Job.submission_id.in_(submission_ids), Job.status == JobStatus.succeeded.value
+                Job.submission_id.in_(submission_ids),
+                Job.kind.in_(pushing),
+                Job.status == JobStatus.succeeded.value,
             )
         ):
             for key, ref in (result or {}).items():
-                image_id = result.get(key.removesuffix("ref") + "id")
-                if key.endswith("image_ref") and ref and image_id:
+                if not (key.endswith("image_ref") and ref):
+                    continue
+                image_id = result.get(key.removesuffix("ref") + "id")  # x_image_id
+                if image_id:
                     ids.add(str(image_id))
         # A multi-task child runs its parent's image (the reference is copied, no job's).
         ids |= {
