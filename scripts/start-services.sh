@@ -2,7 +2,7 @@
 # Start what the integration tests need on this machine, as root: the Docker engine, Redis
 # PostgreSQL and an image registry (Debian packages), plus heldout's base images. Idempotent.
 # Prints the environment to export (HELDOUT_TEST_POSTGRES_URL, HELDOUT_TEST_REDIS_URL,
-# HELDOUT_TEST_REGISTRY).
+# HELDOUT_TEST_REGISTRY with _USER and _PASSWORD).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -40,11 +40,23 @@ start() {
   fi
 
   # The distribution registry on loopback, plain HTTP: the engine allows that for 127.0.0.0/8
-  # without configuration (RegistryConfig.InsecureRegistryCIDRs). No auth, data under /tmp.
+  # without configuration (RegistryConfig.InsecureRegistryCIDRs). htpasswd credentials, as a
+  # registry that builds could reach needs (it lists every repository to whoever it lets
+  # in); user heldout, a password made once and kept beside its data under /tmp.
   REGISTRY_PORT=${HELDOUT_TEST_REGISTRY_PORT:-5391}
-  if ! curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1; then
-    dir=/tmp/heldout-registry
-    mkdir -p "$dir/data"
+  dir=/tmp/heldout-registry-$REGISTRY_PORT
+  mkdir -p "$dir/data"
+  [ -s "$dir/password" ] || head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$dir/password"
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$REGISTRY_PORT/v2/" || true)
+  if [ "$code" = 200 ]; then  # one of an earlier version, without credentials
+    pkill -f "docker-registry serve /tmp/heldout-registry" || true
+    sleep 0.5
+    code=000
+  fi
+  if [ "$code" != 401 ]; then
+    /usr/bin/python3 -W ignore -c 'import crypt, sys
+print("heldout:" + crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))' \
+      "$(cat "$dir/password")" >"$dir/htpasswd"
     cat >"$dir/config.yml" <<YAML
 version: 0.1
 log: {level: warn}
@@ -52,10 +64,13 @@ storage:
   filesystem: {rootdirectory: $dir/data}
   delete: {enabled: true}
 http: {addr: "127.0.0.1:$REGISTRY_PORT"}
+auth:
+  htpasswd: {realm: heldout-test, path: $dir/htpasswd}
 YAML
     setsid docker-registry serve "$dir/config.yml" </dev/null >>/tmp/heldout-registry.log 2>&1 &
     for _ in $(seq 1 50); do
-      curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1 && break
+      [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$REGISTRY_PORT/v2/")" = 401 ] \
+        && break
       sleep 0.1
     done
   fi
@@ -84,3 +99,5 @@ start >&2
 echo "export HELDOUT_TEST_POSTGRES_URL=postgresql+psycopg://heldout:heldout@127.0.0.1:5432/heldout_test"
 echo "export HELDOUT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
 echo "export HELDOUT_TEST_REGISTRY=127.0.0.1:$REGISTRY_PORT"
+echo "export HELDOUT_TEST_REGISTRY_USER=heldout"
+echo "export HELDOUT_TEST_REGISTRY_PASSWORD=$(cat /tmp/heldout-registry-$REGISTRY_PORT/password)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -123,6 +124,12 @@ class Settings(BaseSettings):
     # pulls it by that digest, refusing it unless its id is the one recorded. Unset: images
     # stay on the engine that made them (one machine, or nodes sharing one engine).
     image_registry: str | None = None
+    # The registry's credentials (htpasswd on the distribution registry). A registry that a
+    # build step's network reaches (another machine's address, or builds on the host
+    # network) must have them: the registry lists every repository to anyone it lets in,
+    # and trained models are in those images.
+    image_registry_user: str | None = None
+    image_registry_password: SecretStr | None = None
     # With a registry: below this much free space on the engine's disk, the reaper removes
     # submission images no running job of this node uses (they can be pulled again). 0: off.
     image_prune_free_bytes: int = Field(10 * 1024**3, ge=0)
@@ -167,6 +174,24 @@ class Settings(BaseSettings):
     @classmethod
     def _base_images(cls, value: list[str]) -> list[str]:
         return [str(ref) for ref in parse_allowed(value)]
+
+    @property
+    def registry_auth(self) -> tuple[str, str] | None:
+        """(user, password) for the image registry, or None for an anonymous one."""
+        if not self.image_registry_user or not self.image_registry_password:
+            return None
+        return self.image_registry_user, self.image_registry_password.get_secret_value()
+
+    @model_validator(mode="after")
+    def _registry_credentials(self) -> Settings:
+        password = (
+            self.image_registry_password.get_secret_value() if self.image_registry_password else ""
+        )
+        if bool(self.image_registry_user) != bool(password):
+            raise ValueError(
+                "HELDOUT_IMAGE_REGISTRY_USER and HELDOUT_IMAGE_REGISTRY_PASSWORD go together"
+            )
+        return self
 
     @model_validator(mode="after")
     def _node_credential(self) -> Settings:
@@ -228,7 +253,20 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("HELDOUT_ALLOW_UNSIZED_OUTPUT: an uncapped /output is for development")
     if settings.fake_gpus:
         problems.append("HELDOUT_FAKE_GPUS: GPU ids the engine never sees are for tests")
+    host = (settings.image_registry or "").rpartition(":")[0].strip("[]")
+    if host and not _loopback(host) and settings.registry_auth is None:
+        problems.append(
+            "HELDOUT_IMAGE_REGISTRY_USER/_PASSWORD: a registry beyond loopback without "
+            "credentials serves every submission's images to anything that reaches it"
+        )
     return problems
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @lru_cache

@@ -52,7 +52,9 @@ def publish(
         return None
     prefix = f"{settings.image_registry}/"
     try:
-        ref = engine.push_image(image_id, prefix + submission_tag(settings, submission_id, what))
+        ref = engine.push_image(
+            image_id, prefix + submission_tag(settings, submission_id, what), settings.registry_auth
+        )
     except (RegistryError, ImageNotFound) as exc:
         raise InfrastructureError(
             f"could not push image {image_id} to the registry {settings.image_registry}: {exc}"
@@ -77,7 +79,7 @@ def ensure_local(
         return
     log.info("image %s is not on this node; pulling %s", image_id, address)
     try:
-        pulled = engine.pull_image(address)
+        pulled = engine.pull_image(address, settings.registry_auth)
     except RegistryError as exc:
         raise InfrastructureError(
             f"image {image_id} is not on this node and could not be pulled from {address}: {exc}"

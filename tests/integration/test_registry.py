@@ -1,9 +1,10 @@
 """Images travel through a real registry by digest (Debian's docker-registry on loopback,
-plain HTTP, which the engine allows for 127.0.0.0/8 unconfigured; scripts/start-services.sh
-starts it as HELDOUT_TEST_REGISTRY): pushed where they are loaded, gone from the engine,
-pulled back by digest with the same image id, and refused when a reference names another
-image. A T2 submission's image, pushed at intake and removed from the engine, comes back
-for its first case run."""
+plain HTTP, which the engine allows for 127.0.0.0/8 unconfigured, with htpasswd
+credentials; scripts/start-services.sh starts it as HELDOUT_TEST_REGISTRY): pushed where
+they are loaded, gone from the engine, pulled back by digest with the same image id,
+refused when a reference names another image, and nothing for whoever lacks the
+credentials. A T2 submission's image, pushed at intake and removed from the engine, comes
+back for its first case run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import docker
 import pytest
 import requests
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from server.app import create_app
@@ -23,15 +25,16 @@ from server.config import Settings
 from server.db import session_scope
 from server.jobs.models import Job
 from server.submissions.models import Submission
-from tests.conftest import REGISTRY, _sqlite_settings, need
+from tests.conftest import REGISTRY, REGISTRY_AUTH, _sqlite_settings, need
 from tests.support import images
 from tests.support.factories import apply_bundle, stoic_bundle, submit_blob, user_token
 from worker import pipeline
 from worker.executor.docker_engine import DockerEngine
-from worker.executor.engine import ImageNotFound
+from worker.executor.engine import ImageNotFound, RegistryError
 from worker.executor.sized_dir import unmount_all_under
 from worker.images import submission_tag
 from worker.registry import ImageMismatch, ensure_local, publish
+from worker.steps import InfrastructureError
 
 pytestmark = [pytest.mark.docker]
 
@@ -49,12 +52,21 @@ def settings(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, client: docker.DockerClient
 ) -> Iterator[Settings]:
     need(bool(REGISTRY), "an image registry (HELDOUT_TEST_REGISTRY)")
+    need(all(REGISTRY_AUTH.values()), "the registry's credentials (HELDOUT_TEST_REGISTRY_USER)")
     try:
-        requests.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
+        answer = requests.get(f"http://{REGISTRY}/v2/", timeout=5).status_code
     except requests.RequestException as exc:
         pytest.fail(f"the registry at {REGISTRY} does not answer: {exc}")
+    assert answer == 401, f"the registry at {REGISTRY} lets anyone in (HTTP {answer})"
     base = _sqlite_settings(tmp_path, tmp_path_factory)
-    yield base.model_copy(update={"image_registry": REGISTRY})
+    user, password = REGISTRY_AUTH["image_registry_user"], REGISTRY_AUTH["image_registry_password"]
+    yield base.model_copy(
+        update={
+            "image_registry": REGISTRY,
+            "image_registry_user": user,
+            "image_registry_password": SecretStr(str(password)),
+        }
+    )
     unmount_all_under(tmp_path)
 
 
@@ -116,6 +128,37 @@ def test_push_remove_pull_by_digest_and_refuse_another(
     # The other image is still held under its own tag; only the pulled reference went.
     assert engine.inspect_image(other_tag)["Id"] == other_id
     engine.remove_image(other_id, force=True)
+
+
+def test_no_one_gets_in_without_the_registrys_credentials(
+    settings: Settings, client: docker.DockerClient
+) -> None:
+    """What a build step that reaches the registry (builds have network) could try: list
+    the repositories, read a manifest, pull a pushed image, push over it."""
+    engine = DockerEngine(client)
+    _, image_id = _image(client, "registry-private")
+    ref = publish(engine, settings, image_id, "image", 9)
+    assert ref is not None
+    name, _, digest = ref.partition("@")
+    for path in ("_catalog", f"{name}/tags/list", f"{name}/manifests/{digest}"):
+        r = requests.get(f"http://{REGISTRY}/v2/{path}", timeout=10)
+        assert r.status_code == 401, (path, r.status_code, r.text[:200])
+    # The one with the credentials lists it.
+    listed = requests.get(f"http://{REGISTRY}/v2/_catalog", auth=settings.registry_auth, timeout=10)
+    assert listed.status_code == 200 and name in listed.json()["repositories"]
+    _drop(engine, image_id)
+    with pytest.raises(RegistryError, match=r"(?i)auth|unauthorized|denied"):
+        engine.pull_image(f"{REGISTRY}/{ref}")
+    with pytest.raises(RegistryError, match=r"(?i)auth|unauthorized|denied"):
+        engine.pull_image(f"{REGISTRY}/{ref}", ("heldout", "not-the-password"))
+    anonymous = settings.model_copy(
+        update={"image_registry_user": None, "image_registry_password": None}
+    )
+    with pytest.raises(InfrastructureError, match="could not be pulled"):
+        ensure_local(engine, anonymous, image_id, ref)
+    ensure_local(engine, settings, image_id, ref)
+    assert engine.inspect_image(image_id)["Id"] == image_id
+    engine.remove_image(image_id, force=True)
 
 
 def test_a_case_run_pulls_the_image_the_intake_pushed(

@@ -118,7 +118,9 @@ class DockerEngine(Engine):
             for image in self.client.images.list(filters={"reference": reference})
         ]
 
-    def push_image(self, image_id: str, repository: str) -> str:
+    def push_image(
+        self, image_id: str, repository: str, auth: tuple[str, str] | None = None
+    ) -> str:
         name, tag = _split_tag(repository)
         held = self.inspect_image(image_id)  # ImageNotFound before anything is tagged
         try:
@@ -127,7 +129,10 @@ class DockerEngine(Engine):
             raise EngineError(f"could not tag {image_id} as {repository}: {e}") from e
         try:
             aux = _follow(
-                lambda: self.client.api.push(name, tag=tag, stream=True, decode=True), "push"
+                lambda: self.client.api.push(
+                    name, tag=tag, stream=True, decode=True, auth_config=_auth_config(auth)
+                ),
+                "push",
             )
         finally:
             # The registry's name must not hold the image: releasing a submission's own
@@ -140,11 +145,16 @@ class DockerEngine(Engine):
             raise RegistryError(f"the registry gave no digest for {repository}")
         return f"{name}@{digest}"
 
-    def pull_image(self, ref: str) -> str:
+    def pull_image(self, ref: str, auth: tuple[str, str] | None = None) -> str:
         name, _, digest = ref.partition("@")
         if not name or not digest.startswith("sha256:"):
             raise RegistryError(f"{ref!r} is not a reference by digest (name@sha256:...)")
-        _follow(lambda: self.client.api.pull(ref, stream=True, decode=True), "pull")
+        _follow(
+            lambda: self.client.api.pull(
+                ref, stream=True, decode=True, auth_config=_auth_config(auth)
+            ),
+            "pull",
+        )
         try:
             return str(self.client.api.inspect_image(ref)["Id"])
         except docker.errors.ImageNotFound as e:
@@ -197,6 +207,10 @@ class DockerEngine(Engine):
         from evaluation.build_image import build_evaluation_image
 
         build_evaluation_image(self.client, tag=tag)
+
+
+def _auth_config(auth: tuple[str, str] | None) -> dict[str, str] | None:
+    return {"username": auth[0], "password": auth[1]} if auth else None
 
 
 def _split_tag(repository: str) -> tuple[str, str]:

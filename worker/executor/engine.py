@@ -156,14 +156,17 @@ class Engine(ABC):
         """Images with a tag matching `reference` ("repo", "repo/*")."""
 
     @abstractmethod
-    def push_image(self, image_id: str, repository: str) -> str:
+    def push_image(
+        self, image_id: str, repository: str, auth: tuple[str, str] | None = None
+    ) -> str:
         """Push the image to `repository` ("registry/name:tag"; tag "latest" if none) and
         return the reference by digest, "registry/name@sha256:...". The engine keeps no tag
         of `repository` unless the image had no other (so removing its own tags still
-        removes it). Raises `ImageNotFound`, or `RegistryError` when the push fails."""
+        removes it). `auth`: the registry's (user, password). Raises `ImageNotFound`, or
+        `RegistryError` when the push fails."""
 
     @abstractmethod
-    def pull_image(self, ref: str) -> str:
+    def pull_image(self, ref: str, auth: tuple[str, str] | None = None) -> str:
         """Pull `ref` ("registry/name@sha256:...") and return the id of the image it gave;
         the caller checks that id. Raises `RegistryError` when the pull fails."""
 

@@ -232,7 +232,9 @@ class FakeExecutor(Backend[FakeHandle]):
             if any(fnmatch.fnmatchcase(t, pattern) for t in image.tags)
         ]
 
-    def push_image(self, image_id: str, repository: str) -> str:
+    def push_image(
+        self, image_id: str, repository: str, auth: tuple[str, str] | None = None
+    ) -> str:
         self._call("push_image")
         image = self._find(image_id)
         name, sep, tag = repository.rpartition(":")
@@ -246,7 +248,7 @@ class FakeExecutor(Backend[FakeHandle]):
         # pushed is removed again, and the digest reference goes with it.
         return ref
 
-    def pull_image(self, ref: str) -> str:
+    def pull_image(self, ref: str, auth: tuple[str, str] | None = None) -> str:
         self._call("pull_image")
         if ref not in self.registry:
             raise RegistryError(f"pull failed: manifest unknown: {ref}")
