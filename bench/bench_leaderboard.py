@@ -24,6 +24,14 @@ steadier figure):
     fast lane          494 req/s 1.20 ms  981 req/s 0.92 ms 1538 req/s 0.72 ms  p99 175 ms
     + --no-access-log 1228 req/s 0.64 ms 1365 req/s 0.63 ms 1376 req/s 0.52 ms  p99 149 ms
 
+At 548c1bd (2026-12-04; 10,000 results, --workers 2, 5 s loads, other jobs on the cores):
+
+    leaderboard c=64   SQLite     6764 req/s  p50  7.0 ms  p99  49.0 ms  0.19 ms/req  RSS 169-197 MB
+                       PostgreSQL 2653 req/s  p50 17.1 ms  p99 117.6 ms  0.38 ms/req  RSS 181-186 MB
+    (PostgreSQL before the probe read ran in autocommit: 1608 req/s, p50 34 ms, p99 84 ms,
+    0.54 ms/req; worker RSS before SimpleITK and matplotlib were loaded lazily: 315-350 MB)
+    errors: 0 (no 5xx) at c=1, 16 and 64 on both, leaderboard and statistics.
+
 A no-op ASGI app under the same uvicorn, returning the same 99 KiB, costs 0.14-0.17 ms
 per request (0.30 ms with the access log) and gave p99 49-102 ms at c=64 on this machine:
 p99 < 50 ms at c=64 needs cores the load generator and other jobs do not share.
