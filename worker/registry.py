@@ -23,7 +23,7 @@ import shutil
 from contextlib import suppress
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from server.config import Settings
 from server.db import session_scope
@@ -111,9 +111,9 @@ def _holds(engine: Engine, image_id: str) -> bool:
 
 def prune(settings: Settings, engine: Engine | None = None) -> list[str]:
     """With a registry, and the engine's disk below `image_prune_free_bytes` free: remove
-    this installation's submission images that no job running on this node uses and that
-    the registry holds (they can be pulled again), oldest submission first, until the disk
-    is above the bound again. Returns the tags removed."""
+    this installation's submission images that no queued job and no job running on this
+    node uses and that the registry holds (they can be pulled again), oldest submission
+    first, until the disk is above the bound again. Returns the tags removed."""
     bound = settings.image_prune_free_bytes
     if not settings.image_registry or not bound:
         return []
@@ -191,13 +191,18 @@ def _pushed(settings: Settings, submission_ids: set[int]) -> set[str]:
 
 
 def _in_use(settings: Settings) -> tuple[set[int], set[str]]:
-    """Submissions with a job running on this node, and the images those jobs run: a
-    multi-task child runs its parent's image under the parent's tag."""
+    """Submissions with a job running on this node or queued (for any node: this one may
+    claim it next), and the images those jobs run: a multi-task child runs its parent's
+    image under the parent's tag."""
     with session_scope(settings) as session:
         running = list(
             session.scalars(
                 select(Job).where(
-                    Job.status == JobStatus.running.value, Job.node == steps.node_name(settings)
+                    or_(
+                        (Job.status == JobStatus.running.value)
+                        & (Job.node == steps.node_name(settings)),
+                        Job.status == JobStatus.pending.value,
+                    )
                 )
             )
         )

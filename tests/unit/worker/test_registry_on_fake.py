@@ -171,16 +171,20 @@ def test_t3_build_train_and_inference_on_three_nodes(
     assert builder.registry[f"{REGISTRY}/{sub.image_ref}"].id == sub.image_id
 
 
-def test_prune_drops_pullable_images_no_running_job_needs(
+def test_prune_drops_pullable_images_no_queued_or_running_job_needs(
     settings: Settings, api: Any, tmp_path: Path
 ) -> None:
     alice = _setup(settings, api, tmp_path, canary=False)
     node = _backend()
     node.storage = tmp_path
     idle = _submit(api, alice, _archive(tmp_path / "a.tar"))
-    ((validate, _),) = _pending(settings, idle)
+    _drive_on(settings, {"*": node}, idle)  # loaded, tagged, pushed, run: nothing queued
+    # A submission with cases queued, its image loaded and pushed.
+    queued = _submit(api, alice, _archive(tmp_path / "q.tar", cmd="queued"))
+    ((validate, _),) = _pending(settings, queued)
     with steps.using_backend(node):
-        pipeline.run_job(settings, validate)  # loaded, tagged and pushed
+        pipeline.run_job(settings, validate)
+    queued_image = _submission(settings, queued).image_id
     # A submission whose case runs on this node, and an image the registry never got.
     busy = _submit(api, alice, _archive(tmp_path / "b.tar", cmd="other"))
     ((validate, _),) = _pending(settings, busy)
@@ -199,6 +203,7 @@ def test_prune_drops_pullable_images_no_running_job_needs(
     sub = _submission(settings, idle)
     assert sub.image_id is not None and sub.image_id not in node.images
     assert busy_image in node.images and local_only in node.images
+    assert queued_image in node.images
     # Pulled again, by digest, when a job needs it.
     ensure_local(node, settings, sub.image_id, sub.image_ref)
     assert sub.image_id in node.images
