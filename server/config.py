@@ -131,7 +131,8 @@ class Settings(BaseSettings):
     image_registry_user: str | None = None
     image_registry_password: SecretStr | None = None
     # With a registry: below this much free space on the engine's disk, the reaper removes
-    # submission images no running job of this node uses (they can be pulled again). 0: off.
+    # submission images no queued job and no running job of this node uses (they can be
+    # pulled again). 0: off.
     image_prune_free_bytes: int = Field(10 * 1024**3, ge=0)
     heartbeat_s: int = 10
     deadline_margin_s: int = 300
