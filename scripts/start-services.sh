@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start what the integration tests need on this machine, as root: the Docker engine, Redis
-# and PostgreSQL (Debian packages), plus heldout's base images. Idempotent.
-# Prints the environment to export (HELDOUT_TEST_POSTGRES_URL, HELDOUT_TEST_REDIS_URL).
+# PostgreSQL and an image registry (Debian packages), plus heldout's base images. Idempotent.
+# Prints the environment to export (HELDOUT_TEST_POSTGRES_URL, HELDOUT_TEST_REDIS_URL,
+# HELDOUT_TEST_REGISTRY).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -20,6 +21,8 @@ start() {
   # R's pROC: the reference the DeLong tests are cross-checked against.
   command -v Rscript >/dev/null || missing+=(r-cran-proc)
   command -v chromium >/dev/null || missing+=(chromium)  # browser tests (Playwright drives it)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)  # images between nodes
+  command -v curl >/dev/null || missing+=(curl)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     apt-get update -qq
@@ -34,6 +37,27 @@ start() {
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
       --logfile /tmp/heldout-redis.log >/dev/null
     for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+
+  # The distribution registry on loopback, plain HTTP: the engine allows that for 127.0.0.0/8
+  # without configuration (RegistryConfig.InsecureRegistryCIDRs). No auth, data under /tmp.
+  REGISTRY_PORT=${HELDOUT_TEST_REGISTRY_PORT:-5391}
+  if ! curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1; then
+    dir=/tmp/heldout-registry
+    mkdir -p "$dir/data"
+    cat >"$dir/config.yml" <<YAML
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $dir/data}
+  delete: {enabled: true}
+http: {addr: "127.0.0.1:$REGISTRY_PORT"}
+YAML
+    setsid docker-registry serve "$dir/config.yml" </dev/null >>/tmp/heldout-registry.log 2>&1 &
+    for _ in $(seq 1 50); do
+      curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
   fi
 
   # PostgreSQL: Debian's cluster, a heldout role and database.
@@ -59,3 +83,4 @@ start >&2
 
 echo "export HELDOUT_TEST_POSTGRES_URL=postgresql+psycopg://heldout:heldout@127.0.0.1:5432/heldout_test"
 echo "export HELDOUT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+echo "export HELDOUT_TEST_REGISTRY=127.0.0.1:$REGISTRY_PORT"

@@ -116,6 +116,16 @@ class Settings(BaseSettings):
     node_cache_dir: Path | None = Field(None, description="default: data_dir/cache")
     # The cache's bound; the least recently used files not in use by a job are evicted.
     node_cache_bytes: int = Field(50 * 1024**3, ge=1)
+    # Many nodes: the installation's image registry, "host:port" (docker-compose.yml's
+    # `registry`; the engine must trust it: loopback is plain-HTTP-allowed by default, other
+    # hosts need TLS or the engine's insecure-registries). Set, each image a worker loads or
+    # builds is pushed there and recorded by digest, and a node without an image a job needs
+    # pulls it by that digest, refusing it unless its id is the one recorded. Unset: images
+    # stay on the engine that made them (one machine, or nodes sharing one engine).
+    image_registry: str | None = None
+    # With a registry: below this much free space on the engine's disk, the reaper removes
+    # submission images no running job of this node uses (they can be pulled again). 0: off.
+    image_prune_free_bytes: int = Field(10 * 1024**3, ge=0)
     heartbeat_s: int = 10
     deadline_margin_s: int = 300
     # A pending job older than this whose queue is empty lost its message; it is re-sent.
@@ -144,6 +154,14 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("image_registry")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        value = (value or "").strip().rstrip("/")
+        if "://" in value or "@" in value:
+            raise ValueError("HELDOUT_IMAGE_REGISTRY is host:port (no scheme), e.g. 10.0.0.5:5000")
+        return value or None
 
     @field_validator("allowed_base_images")
     @classmethod

@@ -25,6 +25,8 @@ from server.models import Base
 IN_CI = os.environ.get("CI") == "true"
 POSTGRES_URL = os.environ.get("HELDOUT_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("HELDOUT_TEST_REDIS_URL")
+# An image registry on loopback ("127.0.0.1:5391"), for images travelling between nodes.
+REGISTRY = os.environ.get("HELDOUT_TEST_REGISTRY")
 # A reader waits this long for a board being recomputed before it gets the previous one. On a
 # loaded 2-core machine a recompute can outlast the 2 s default, and tests that read a board
 # right after a change assert the new one (the staleness tests set their own short wait).

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 _PROCESS_KEY = secrets.token_bytes(32)
 REMOVE_TIMEOUT_S = 900
 _sweep: threading.Thread | None = None
-_TAG_RE = re.compile(r"^heldout-([0-9a-f]{8})/sub-([0-9]+)-[0-9a-f]{32}:[a-z][a-z-]*$")
+TAG_RE = re.compile(r"^heldout-([0-9a-f]{8})/sub-([0-9]+)-[0-9a-f]{32}:[a-z][a-z-]*$")
 
 
 class BaseImageError(Exception):
@@ -116,7 +116,7 @@ def release_images(settings: Settings, submission_ids: Iterable[int] | None = No
     tags: dict[int, list[str]] = {}
     for image in engine.list_images(f"heldout-{inst}/*"):
         for tag in image.tags:
-            match = _TAG_RE.match(tag)
+            match = TAG_RE.match(tag)
             if match and match[1] == inst and (wanted is None or int(match[2]) in wanted):
                 tags.setdefault(int(match[2]), []).append(tag)
     if not tags:

@@ -221,6 +221,7 @@ def _context(session: Session, job: Job) -> JobContext:
         phase=phase.spec,
         image_id=submission.image_id,
         archive_digest=submission.archive_digest,
+        image_ref=submission.image_ref,
         repository_url=submission.repository_url,
         commit_sha=submission.commit_sha,
         metrics_version=phase.metrics_version,
@@ -326,11 +327,13 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
     from server.challenges.evaluation import image_limits
     from worker.images import submission_tag
     from worker.intake import IntakeError, load_image
+    from worker.registry import publish
 
     assert ctx.archive_digest is not None
+    engine = steps.engine()
     try:
         loaded = load_image(
-            steps.engine(),
+            engine,
             store.path(ctx.archive_digest),
             tag=submission_tag(settings, ctx.submission_id, "image"),
             limits=image_limits(settings),
@@ -339,6 +342,7 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
         if exc.platform_caused:
             raise InfrastructureError(exc.reason) from exc
         raise StepFailed("invalid_image", exc.reason) from exc
+    ref = publish(engine, settings, loaded.image_id, "image", ctx.submission_id)
     if ctx.model_digest is not None:  # refused here, before any private data: not charged
         work = steps.job_dir(settings, ctx)
         try:
@@ -352,6 +356,7 @@ def step_validate(settings: Settings, store: ArtifactStore, ctx: JobContext) -> 
             "user": loaded.user,
             "entrypoint": loaded.entrypoint,
             "cmd": loaded.cmd,
+            **({"image_ref": ref} if ref else {}),
         }
     )
 
@@ -413,14 +418,19 @@ def _store_outputs(
 def step_infer(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Outcome:
     # long: per-case and batch runs share one setup, GPU claim and output check
     from worker.executor.base import runtime_for
+    from worker.images import submission_tag
     from worker.messages import operator_detail, private_failure
     from worker.output_rules import scored_outputs
+    from worker.registry import ensure_local
     from worker.runner import run_batch, run_case
 
     assert ctx.image_id is not None
     # Canary cases are public and keep detailed messages; test cases are private.
     private = ctx.kind is JobKind.infer
     executor = steps.executor(settings)
+    what = "image" if ctx.archive_digest else "inference"  # T2's upload, T3's trained image
+    tag = submission_tag(settings, ctx.submission_id, what)
+    ensure_local(executor, settings, ctx.image_id, ctx.image_ref, tag=tag)
     executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
     work = steps.job_dir(settings, ctx)
     common: dict[str, Any] = dict(

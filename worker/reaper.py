@@ -25,6 +25,7 @@ from server.submissions.advance import lock_for_record, retry_or_fail
 from worker import node, steps
 from worker.executor.base import LABEL_JOB, LABEL_NODE
 from worker.images import release_in_background
+from worker.registry import prune as prune_images
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -192,6 +193,8 @@ def run_pass(settings: Settings) -> None:
         stop_cancelled,
         remove_orphans,
         release_in_background,
+        # With a registry: a node short of disk drops images it can pull again.
+        prune_images,
     )
     for step in steps_in_order:
         try:

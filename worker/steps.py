@@ -67,6 +67,8 @@ class JobContext:
     phase: PhaseSpec
     image_id: str | None
     archive_digest: str | None
+    # image_id in the registry by digest (worker/registry.py); None without one.
+    image_ref: str | None = None
     repository_url: str | None = None
     commit_sha: str | None = None
     cases: list[CaseRef] = field(default_factory=list)

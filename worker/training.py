@@ -16,6 +16,7 @@ from worker import steps
 from worker.executor import RunResult
 from worker.executor.base import LABEL_JOB, runtime_for
 from worker.images import submission_tag
+from worker.registry import ensure_local, publish
 from worker.steps import (
     JobContext,
     Outcome,
@@ -163,11 +164,19 @@ def step_build(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                 f"The inference image did not build: {exc.message}",
                 {"log": f"{log}\n--- inference image ---\n{exc.log}"},
             ) from exc
+        refs = {
+            f"{key}_ref": publish(steps.engine(), settings, id_, what, ctx.submission_id)
+            for key, id_, what in (
+                ("training_image", image_id, "training"),
+                ("inference_base_image", base.image_id, "inference-base"),
+            )
+        }
         return Outcome(
             {
                 "training_image_id": image_id,
                 "inference_base_image_id": base.image_id,
                 "artifact_places": [p.as_dict() for p in base.places],
+                **{k: v for k, v in refs.items() if v},
             },
             f"{log}\n--- inference image ---\n{base.log}",
         )
@@ -195,10 +204,14 @@ def _run(
     executor.cleanup_stale({LABEL_JOB: container_key(settings, ctx.job_id)})
     slug = ctx.phase.inputs[0].slug
     assert ctx.labels_digest is not None
+    built = ctx.earlier["build"]
+    tag = submission_tag(settings, ctx.submission_id, "training")
+    ref = built.get("training_image_ref")
+    ensure_local(executor, settings, built["training_image_id"], ref, tag=tag)
     with gpus_for(settings, ctx, limits.gpus) as gpus, classified_execution():
         result = run_training(
             executor,
-            image=ctx.earlier["build"]["training_image_id"],
+            image=built["training_image_id"],
             job_id=container_key(settings, ctx.job_id),
             attempt=ctx.attempt,
             limits=limits,
@@ -249,9 +262,13 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
         # Participant code saw private data: from here on, fixed words only (the detail
         # goes to this job's log, held for review).
         built = ctx.earlier["build"]
+        engine = steps.engine()
+        base_tag = submission_tag(settings, ctx.submission_id, "inference-base")
+        base_ref = built.get("inference_base_image_ref")
+        ensure_local(engine, settings, built["inference_base_image_id"], base_ref, tag=base_tag)
         try:
             image_id, build_log = add_artifacts(
-                steps.engine(),
+                engine,
                 built["inference_base_image_id"],
                 built["artifact_places"],
                 work / "output",
@@ -268,10 +285,12 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
                 AFTER_TRAINING,
                 {"log": detail + getattr(exc, "log", ""), "duration_s": result.duration_s},
             ) from exc
+        ref = publish(engine, settings, image_id, "inference", ctx.submission_id)
         return Outcome(
             {
                 "artifacts_digest": artifacts,
                 "inference_image_id": image_id,
+                **({"inference_image_ref": ref} if ref else {}),
                 "duration_s": result.duration_s,
                 "inference_build_log_digest": store.put_bytes(build_log.encode()),
             },

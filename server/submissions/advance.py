@@ -123,6 +123,7 @@ def _advance(session: Session, job: Job, *, platform_caused: bool) -> None:
         submissions.transition(session, submission, SubmissionStatus.building)
     elif kind is JobKind.validate:
         submission.image_id = job.result.get("image_id")
+        submission.image_ref = job.result.get("image_ref")
         if not start_canary(session, submission):
             submissions.transition(session, submission, SubmissionStatus.queued)
             start_inference(session, submission)
@@ -141,6 +142,7 @@ def _advance(session: Session, job: Job, *, platform_caused: bool) -> None:
         jobs.create(session, submission, JobKind.train, queue=queue)
     elif kind is JobKind.train:
         submission.image_id = job.result["inference_image_id"]
+        submission.image_ref = job.result.get("inference_image_ref")
         if not start_canary(session, submission):
             start_inference(session, submission)
     elif kind is JobKind.infer:

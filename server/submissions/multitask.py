@@ -38,6 +38,7 @@ def start(session: Session, parent: Submission, phase: Phase) -> list[Submission
             archive_digest=parent.archive_digest,
             archive_size=parent.archive_size,
             image_id=parent.image_id,
+            image_ref=parent.image_ref,
             parent_id=parent.id,
         )
         session.add(child)

@@ -16,7 +16,7 @@ import tarfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from worker.executor.engine import (
     ImageFile,
     ImageNotFound,
     ImageRef,
+    RegistryError,
 )
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,38 @@ class DockerEngine(Engine):
             for image in self.client.images.list(filters={"reference": reference})
         ]
 
+    def push_image(self, image_id: str, repository: str) -> str:
+        name, tag = _split_tag(repository)
+        held = self.inspect_image(image_id)  # ImageNotFound before anything is tagged
+        try:
+            self.client.api.tag(image_id, name, tag)
+        except docker.errors.APIError as e:
+            raise EngineError(f"could not tag {image_id} as {repository}: {e}") from e
+        try:
+            aux = _follow(
+                lambda: self.client.api.push(name, tag=tag, stream=True, decode=True), "push"
+            )
+        finally:
+            # The registry's name must not hold the image: releasing a submission's own
+            # tags has to remove it from the engine.
+            if held.get("RepoTags") and f"{name}:{tag}" not in held["RepoTags"]:
+                with suppress(docker.errors.APIError):
+                    self.client.api.remove_image(f"{name}:{tag}")
+        digest = aux.get("Digest")
+        if not isinstance(digest, str) or not digest.startswith("sha256:"):
+            raise RegistryError(f"the registry gave no digest for {repository}")
+        return f"{name}@{digest}"
+
+    def pull_image(self, ref: str) -> str:
+        name, _, digest = ref.partition("@")
+        if not name or not digest.startswith("sha256:"):
+            raise RegistryError(f"{ref!r} is not a reference by digest (name@sha256:...)")
+        _follow(lambda: self.client.api.pull(ref, stream=True, decode=True), "pull")
+        try:
+            return str(self.client.api.inspect_image(ref)["Id"])
+        except docker.errors.ImageNotFound as e:
+            raise RegistryError(f"the engine pulled {ref} but does not hold it") from e
+
     def read_image_files(
         self,
         image_id: str,
@@ -164,6 +197,32 @@ class DockerEngine(Engine):
         from evaluation.build_image import build_evaluation_image
 
         build_evaluation_image(self.client, tag=tag)
+
+
+def _split_tag(repository: str) -> tuple[str, str]:
+    """("registry:5000/a/b", "tag") of "registry:5000/a/b:tag"; a port is not a tag."""
+    name, sep, tag = repository.rpartition(":")
+    if not sep or "/" in tag:
+        return repository, "latest"
+    return name, tag
+
+
+def _follow(start: Callable[[], Iterator[Any]], what: str) -> dict[str, Any]:
+    """Drain a push or pull progress stream; the last `aux` it carried. An error message
+    in the stream (the engine answers 200 and reports failures inside) raises."""
+    aux: dict[str, Any] = {}
+    try:
+        for item in start():
+            if not isinstance(item, dict):
+                continue
+            if "error" in item or "errorDetail" in item:
+                detail = item.get("errorDetail") or {}
+                raise RegistryError(f"{what} failed: {detail.get('message') or item.get('error')}")
+            if isinstance(item.get("aux"), dict):
+                aux = item["aux"]
+    except (docker.errors.APIError, requests.RequestException) as e:
+        raise RegistryError(f"{what} failed: {e}") from e
+    return aux
 
 
 def _read_file(container: Any, path: str, max_bytes: int) -> ImageFile | None:

@@ -35,6 +35,11 @@ class ImageNotFound(EngineError):
     """No image of that id or tag on the engine."""
 
 
+class RegistryError(EngineError):
+    """A push to or pull from the image registry failed (unreachable, refused, unknown
+    digest); `str()` says why."""
+
+
 class ArchiveRefused(Exception):
     """The engine could not load an image archive (the archive's fault); `str()` says why."""
 
@@ -149,6 +154,18 @@ class Engine(ABC):
     @abstractmethod
     def list_images(self, reference: str) -> list[ImageRef]:
         """Images with a tag matching `reference` ("repo", "repo/*")."""
+
+    @abstractmethod
+    def push_image(self, image_id: str, repository: str) -> str:
+        """Push the image to `repository` ("registry/name:tag"; tag "latest" if none) and
+        return the reference by digest, "registry/name@sha256:...". The engine keeps no tag
+        of `repository` unless the image had no other (so removing its own tags still
+        removes it). Raises `ImageNotFound`, or `RegistryError` when the push fails."""
+
+    @abstractmethod
+    def pull_image(self, ref: str) -> str:
+        """Pull `ref` ("registry/name@sha256:...") and return the id of the image it gave;
+        the caller checks that id. Raises `RegistryError` when the pull fails."""
 
     @abstractmethod
     def read_image_files(

@@ -8,7 +8,9 @@ Images live in memory (`FakeImage`): `load_archive` reads a `docker save` tar's 
 config and layers, `build` makes an image from the context's Dockerfile (its FROM image's
 config and files, the given labels), and inspect/tag/list/remove/read behave as on Docker.
 `fail` makes the next call of a named operation raise a given error (an `EngineError` for
-an engine that fails, an `ArchiveRefused` or `BuildError` for the image's own fault)."""
+an engine that fails, an `ArchiveRefused` or `BuildError` for the image's own fault).
+`registry` is the image registry, manifests by "name@digest": two fakes given the same
+dict share one registry, as two nodes do."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from worker.executor.engine import (
     ImageFile,
     ImageNotFound,
     ImageRef,
+    RegistryError,
 )
 
 
@@ -111,6 +114,8 @@ class FakeExecutor(Backend[FakeHandle]):
     engine_runtimes: set[str] = field(default_factory=lambda: {"runc"})
     failures: dict[str, list[Exception]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    registry: dict[str, FakeImage] = field(default_factory=dict)
+    storage: Path | None = None  # what storage_root() answers
 
     # -- test hooks -------------------------------------------------------------------------
 
@@ -136,14 +141,14 @@ class FakeExecutor(Backend[FakeHandle]):
             return self.images[ref]
         full = ref if ":" in ref.rpartition("/")[2] else f"{ref}:latest"
         for image in self.images.values():
-            if full in image.tags:
+            if full in image.tags or ref in image.attrs.get("RepoDigests", []):
                 return image
         raise ImageNotFound(ref)
 
     # -- Engine -----------------------------------------------------------------------------
 
     def storage_root(self) -> Path | None:
-        return None
+        return self.storage
 
     def runtimes(self) -> set[str]:
         return set(self.engine_runtimes)
@@ -204,7 +209,12 @@ class FakeExecutor(Backend[FakeHandle]):
         self._call("remove_image")
         image = self._find(ref)
         in_use = any(h.spec.image in (image.id, *image.tags) for h in self.live.values())
-        if ref in image.tags and not force:
+        digests = image.attrs.setdefault("RepoDigests", [])
+        if ref in digests and not force:  # a reference by digest goes like a tag
+            digests.remove(ref)
+            if image.tags or digests:
+                return
+        elif ref in image.tags and not force:
             image.attrs["RepoTags"].remove(ref)
             if image.tags:
                 return
@@ -221,6 +231,32 @@ class FakeExecutor(Backend[FakeHandle]):
             for image in self.images.values()
             if any(fnmatch.fnmatchcase(t, pattern) for t in image.tags)
         ]
+
+    def push_image(self, image_id: str, repository: str) -> str:
+        self._call("push_image")
+        image = self._find(image_id)
+        name, sep, tag = repository.rpartition(":")
+        name = name if sep and "/" not in tag else repository
+        # A manifest digest differs from the image id (the config's digest), as on Docker.
+        digest = "sha256:" + hashlib.sha256(f"manifest {image.id}".encode()).hexdigest()
+        ref = f"{name}@{digest}"
+        self.registry[ref] = FakeImage(json.loads(json.dumps(image.attrs)), dict(image.files))
+        self.registry[ref].attrs["RepoTags"] = []
+        # As on Docker, the pushing engine keeps no reference to the registry: the tag it
+        # pushed is removed again, and the digest reference goes with it.
+        return ref
+
+    def pull_image(self, ref: str) -> str:
+        self._call("pull_image")
+        if ref not in self.registry:
+            raise RegistryError(f"pull failed: manifest unknown: {ref}")
+        pulled = self.registry[ref]
+        image = self.images.setdefault(
+            pulled.id, FakeImage(json.loads(json.dumps(pulled.attrs)), dict(pulled.files))
+        )
+        if ref not in image.attrs.setdefault("RepoDigests", []):
+            image.attrs["RepoDigests"].append(ref)
+        return image.id
 
     def read_image_files(
         self,

@@ -47,10 +47,10 @@ def api(settings: Settings, sent_tasks: list[Any]) -> Any:
         yield client
 
 
-def _archive(path: Path, user: str = "algo") -> Path:
+def _archive(path: Path, user: str = "algo", cmd: str = "run") -> Path:
     """A `docker save` archive of one image with a real layer (its /etc/passwd)."""
     config = json.dumps(
-        {"os": "linux", "architecture": "amd64", "config": {"User": user, "Cmd": ["run"]}}
+        {"os": "linux", "architecture": "amd64", "config": {"User": user, "Cmd": [cmd]}}
     ).encode()
     digest = hashlib.sha256(config).hexdigest()
     layer = io.BytesIO()

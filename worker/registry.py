@@ -1,0 +1,198 @@
+"""Images travel between worker nodes through the installation's registry, by digest.
+
+    ref = publish(engine, settings, image_id, "image", submission_id)  # after intake, builds
+    ensure_local(engine, settings, image_id, ref, tag=...)              # before a run
+    prune(settings)                                                     # a reaper pass
+
+Jobs name images by id (the config's digest), which no registry serves; so each image a
+worker loads or builds is pushed to `HELDOUT_IMAGE_REGISTRY` and its reference by manifest
+digest is recorded with the job's result (the submission's image in `image_ref`). A node
+that lacks the id pulls that reference and keeps the image only if its id is the recorded
+one: a registry serving anything else (tampered, or a stale name) must not get to run.
+Without a registry nothing is pushed or pulled, and a missing image fails the run as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from contextlib import suppress
+from pathlib import Path
+
+from sqlalchemy import select
+
+from server.config import Settings
+from server.db import session_scope
+from server.jobs.models import Job
+from server.jobs.states import JobKind, JobStatus
+from server.submissions.models import Submission
+from worker import steps
+from worker.executor.engine import Engine, EngineError, ImageNotFound, RegistryError
+from worker.images import TAG_RE, installation_id, submission_tag
+from worker.steps import InfrastructureError
+
+log = logging.getLogger(__name__)
+
+
+class ImageMismatch(InfrastructureError):
+    """The registry answered a recorded reference with another image than the recorded one."""
+
+
+def publish(
+    engine: Engine, settings: Settings, image_id: str, what: str, submission_id: int
+) -> str | None:
+    """Push the submission's image (`what`: image, training, inference-base, inference) to
+    the registry; its reference by digest, or None without a registry. A failed push is the
+    platform's: the job is retried."""
+    if not settings.image_registry:
+        return None
+    repository = f"{settings.image_registry}/{submission_tag(settings, submission_id, what)}"
+    try:
+        return engine.push_image(image_id, repository)
+    except (RegistryError, ImageNotFound) as exc:
+        raise InfrastructureError(
+            f"could not push image {image_id} to the registry {settings.image_registry}: {exc}"
+        ) from exc
+
+
+def ensure_local(
+    engine: Engine, settings: Settings, image_id: str, ref: str | None, *, tag: str | None = None
+) -> None:
+    """Make sure the engine holds `image_id`, pulling `ref` when it does not; the pulled
+    image is held by `tag` alone (a submission tag, so releasing the submission removes it
+    here too). Without a reference a missing image is left for the run to report, as on one
+    machine."""
+    if _holds(engine, image_id) or not ref:
+        return
+    log.info("image %s is not on this node; pulling %s", image_id, ref)
+    try:
+        pulled = engine.pull_image(ref)
+    except RegistryError as exc:
+        raise InfrastructureError(
+            f"image {image_id} is not on this node and could not be pulled from {ref}: {exc}"
+        ) from exc
+    if pulled != image_id:
+        # Drop what the pull added (only the reference, should the image be held otherwise).
+        with suppress(EngineError):
+            engine.remove_image(ref)
+        raise ImageMismatch(
+            f"refusing the image the registry serves as {ref}: it is {pulled}, but the "
+            f"recorded image is {image_id}"
+        )
+    if tag:
+        engine.tag_image(image_id, tag)
+        # The engine keeps a pulled digest reference (another repository than the tag's)
+        # after the last tag goes: without this, releasing the submission would leave the
+        # image behind.
+        with suppress(ImageNotFound):
+            engine.remove_image(ref)
+
+
+def _holds(engine: Engine, image_id: str) -> bool:
+    try:
+        engine.inspect_image(image_id)
+        return True
+    except ImageNotFound:
+        return False
+
+
+def prune(settings: Settings, engine: Engine | None = None) -> list[str]:
+    """With a registry, and the engine's disk below `image_prune_free_bytes` free: remove
+    this installation's submission images that no job running on this node uses and that
+    the registry holds (they can be pulled again), oldest submission first, until the disk
+    is above the bound again. Returns the tags removed."""
+    bound = settings.image_prune_free_bytes
+    if not settings.image_registry or not bound:
+        return []
+    engine = engine or steps.engine(wait_s=0)
+    root = engine.storage_root()
+    if root is None or _free(root) >= bound:
+        return []
+    inst = installation_id(settings)
+    found: list[tuple[int, str, str]] = []
+    for image in engine.list_images(f"heldout-{inst}/*"):
+        for tag in image.tags:
+            match = TAG_RE.match(tag)
+            if match and match[1] == inst:
+                found.append((int(match[2]), tag, image.id))
+    busy_submissions, busy_images = _in_use(settings)
+    pullable = _pushed(settings, {submission_id for submission_id, _, _ in found})
+    removed: list[str] = []
+    for submission_id, tag, image_id in sorted(found):
+        if submission_id in busy_submissions or image_id in busy_images:
+            continue
+        if image_id not in pullable:
+            continue
+        try:
+            # Not forced: an image a container still uses (a job claimed since the query
+            # above) stays; the engine refuses to remove it.
+            engine.remove_image(tag)
+        except ImageNotFound:
+            continue
+        except EngineError as exc:
+            log.info("image %s stays for now: %s", tag, exc)
+            continue
+        removed.append(tag)
+        if _free(root) >= bound:
+            break
+    if removed:
+        log.warning("disk low on the engine: removed %d image tag(s): %s", len(removed), removed)
+    return removed
+
+
+def _free(root: Path) -> int:
+    return shutil.disk_usage(root).free
+
+
+def _pushed(settings: Settings, submission_ids: set[int]) -> set[str]:
+    """The images of these submissions recorded with a reference in the registry (a job's
+    "<x>image_ref" beside its "<x>image_id"). The pushing engine keeps no trace of the
+    push, so the record is what says an image can be pulled again."""
+    ids: set[str] = set()
+    with session_scope(settings) as session:
+        for result in session.scalars(
+            select(Job.result).where(
+                Job.submission_id.in_(submission_ids), Job.status == JobStatus.succeeded.value
+            )
+        ):
+            for key, ref in (result or {}).items():
+                image_id = result.get(key.removesuffix("ref") + "id")
+                if key.endswith("image_ref") and ref and image_id:
+                    ids.add(str(image_id))
+        # A multi-task child runs its parent's image (the reference is copied, no job's).
+        ids |= {
+            image_id
+            for image_id in session.scalars(
+                select(Submission.image_id).where(
+                    Submission.id.in_(submission_ids), Submission.image_ref.is_not(None)
+                )
+            )
+            if image_id
+        }
+    return ids
+
+
+def _in_use(settings: Settings) -> tuple[set[int], set[str]]:
+    """Submissions with a job running on this node, and the images those jobs run: a
+    multi-task child runs its parent's image under the parent's tag."""
+    with session_scope(settings) as session:
+        running = list(
+            session.scalars(
+                select(Job).where(
+                    Job.status == JobStatus.running.value, Job.node == steps.node_name(settings)
+                )
+            )
+        )
+        ids = {job.submission_id for job in running}
+        images = {
+            image_id
+            for image_id in session.scalars(
+                select(Submission.image_id).where(Submission.id.in_(ids))
+            )
+            if image_id
+        }
+        for job in session.scalars(
+            select(Job).where(Job.submission_id.in_(ids), Job.kind == JobKind.build.value)
+        ):
+            images |= {str(v) for k, v in job.result.items() if k.endswith("image_id") and v}
+    return ids, images
