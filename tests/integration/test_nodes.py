@@ -13,10 +13,10 @@ is removed when B's worker comes back."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +24,18 @@ from typing import Any
 
 import docker
 import pytest
+from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import Settings
 from server.db import session_scope
+from server.dispatch import QUEUES
 from server.jobs import repository as jobs_repo
-from tests.conftest import need
+from tests.conftest import REGISTRY, need
 from tests.support import images
 from tests.support.engines import node_engine
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
+from tests.support.gitserver import GitDaemon, RepoFactory
 from tests.support.services import DockerEngine
 from tests.support.workers import live_server, start_worker, stop_worker, wait_final, wait_for
 from worker.executor.base import LABEL_NODE
@@ -41,6 +44,9 @@ from worker.executor.sized_dir import mounts_under, unmount_all_under
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
 
 N_CASES = 6
+
+
+Worker = subprocess.Popen[bytes]
 
 
 @dataclass
@@ -57,8 +63,9 @@ class Nodes:
     def engine(self, name: str) -> docker.DockerClient:
         return self.b.client() if name == "node-b" else self.shared
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        """A worker of node `name` (node-a or node-b) with a data directory of its own."""
+    def start(self, name: str, queues: str = ",".join(QUEUES), **extra: str) -> Worker:
+        """A worker of node `name` (node-a or node-b) with a data directory of its own,
+        consuming `queues`."""
         data = self.tmp / name
         data.mkdir(exist_ok=True)
         if name not in self.tokens:
@@ -75,7 +82,8 @@ class Nodes:
             env["DOCKER_HOST"] = self.b.host
         if self.registry:
             env["HELDOUT_IMAGE_REGISTRY"] = self.registry
-        return start_worker(self.settings, concurrency=1, log=self.tmp / f"{name}.log", **env)
+        log = self.tmp / f"{name}.log"
+        return start_worker(self.settings, concurrency=1, log=log, queues=queues, **env, **extra)
 
     def _admin(self) -> dict[str, str]:
         return auth(user_token(self.settings, "admin", admin=True))
@@ -89,12 +97,18 @@ class Nodes:
 
 @pytest.fixture
 def nodes(pg_live: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Nodes]:
-    settings, api, shared = pg_live
+    settings, _, shared = pg_live
+    # T3 clones from `git daemon` on loopback.
+    settings = settings.model_copy(update={"allow_loopback_repos": True})
     # The nodes share no directory with the server (or each other).
     monkeypatch.delenv("HELDOUT_ARTIFACT_DIR", raising=False)
-    registry = os.environ.get("HELDOUT_TEST_REGISTRY") or None
+    registry = REGISTRY or None
     try:
-        with live_server(create_app(settings)) as url, node_engine(shared, registry) as b:
+        with (
+            TestClient(create_app(settings)) as api,
+            live_server(create_app(settings)) as url,
+            node_engine(shared, registry) as b,
+        ):
             yield Nodes(settings, api, shared, b, url, registry, tmp_path)
     finally:
         # What a failed run leaves mounted would outlive the test's tmp dir otherwise.
@@ -114,11 +128,15 @@ def _submit(nodes: Nodes, sleep_s: int, n_cases: int = N_CASES) -> tuple[str, in
         ((f"P{i:03d}", 30 + 8 * i, int(i >= 1), int(i in (2, 5))) for i in range(n_cases)),
     )
     assert apply_bundle(nodes.api, admin, stoic_bundle(), {"test": ds}).status_code == 200
+    # An image of its own (the nonce), gone from the shared engine once saved: what node
+    # A holds of it, it loaded or pulled.
     slow = images.WELL_BEHAVED.replace(
-        "import glob, json, os, sys", f"import glob, json, os, sys, time\ntime.sleep({sleep_s})"
+        "import glob, json, os, sys",
+        f"import glob, json, os, sys, time\ntime.sleep({sleep_s})  # {uuid.uuid4()}",
     )
     tag = images.build_image(nodes.shared, f"nodes-slow-{sleep_s}", slow)
     archive = images.save_image(nodes.shared, [tag], nodes.tmp / "slow.tar.gz", gz=True)
+    nodes.shared.images.remove(tag, force=True)
     alice = user_token(nodes.settings, "alice")
     r = submit_blob(nodes.api, alice, data=archive.read_bytes())
     assert r.status_code == 201, r.text
@@ -205,6 +223,7 @@ def test_a_submissions_cases_run_on_both_nodes_and_score_once(nodes: Nodes) -> N
 def test_a_killed_nodes_case_is_retried_on_the_other_node(nodes: Nodes) -> None:
     _need_registry(nodes)
     settings, engine_b = nodes.settings, nodes.b.client()
+    since = time.time()
     a = None
     b = nodes.start("node-b")
     try:
@@ -235,6 +254,8 @@ def test_a_killed_nodes_case_is_retried_on_the_other_node(nodes: Nodes) -> None:
         assert job.attempt == 2 and job.node == "node-a" and job.status == "succeeded"
         assert job.failure_message and "retried" in job.failure_message
     assert _cases_scored(settings, sub) == N_CASES
+    # Node B ran the intake; node A, on the shared engine, pulled the image to retry.
+    assert _engine_events(nodes.shared, since, type="image", event="pull")
 
     # Node B's worker comes back: its reaper removes what its killed worker left, the
     # container on engine B if it is still there and the mounted /output of its work dir
@@ -244,9 +265,59 @@ def test_a_killed_nodes_case_is_retried_on_the_other_node(nodes: Nodes) -> None:
         left: list[Any] = engine_b.containers.list(all=True, filters=on_b)
         return [*mounts_under(nodes.tmp / "node-b"), *left]
 
-    assert left_on_b(), "the SIGKILLed worker's run should have left something behind"
+    orphans = engine_b.containers.list(all=True, filters={"label": f"{LABEL_NODE}=node-b"})
+    assert orphans, "the SIGKILLed worker's container should be left on engine B"
     b = nodes.start("node-b")
     try:
         wait_for(lambda: not left_on_b(), 60, "node-b's leftovers to be removed")
     finally:
         stop_worker(b)
+
+
+def test_a_codebase_trains_on_node_a_and_infers_on_node_b(nodes: Nodes) -> None:
+    """T3 across queues per resource class: node A takes builds and GPU runs (one fake GPU),
+    node B CPU runs and evaluations; the inference image node A built after training
+    reaches node B through the registry."""
+    from tests.integration.test_pipeline_t3 import N, _bundle, _dataset, codebase
+
+    _need_registry(nodes)
+    admin = user_token(nodes.settings, "admin", admin=True)
+    ds = {"test": _dataset(nodes.tmp / "test", 100), "train": _dataset(nodes.tmp / "train", 0)}
+    limits = {"wall_time_s": 120, "memory_mb": 1024, "gpus": 1}
+    assert apply_bundle(nodes.api, admin, _bundle(limits), ds).status_code == 200
+    factory = RepoFactory(nodes.tmp / "repos")
+    repo = factory.create("team")
+    repo.commit(codebase(), "solution")
+    repo.tag("v1")
+    alice = user_token(nodes.settings, "alice")
+    since = time.time()
+    with GitDaemon(factory.root) as daemon:
+        a = nodes.start("node-a", "build,gpu", HELDOUT_GPU_DEVICE_IDS="0", HELDOUT_FAKE_GPUS="true")
+        b = nodes.start("node-b", "cpu,evaluation")
+        try:
+            r = nodes.api.post(
+                "/api/v1/challenges/stoic/phases/final/submissions",
+                json={"repository_url": daemon.url("team"), "ref": "v1"},
+                headers=auth(alice),
+            )
+            assert r.status_code == 201, r.text
+            final = wait_final(nodes.api, alice, int(r.json()["id"]), timeout=500)
+        finally:
+            stop_worker(a)
+            stop_worker(b)
+    assert final["status"] == "succeeded", (final, nodes.logs())
+    with session_scope(nodes.settings) as session:
+        ran = {
+            (j.kind, j.node)
+            for j in jobs_repo.for_submission(session, int(final["id"]))
+            if j.status == "succeeded"
+        }
+    assert ran == {
+        ("validate", "node-a"),
+        ("build", "node-a"),
+        ("train", "node-a"),
+        ("infer", "node-b"),
+        ("evaluate", "node-b"),
+    }
+    assert _cases_scored(nodes.settings, int(final["id"])) == N
+    assert _engine_events(nodes.b.client(), since, type="image", event="pull")
