@@ -7,9 +7,11 @@ data root, exec root, socket, pid file, bridge and configuration), so node B hol
 the images node A loaded: a submission's image reaches the other node through the registry
 (HELDOUT_IMAGE_REGISTRY, pulled by digest).
 
-A T2 submission's cases run on both nodes and are scored once each; SIGKILL of node B's
-worker mid-case leads to the case retried on node A, and B's orphan container, on engine B,
-is removed when B's worker comes back."""
+Node B alone runs a T2 submission on its own engine (no registry needed). With both: a T2
+submission's cases run on both nodes and are scored once each; SIGKILL of node B's worker
+mid-case leads to the case retried on node A, and B's orphan container, on engine B, is
+removed when B's worker comes back; a T3 codebase trains on node A and infers on node B,
+the nodes taking the queues of their resource classes (`heldout worker --queues`)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from server.db import session_scope
 from server.dispatch import QUEUES
 from server.jobs import repository as jobs_repo
 from tests.conftest import REGISTRY, need
+from tests.integration.test_pipeline_t3 import N, _bundle, _dataset, codebase
 from tests.support import images
 from tests.support.engines import node_engine
 from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blob, user_token
@@ -59,9 +62,6 @@ class Nodes:
     registry: str | None
     tmp: Path
     tokens: dict[str, str] = field(default_factory=dict)
-
-    def engine(self, name: str) -> docker.DockerClient:
-        return self.b.client() if name == "node-b" else self.shared
 
     def start(self, name: str, queues: str = ",".join(QUEUES), **extra: str) -> Worker:
         """A worker of node `name` (node-a or node-b) with a data directory of its own,
@@ -278,8 +278,6 @@ def test_a_codebase_trains_on_node_a_and_infers_on_node_b(nodes: Nodes) -> None:
     """T3 across queues per resource class: node A takes builds and GPU runs (one fake GPU),
     node B CPU runs and evaluations; the inference image node A built after training
     reaches node B through the registry."""
-    from tests.integration.test_pipeline_t3 import N, _bundle, _dataset, codebase
-
     _need_registry(nodes)
     admin = user_token(nodes.settings, "admin", admin=True)
     ds = {"test": _dataset(nodes.tmp / "test", 100), "train": _dataset(nodes.tmp / "train", 0)}
