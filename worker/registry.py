@@ -10,6 +10,10 @@ digest is recorded with the job's result (the submission's image in `image_ref`)
 that lacks the id pulls that reference and keeps the image only if its id is the recorded
 one: a registry serving anything else (tampered, or a stale name) must not get to run.
 Without a registry nothing is pushed or pulled, and a missing image fails the run as before.
+
+References are recorded without the registry's address ("heldout-<inst>/sub-...@sha256:"),
+and each node pulls from the address it is configured with: the composed workers reach the
+registry on 127.0.0.1, a node on another machine by the first machine's address.
 """
 
 from __future__ import annotations
@@ -42,41 +46,48 @@ def publish(
     engine: Engine, settings: Settings, image_id: str, what: str, submission_id: int
 ) -> str | None:
     """Push the submission's image (`what`: image, training, inference-base, inference) to
-    the registry; its reference by digest, or None without a registry. A failed push is the
-    platform's: the job is retried."""
+    the registry; its reference by digest within the registry, or None without one. A
+    failed push is the platform's: the job is retried."""
     if not settings.image_registry:
         return None
-    repository = f"{settings.image_registry}/{submission_tag(settings, submission_id, what)}"
+    prefix = f"{settings.image_registry}/"
     try:
-        return engine.push_image(image_id, repository)
+        ref = engine.push_image(image_id, prefix + submission_tag(settings, submission_id, what))
     except (RegistryError, ImageNotFound) as exc:
         raise InfrastructureError(
             f"could not push image {image_id} to the registry {settings.image_registry}: {exc}"
         ) from exc
+    return ref.removeprefix(prefix)
+
+
+def _address(settings: Settings, ref: str) -> str | None:
+    """The reference as this node pulls it: in its own registry; None without one."""
+    return f"{settings.image_registry}/{ref}" if settings.image_registry else None
 
 
 def ensure_local(
     engine: Engine, settings: Settings, image_id: str, ref: str | None, *, tag: str | None = None
 ) -> None:
-    """Make sure the engine holds `image_id`, pulling `ref` when it does not; the pulled
-    image is held by `tag` alone (a submission tag, so releasing the submission removes it
-    here too). Without a reference a missing image is left for the run to report, as on one
-    machine."""
-    if _holds(engine, image_id) or not ref:
+    """Make sure the engine holds `image_id`, pulling `ref` (as `publish` recorded it) from
+    this node's registry when it does not; the pulled image is held by `tag` alone (a
+    submission tag, so releasing the submission removes it here too). Without a reference
+    or a registry, a missing image is left for the run to report, as on one machine."""
+    address = _address(settings, ref) if ref else None
+    if address is None or _holds(engine, image_id):
         return
-    log.info("image %s is not on this node; pulling %s", image_id, ref)
+    log.info("image %s is not on this node; pulling %s", image_id, address)
     try:
-        pulled = engine.pull_image(ref)
+        pulled = engine.pull_image(address)
     except RegistryError as exc:
         raise InfrastructureError(
-            f"image {image_id} is not on this node and could not be pulled from {ref}: {exc}"
+            f"image {image_id} is not on this node and could not be pulled from {address}: {exc}"
         ) from exc
     if pulled != image_id:
         # Drop what the pull added (only the reference, should the image be held otherwise).
         with suppress(EngineError):
-            engine.remove_image(ref)
+            engine.remove_image(address)
         raise ImageMismatch(
-            f"refusing the image the registry serves as {ref}: it is {pulled}, but the "
+            f"refusing the image the registry serves as {address}: it is {pulled}, but the "
             f"recorded image is {image_id}"
         )
     if tag:
@@ -85,7 +96,7 @@ def ensure_local(
         # after the last tag goes: without this, releasing the submission would leave the
         # image behind.
         with suppress(ImageNotFound):
-            engine.remove_image(ref)
+            engine.remove_image(address)
 
 
 def _holds(engine: Engine, image_id: str) -> bool:
@@ -150,14 +161,19 @@ def _pushed(settings: Settings, submission_ids: set[int]) -> set[str]:
     push, so the record is what says an image can be pulled again."""
     ids: set[str] = set()
     with session_scope(settings) as session:
+        pushing = [JobKind.validate.value, JobKind.build.value, JobKind.train.value]
         for result in session.scalars(
             select(Job.result).where(
-                Job.submission_id.in_(submission_ids), Job.status == JobStatus.succeeded.value
+                Job.submission_id.in_(submission_ids),
+                Job.kind.in_(pushing),
+                Job.status == JobStatus.succeeded.value,
             )
         ):
             for key, ref in (result or {}).items():
-                image_id = result.get(key.removesuffix("ref") + "id")
-                if key.endswith("image_ref") and ref and image_id:
+                if not (key.endswith("image_ref") and ref):
+                    continue
+                image_id = result.get(key.removesuffix("ref") + "id")  # x_image_id
+                if image_id:
                     ids.add(str(image_id))
         # A multi-task child runs its parent's image (the reference is copied, no job's).
         ids |= {

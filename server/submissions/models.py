@@ -35,9 +35,9 @@ class Submission(Base):
     archive_digest: Mapped[str | None] = mapped_column(String(71))
     archive_size: Mapped[int | None] = mapped_column(BigInteger)
     image_id: Mapped[str | None] = mapped_column(String(80))
-    # With an image registry (HELDOUT_IMAGE_REGISTRY): image_id pushed there,
-    # "registry/name@sha256:<manifest digest>", so any node can pull it (T2: the loaded
-    # image; T3: the trained inference image).
+    # With an image registry (HELDOUT_IMAGE_REGISTRY): image_id pushed there, as
+    # "name@sha256:<manifest digest>" within the registry (each node pulls it from the
+    # address it has for the registry). T2: the loaded image; T3: the trained one.
     image_ref: Mapped[str | None] = mapped_column(String(500))
     # T2: an optional model tarball (an upload), unpacked read-only at /opt/ml/model.
     model_digest: Mapped[str | None] = mapped_column(String(71))

@@ -96,8 +96,9 @@ def test_a_t2_image_loaded_on_one_node_runs_on_another(
     assert ran == ["validate", "canary", *["infer"] * 4, "evaluate"]
     assert _final(api, alice, sid)["status"] == "succeeded"
     sub = _submission(settings, sid)
-    assert sub.image_ref is not None and sub.image_ref.startswith(f"{REGISTRY}/heldout-")
-    assert "@sha256:" in sub.image_ref and sub.image_ref in intake.registry
+    # Recorded within the registry: each node prefixes the address it reaches it by.
+    assert sub.image_ref is not None and sub.image_ref.startswith("heldout-")
+    assert "@sha256:" in sub.image_ref and f"{REGISTRY}/{sub.image_ref}" in intake.registry
     # Pulled once, by digest, then held; tagged as the submission's so release removes it.
     assert runner.calls.count("pull_image") == 1 and "push_image" not in runner.calls
     tag = submission_tag(settings, sid, "image")
@@ -131,10 +132,12 @@ def test_a_tampered_reference_is_refused(settings: Settings) -> None:
         ensure_local(node, settings, wanted, ref.replace(ref[-8:], "0" * 8))
     ensure_local(node, settings, wanted, ref, tag="x:1")
     assert node.inspect_image("x:1")["Id"] == wanted
-    # Held already: nothing is pulled; without a reference a missing image is the run's.
+    # Held already: nothing is pulled; without a reference or a registry a missing image
+    # is the run's to report.
     ensure_local(node, settings, wanted, other_ref)
     ensure_local(node, settings, other, None)
-    assert node.calls.count("pull_image") == 3
+    ensure_local(node, settings.model_copy(update={"image_registry": None}), other, other_ref)
+    assert node.calls.count("pull_image") == 3 and other not in node.images
 
 
 def test_t3_build_train_and_inference_on_three_nodes(
@@ -165,8 +168,7 @@ def test_t3_build_train_and_inference_on_three_nodes(
     # trained inference image, whose reference the submission records.
     assert trainer.calls.count("pull_image") == 2 and runner.calls.count("pull_image") == 1
     sub = _submission(settings, sid)
-    assert sub.image_ref in builder.registry
-    assert builder.registry[str(sub.image_ref)].id == sub.image_id
+    assert builder.registry[f"{REGISTRY}/{sub.image_ref}"].id == sub.image_id
 
 
 def test_prune_drops_pullable_images_no_running_job_needs(
