@@ -5,6 +5,7 @@ its own socket, its files in a temporary directory that goes with it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import docker
 import redis
@@ -163,8 +165,13 @@ class DockerEngine:
     `docker0`, which the shared engine's builds need (seen: every build after it failed with
     "could not find bridge docker0")."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="heldout-dockerd-"))
+        # A configuration file of its own: without --config-file dockerd reads the shared
+        # engine's /etc/docker/daemon.json, whose hosts or data-root would clash with ours.
+        # The runtimes are the shared engine's, so a phase or setting naming runsc runs here.
+        self.config = self.dir / "daemon.json"
+        self.config.write_text(json.dumps({"runtimes": shared_runtimes(), **(config or {})}))
         self.exec_root = Path(tempfile.mkdtemp(prefix="hd-", dir="/tmp")) / "x"
         self.sock = self.dir / "docker.sock"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -189,6 +196,7 @@ class DockerEngine:
                 "--data-root", str(self.dir / "root"),
                 "--exec-root", str(self.exec_root),
                 "--pidfile", str(self.dir / "dockerd.pid"),
+                "--config-file", str(self.config),
                 f"--bridge={self.bridge}", "--iptables=false", "--ip-masq=false",
             ],
             stdout=log,
@@ -273,6 +281,15 @@ class DockerEngine:
         subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
 
 
+def shared_runtimes(path: Path = Path("/etc/docker/daemon.json")) -> dict[str, Any]:
+    """The runtimes registered with the shared engine (scripts/start-docker.sh adds runsc)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    return dict(json.loads(text).get("runtimes", {})) if text.strip() else {}
+
+
 def _gone_or_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -296,8 +313,8 @@ def _pids_mentioning(text: str) -> list[int]:
 
 
 @contextmanager
-def docker_engine() -> Iterator[DockerEngine]:
-    engine = DockerEngine()
+def docker_engine(config: dict[str, Any] | None = None) -> Iterator[DockerEngine]:
+    engine = DockerEngine(config)
     try:
         engine.start()
         yield engine

@@ -56,8 +56,14 @@ def celery_worker(
 
 
 def start_worker(
-    settings: Settings, *, concurrency: int = 2, log: Path | None = None, **extra: str
+    settings: Settings,
+    *,
+    concurrency: int = 2,
+    log: Path | None = None,
+    queues: str = "build,cpu,gpu,gpu-2,evaluation",
+    **extra: str,
 ) -> subprocess.Popen[bytes]:
+    """A worker consuming `queues` (comma-separated; by default every queue)."""
     out = open(log or settings.data_dir / "worker.log", "ab")  # noqa: SIM115 - lives with proc
     return subprocess.Popen(
         [
@@ -68,7 +74,7 @@ def start_worker(
             "worker.celery_app",
             "worker",
             "-Q",
-            "build,cpu,gpu,gpu-2,evaluation",
+            queues,
             "-c",
             str(concurrency),
             "-P",
