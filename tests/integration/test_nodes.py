@@ -33,7 +33,7 @@ from server.config import Settings
 from server.db import session_scope
 from server.dispatch import QUEUES
 from server.jobs import repository as jobs_repo
-from tests.conftest import REGISTRY, need
+from tests.conftest import REGISTRY, REGISTRY_AUTH, need
 from tests.integration.test_pipeline_t3 import N, _bundle, _dataset, codebase
 from tests.support import images
 from tests.support.engines import node_engine
@@ -82,6 +82,7 @@ class Nodes:
             env["DOCKER_HOST"] = self.b.host
         if self.registry:
             env["HELDOUT_IMAGE_REGISTRY"] = self.registry
+            env.update({f"HELDOUT_{k.upper()}": str(v or "") for k, v in REGISTRY_AUTH.items()})
         log = self.tmp / f"{name}.log"
         return start_worker(self.settings, concurrency=1, log=log, queues=queues, **env, **extra)
 
@@ -95,8 +96,22 @@ class Nodes:
         )
 
 
+@pytest.fixture(scope="module")
+def engine_b() -> Iterator[DockerEngine]:
+    """Node B's engine, started once for the module (about 25 s with the images copied in);
+    each test reads its events from its own start on, and B's reaper clears what a test
+    left on it."""
+    shared = images.client_or_none()
+    need(shared is not None, "a Docker engine")
+    assert shared is not None
+    with node_engine(shared, REGISTRY or None) as engine:
+        yield engine
+
+
 @pytest.fixture
-def nodes(pg_live: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Nodes]:
+def nodes(
+    pg_live: Any, engine_b: DockerEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Nodes]:
     settings, _, shared = pg_live
     # T3 clones from `git daemon` on loopback.
     settings = settings.model_copy(update={"allow_loopback_repos": True})
@@ -107,9 +122,8 @@ def nodes(pg_live: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
         with (
             TestClient(create_app(settings)) as api,
             live_server(create_app(settings)) as url,
-            node_engine(shared, registry) as b,
         ):
-            yield Nodes(settings, api, shared, b, url, registry, tmp_path)
+            yield Nodes(settings, api, shared, engine_b, url, registry, tmp_path)
     finally:
         # What a failed run leaves mounted would outlive the test's tmp dir otherwise.
         unmount_all_under(tmp_path)
