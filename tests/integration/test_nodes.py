@@ -11,7 +11,8 @@ Node B alone runs a T2 submission on its own engine (no registry needed). With b
 submission's cases run on both nodes and are scored once each; SIGKILL of node B's worker
 mid-case leads to the case retried on node A, and B's orphan container, on engine B, is
 removed when B's worker comes back; a T3 codebase trains on node A and infers on node B,
-the nodes taking the queues of their resource classes (`heldout worker --queues`)."""
+the nodes taking the queues of their resource classes (`heldout worker --queues`); two
+prefork processes of one node never run two containers with its one GPU id at once."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from tests.support.factories import apply_bundle, auth, stoic_bundle, submit_blo
 from tests.support.gitserver import GitDaemon, RepoFactory
 from tests.support.services import DockerEngine
 from tests.support.workers import live_server, start_worker, stop_worker, wait_final, wait_for
-from worker.executor.base import LABEL_NODE
+from worker.executor.base import LABEL_GPUS, LABEL_NODE
 from worker.executor.sized_dir import mounts_under, unmount_all_under
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.slow]
@@ -63,9 +65,11 @@ class Nodes:
     tmp: Path
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def start(self, name: str, queues: str = ",".join(QUEUES), **extra: str) -> Worker:
+    def start(
+        self, name: str, queues: str = ",".join(QUEUES), concurrency: int = 1, **extra: str
+    ) -> Worker:
         """A worker of node `name` (node-a or node-b) with a data directory of its own,
-        consuming `queues`."""
+        consuming `queues` with `concurrency` prefork processes."""
         data = self.tmp / name
         data.mkdir(exist_ok=True)
         if name not in self.tokens:
@@ -84,7 +88,9 @@ class Nodes:
             env["HELDOUT_IMAGE_REGISTRY"] = self.registry
             env.update({f"HELDOUT_{k.upper()}": str(v or "") for k, v in REGISTRY_AUTH.items()})
         log = self.tmp / f"{name}.log"
-        return start_worker(self.settings, concurrency=1, log=log, queues=queues, **env, **extra)
+        return start_worker(
+            self.settings, concurrency=concurrency, log=log, queues=queues, **env, **extra
+        )
 
     def _admin(self) -> dict[str, str]:
         return auth(user_token(self.settings, "admin", admin=True))
@@ -133,7 +139,9 @@ def _need_registry(nodes: Nodes) -> None:
     need(nodes.registry is not None, "an image registry (HELDOUT_TEST_REGISTRY)")
 
 
-def _submit(nodes: Nodes, sleep_s: int, n_cases: int = N_CASES) -> tuple[str, int]:
+def _submit(
+    nodes: Nodes, sleep_s: int, n_cases: int = N_CASES, limits: dict[str, Any] | None = None
+) -> tuple[str, int]:
     admin = user_token(nodes.settings, "admin", admin=True)
     # Each metric needs a positive and a negative case: COVID from the second case on,
     # severe the third (and the sixth).
@@ -141,7 +149,8 @@ def _submit(nodes: Nodes, sleep_s: int, n_cases: int = N_CASES) -> tuple[str, in
         nodes.tmp / "test",
         ((f"P{i:03d}", 30 + 8 * i, int(i >= 1), int(i in (2, 5))) for i in range(n_cases)),
     )
-    assert apply_bundle(nodes.api, admin, stoic_bundle(), {"test": ds}).status_code == 200
+    bundle = stoic_bundle(limits=limits)
+    assert apply_bundle(nodes.api, admin, bundle, {"test": ds}).status_code == 200
     # An image of its own (the nonce), gone from the shared engine once saved: what node
     # A holds of it, it loaded or pulled.
     slow = images.WELL_BEHAVED.replace(
@@ -333,3 +342,31 @@ def test_a_codebase_trains_on_node_a_and_infers_on_node_b(nodes: Nodes) -> None:
     }
     assert _cases_scored(nodes.settings, int(final["id"])) == N
     assert _engine_events(nodes.b.client(), since, type="image", event="pull")
+
+
+def test_two_jobs_never_hold_the_one_gpu_together(nodes: Nodes) -> None:
+    """Node A's two prefork processes and one GPU id (faked: the containers get no GPU, the
+    id is on their label): the GPU cases run one at a time, each with device 0, while a
+    second process sits idle waiting for the lease."""
+    since = time.time()
+    a = nodes.start("node-a", concurrency=2, HELDOUT_GPU_DEVICE_IDS="0", HELDOUT_FAKE_GPUS="true")
+    try:
+        alice, sub = _submit(
+            nodes, 3, n_cases=4, limits={"wall_time_s": 120, "memory_mb": 1024, "gpus": 1}
+        )
+        final = wait_final(nodes.api, alice, sub, timeout=400)
+    finally:
+        stop_worker(a)
+    assert final["status"] == "succeeded", (final, nodes.logs())
+    spans: dict[str, list[int]] = {}
+    for event in _engine_events(nodes.shared, since, type="container"):
+        attrs = event.get("Actor", {}).get("Attributes", {})
+        if attrs.get(LABEL_NODE) != "node-a" or LABEL_GPUS not in attrs:
+            continue
+        assert attrs[LABEL_GPUS] == "0", attrs
+        if event.get("status") in ("start", "die"):
+            spans.setdefault(event["id"], []).append(int(event["timeNano"]))
+    runs = sorted((min(t), max(t)) for t in spans.values())
+    assert len(runs) >= 4, runs  # the four cases (and the canary, if the phase has one)
+    for (_, end), (start, _) in pairwise(runs):
+        assert start >= end, "two containers held GPU 0 at once"
