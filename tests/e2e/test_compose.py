@@ -48,9 +48,11 @@ def _build_stand_ins(client: docker.DockerClient) -> dict[str, str]:
     for name in ("postgres", "redis", "registry"):
         tag = f"{images.REPO}/compose-{name}:latest"
         # apt needs the network at build time; the engine runs without iptables here.
+        # rm/forcerm: the SDK keeps each step's container otherwise (the CLI does not).
         client.images.build(
-            path=str(COMPOSE_DIR), dockerfile=f"{name}.Dockerfile", tag=tag, network_mode="host"
-        )
+            path=str(COMPOSE_DIR), dockerfile=f"{name}.Dockerfile", tag=tag,
+            network_mode="host", rm=True, forcerm=True,
+        )  # fmt: skip
         tags[name] = tag
     return tags
 
