@@ -28,6 +28,7 @@ At 548c1bd (2026-12-04; 10,000 results, --workers 2, 5 s loads, other jobs on th
 
     leaderboard c=64   SQLite     6764 req/s  p50  7.0 ms  p99  49.0 ms  0.19 ms/req  RSS 169-197 MB
                        PostgreSQL 2653 req/s  p50 17.1 ms  p99 117.6 ms  0.38 ms/req  RSS 181-186 MB
+                       PostgreSQL 2347 req/s  p50 24.6 ms  p99  71.7 ms  0.55 ms/req  (no other job)
     (PostgreSQL before the probe read ran in autocommit: 1608 req/s, p50 34 ms, p99 84 ms,
     0.54 ms/req; worker RSS before SimpleITK and matplotlib were loaded lazily: 315-350 MB)
     errors: 0 (no 5xx) at c=1, 16 and 64 on both, leaderboard and statistics.
