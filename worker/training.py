@@ -256,16 +256,18 @@ def step_train(settings: Settings, store: ArtifactStore, ctx: JobContext) -> Out
 
     limits = ctx.phase.training_limits or ctx.phase.limits
     work = steps.job_dir(settings, ctx)
+    built = ctx.earlier["build"]
+    engine = steps.engine()
+    # The image the artifacts go into, pulled before training: a failed pull after days of
+    # training would retry the training. This node's pruning leaves it while the job runs.
+    base_tag = submission_tag(settings, ctx.submission_id, "inference-base")
+    base_ref = built.get("inference_base_image_ref")
+    ensure_local(engine, settings, built["inference_base_image_id"], base_ref, tag=base_tag)
     try:
         result, log = _run(settings, store, ctx, limits, work)
         artifacts = _tar_tree(store, work / "output")
         # Participant code saw private data: from here on, fixed words only (the detail
         # goes to this job's log, held for review).
-        built = ctx.earlier["build"]
-        engine = steps.engine()
-        base_tag = submission_tag(settings, ctx.submission_id, "inference-base")
-        base_ref = built.get("inference_base_image_ref")
-        ensure_local(engine, settings, built["inference_base_image_id"], base_ref, tag=base_tag)
         try:
             image_id, build_log = add_artifacts(
                 engine,

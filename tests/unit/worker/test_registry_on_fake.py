@@ -167,6 +167,10 @@ def test_t3_build_train_and_inference_on_three_nodes(
     # The trainer pulled the training image and the inference base; the runner the
     # trained inference image, whose reference the submission records.
     assert trainer.calls.count("pull_image") == 2 and runner.calls.count("pull_image") == 1
+    # Both before the training run: a failed pull after it would retry the training.
+    pulls = [i for i, c in enumerate(trainer.calls) if c == "pull_image"]
+    first_run = next(i for i, c in enumerate(trainer.calls) if c == "provision")
+    assert max(pulls) < first_run, trainer.calls
     sub = _submission(settings, sid)
     assert builder.registry[f"{REGISTRY}/{sub.image_ref}"].id == sub.image_id
 
