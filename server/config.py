@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -254,20 +253,14 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("HELDOUT_ALLOW_UNSIZED_OUTPUT: an uncapped /output is for development")
     if settings.fake_gpus:
         problems.append("HELDOUT_FAKE_GPUS: GPU ids the engine never sees are for tests")
-    host = (settings.image_registry or "").rpartition(":")[0].strip("[]")
-    if host and not _loopback(host) and settings.registry_auth is None:
+    if settings.image_registry and settings.registry_auth is None:
+        # Loopback is no exception: builds on the host network reach it, and where the
+        # registry listens (HELDOUT_REGISTRY_BIND) is not a setting a node can see.
         problems.append(
-            "HELDOUT_IMAGE_REGISTRY_USER/_PASSWORD: a registry beyond loopback without "
-            "credentials serves every submission's images to anything that reaches it"
+            "HELDOUT_IMAGE_REGISTRY_USER/_PASSWORD: a registry without credentials serves "
+            "every submission's images, trained models included, to anything that reaches it"
         )
     return problems
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 @lru_cache

@@ -39,8 +39,21 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 N_CASES = 6
 # docker-compose.yml has no default password; the test passes one, as an operator must.
 DB_PASSWORD = "compose-test-password"
+REGISTRY_PASSWORD = "compose-test-registry-password"
 # As docker-compose.yml sets it for server and worker.
 DATABASE_URL = f"postgresql+psycopg://heldout:{DB_PASSWORD}@postgres:5432/heldout"
+
+
+def _htpasswd(path: Path) -> Path:
+    """The registry's htpasswd file: user heldout, bcrypt, as `htpasswd -B` writes it."""
+    hashed = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c",
+         "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+         REGISTRY_PASSWORD],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    path.write_text(f"heldout:{hashed}\n")
+    return path
 
 
 def _build_stand_ins(client: docker.DockerClient) -> dict[str, str]:
@@ -123,6 +136,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "HELDOUT_REDIS_IMAGE": stand_ins["redis"],
         "HELDOUT_REGISTRY_IMAGE": stand_ins["registry"],
         "HELDOUT_REGISTRY_PORT": str(free_port()),
+        "HELDOUT_REGISTRY_HTPASSWD": str(_htpasswd(data.parent / "registry.htpasswd")),
+        "HELDOUT_IMAGE_REGISTRY_PASSWORD": REGISTRY_PASSWORD,
     }
 
     def dc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -141,7 +156,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         started = dc("up", "-d", "--build", timeout=900)
         assert started.returncode == 0, started.stdout + started.stderr
         wait_healthy(url, 120, "the composed server to answer")
-        yield {"url": url, "dc": dc, "data": data, "project": project, "client": client}
+        yield {"url": url, "dc": dc, "data": data, "project": project, "client": client,
+               "registry": f"http://127.0.0.1:{env['HELDOUT_REGISTRY_PORT']}"}  # fmt: skip
     finally:
         logs = dc("logs", "--no-color", "--tail", "60")
         print(logs.stdout, file=sys.stderr)
@@ -200,6 +216,12 @@ def test_composed_stack_scores_a_submission(stack: dict[str, Any], tmp_path: Pat
     assert node["name"] == "node-1" and "cpu" in node["queues"], listed
     assert entry["team"] == "alice"
     assert entry["metrics"]["auc-covid"]["value"] == pytest.approx(1.0)
+
+    # The worker pushed the image to the composed registry, which lets no one else in.
+    catalog = f"{stack['registry']}/v2/_catalog"
+    assert httpx.get(catalog, timeout=10).status_code == 401
+    pushed = httpx.get(catalog, auth=("heldout", REGISTRY_PASSWORD), timeout=10)
+    assert pushed.status_code == 200 and pushed.json()["repositories"], pushed.text
 
     # The job records live in the composed PostgreSQL, not in a file of the server's.
     jobs = dc("exec", "-T", "postgres", "psql", "-U", "heldout", "-d", "heldout", "-tAc",
