@@ -134,7 +134,12 @@ def prune(settings: Settings, engine: Engine | None = None) -> list[str]:
     for submission_id, tag, image_id in sorted(found):
         if submission_id in busy_submissions or image_id in busy_images:
             continue
-        if image_id not in pullable:
+        ref = pullable.get(image_id)
+        # The record says it was pushed; the registry must still serve it (a wiped or
+        # replaced registry, another address): else this copy may be the only one.
+        if ref is None or not engine.registry_holds(
+            f"{settings.image_registry}/{ref}", settings.registry_auth
+        ):
             continue
         try:
             # Not forced: an image a container still uses (a job claimed since the query
@@ -157,11 +162,11 @@ def _free(root: Path) -> int:
     return shutil.disk_usage(root).free
 
 
-def _pushed(settings: Settings, submission_ids: set[int]) -> set[str]:
+def _pushed(settings: Settings, submission_ids: set[int]) -> dict[str, str]:
     """The images of these submissions recorded with a reference in the registry (a job's
-    "<x>image_ref" beside its "<x>image_id"). The pushing engine keeps no trace of the
-    push, so the record is what says an image can be pulled again."""
-    ids: set[str] = set()
+    "<x>image_ref" beside its "<x>image_id"), image id -> reference. The pushing engine
+    keeps no trace of the push, so the record is what says where to pull an image again."""
+    refs: dict[str, str] = {}
     with session_scope(settings) as session:
         pushing = [JobKind.validate.value, JobKind.build.value, JobKind.train.value]
         for result in session.scalars(
@@ -176,18 +181,16 @@ def _pushed(settings: Settings, submission_ids: set[int]) -> set[str]:
                     continue
                 image_id = result.get(key.removesuffix("ref") + "id")  # x_image_id
                 if image_id:
-                    ids.add(str(image_id))
+                    refs[str(image_id)] = str(ref)
         # A multi-task child runs its parent's image (the reference is copied, no job's).
-        ids |= {
-            image_id
-            for image_id in session.scalars(
-                select(Submission.image_id).where(
-                    Submission.id.in_(submission_ids), Submission.image_ref.is_not(None)
-                )
+        for image_id, ref in session.execute(
+            select(Submission.image_id, Submission.image_ref).where(
+                Submission.id.in_(submission_ids), Submission.image_ref.is_not(None)
             )
-            if image_id
-        }
-    return ids
+        ):
+            if image_id and ref:
+                refs.setdefault(str(image_id), str(ref))
+    return refs
 
 
 def _in_use(settings: Settings) -> tuple[set[int], set[str]]:

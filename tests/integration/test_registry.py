@@ -146,6 +146,11 @@ def test_no_one_gets_in_without_the_registrys_credentials(
     # The one with the credentials lists it.
     listed = requests.get(f"http://{REGISTRY}/v2/_catalog", auth=settings.registry_auth, timeout=10)
     assert listed.status_code == 200 and name in listed.json()["repositories"]
+    # What pruning asks before it drops a copy: the registry serves the reference, to the
+    # credentials only; another digest it does not.
+    assert engine.registry_holds(f"{REGISTRY}/{ref}", settings.registry_auth)
+    assert not engine.registry_holds(f"{REGISTRY}/{ref}")
+    assert not engine.registry_holds(f"{REGISTRY}/{name}@sha256:{'0' * 64}", settings.registry_auth)
     _drop(engine, image_id)
     with pytest.raises(RegistryError, match=r"(?i)auth|unauthorized|denied"):
         engine.pull_image(f"{REGISTRY}/{ref}")

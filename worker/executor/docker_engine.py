@@ -145,6 +145,15 @@ class DockerEngine(Engine):
             raise RegistryError(f"the registry gave no digest for {repository}")
         return f"{name}@{digest}"
 
+    def registry_holds(self, ref: str, auth: tuple[str, str] | None = None) -> bool:
+        digest = ref.partition("@")[2]
+        try:
+            found = self.client.api.inspect_distribution(ref, auth_config=_auth_config(auth))
+        except (docker.errors.APIError, requests.RequestException) as e:
+            log.info("the registry does not serve %s: %s", ref, e)
+            return False
+        return bool(digest) and (found.get("Descriptor") or {}).get("digest") == digest
+
     def pull_image(self, ref: str, auth: tuple[str, str] | None = None) -> str:
         name, _, digest = ref.partition("@")
         if not name or not digest.startswith("sha256:"):

@@ -166,6 +166,11 @@ class Engine(ABC):
         `RegistryError` when the push fails."""
 
     @abstractmethod
+    def registry_holds(self, ref: str, auth: tuple[str, str] | None = None) -> bool:
+        """Whether the registry serves `ref` ("registry/name@sha256:...") now; False when
+        it does not, or cannot be asked."""
+
+    @abstractmethod
     def pull_image(self, ref: str, auth: tuple[str, str] | None = None) -> str:
         """Pull `ref` ("registry/name@sha256:...") and return the id of the image it gave;
         the caller checks that id. Raises `RegistryError` when the pull fails."""

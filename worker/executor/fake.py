@@ -248,6 +248,10 @@ class FakeExecutor(Backend[FakeHandle]):
         # pushed is removed again, and the digest reference goes with it.
         return ref
 
+    def registry_holds(self, ref: str, auth: tuple[str, str] | None = None) -> bool:
+        self._call("registry_holds")
+        return ref in self.registry
+
     def pull_image(self, ref: str, auth: tuple[str, str] | None = None) -> str:
         self._call("pull_image")
         if ref not in self.registry:

@@ -211,3 +211,7 @@ def test_prune_drops_pullable_images_no_queued_or_running_job_needs(
     # Pulled again, by digest, when a job needs it.
     ensure_local(node, settings, sub.image_id, sub.image_ref)
     assert sub.image_id in node.images
+    # A wiped or replaced registry: the records say pushed, but this copy is the only one.
+    node.registry.clear()
+    assert prune(low, node) == []
+    assert sub.image_id in node.images
