@@ -75,3 +75,9 @@ def test_compose_has_no_fallback_password() -> None:
         "${HELDOUT_DB_PASSWORD:?"
         in compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
     )
+    # The registry's password, and the htpasswd file it checks, have no fallback either.
+    assert env["HELDOUT_IMAGE_REGISTRY_PASSWORD"].startswith("${HELDOUT_IMAGE_REGISTRY_PASSWORD:?")
+    assert any(
+        v.startswith("${HELDOUT_REGISTRY_HTPASSWD:?")
+        for v in compose["services"]["registry"]["volumes"]
+    )
