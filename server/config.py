@@ -123,10 +123,9 @@ class Settings(BaseSettings):
     # pulls it by that digest, refusing it unless its id is the one recorded. Unset: images
     # stay on the engine that made them (one machine, or nodes sharing one engine).
     image_registry: str | None = None
-    # The registry's credentials (htpasswd on the distribution registry). A registry that a
-    # build step's network reaches (another machine's address, or builds on the host
-    # network) must have them: the registry lists every repository to anyone it lets in,
-    # and trained models are in those images.
+    # The registry's credentials (htpasswd on the distribution registry), required in
+    # production: builds have network, the registry lists every repository to anyone it
+    # lets in, and trained models are in those images.
     image_registry_user: str | None = None
     image_registry_password: SecretStr | None = None
     # With a registry: below this much free space on the engine's disk, the reaper removes
