@@ -42,7 +42,7 @@ from heldout.archive import (
     read_small,
     sha256_file,
 )
-from worker.executor.engine import ArchiveRefused, Engine, EngineError, ImageNotFound, resolve_user
+from worker.executor.engine import ArchiveRefused, Engine, EngineError, resolve_user
 
 __all__ = [
     "GiB",
@@ -131,7 +131,7 @@ def load_image(
     info = inspect_archive(path, limits)
     _check_free_disk(engine, info.expanded_bytes)
     # Without a known id assume it existed: never delete an image this call did not add.
-    existed = info.image_id is None or _exists(engine, info.image_id)
+    existed = info.image_id is None or engine.has_image(info.image_id)
     try:
         loaded = engine.load_archive(_untagged_stream(path))
     except ArchiveRefused as e:
@@ -189,14 +189,6 @@ def check_image(engine: Engine, attrs: dict[str, Any], limits: IntakeLimits) -> 
         raise IntakeError(f"The image's USER {user!r} is not defined in its /etc/passwd.")
     if ids[0] == 0:
         raise IntakeError(f"The image's USER {user!r} has uid 0 (root); use a non-root user.")
-
-
-def _exists(engine: Engine, image_id: str) -> bool:
-    try:
-        engine.inspect_image(image_id)
-        return True
-    except ImageNotFound:
-        return False
 
 
 def _check_free_disk(engine: Engine, needed: int) -> None:

@@ -75,7 +75,7 @@ def ensure_local(
     submission tag, so releasing the submission removes it here too). Without a reference
     or a registry, a missing image is left for the run to report, as on one machine."""
     address = _address(settings, ref) if ref else None
-    if address is None or _holds(engine, image_id):
+    if address is None or engine.has_image(image_id):
         return
     log.info("image %s is not on this node; pulling %s", image_id, address)
     try:
@@ -99,14 +99,6 @@ def ensure_local(
         # image behind.
         with suppress(ImageNotFound):
             engine.remove_image(address)
-
-
-def _holds(engine: Engine, image_id: str) -> bool:
-    try:
-        engine.inspect_image(image_id)
-        return True
-    except ImageNotFound:
-        return False
 
 
 def prune(settings: Settings, engine: Engine | None = None) -> list[str]:

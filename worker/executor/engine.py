@@ -138,6 +138,14 @@ class Engine(ABC):
         """The engine's record of an image (Docker's `inspect` layout: Id, Size, Config,
         RepoTags, RepoDigests, Os, Architecture). Raises `ImageNotFound`."""
 
+    def has_image(self, ref: str) -> bool:
+        """Whether the engine holds an image of that id or tag."""
+        try:
+            self.inspect_image(ref)
+            return True
+        except ImageNotFound:
+            return False
+
     @abstractmethod
     def image_history(self, image_id: str) -> list[dict[str, Any]]:
         """The image's layers, newest first (each with CreatedBy)."""
