@@ -20,16 +20,16 @@ from server.jobs import service as jobs
 from server.jobs.models import Job
 from server.submissions.models import Submission
 from tests.conftest import _sqlite_settings
-from tests.support.factories import auth
 from tests.unit.worker.test_steps_on_fake import (
-    T3_FILES,
     _archive,
     _backend,
     _final,
     _setup,
     _submit,
     _t3_backend,
+    _t3_repos,
     _t3_setup,
+    _t3_submit,
 )
 from worker import pipeline, steps
 from worker.executor.fake import FakeExecutor, make_image
@@ -143,24 +143,14 @@ def test_a_tampered_reference_is_refused(settings: Settings) -> None:
 def test_t3_build_train_and_inference_on_three_nodes(
     settings: Settings, tmp_path: Path, sent_tasks: list[Any]
 ) -> None:
-    from tests.support.gitserver import GitDaemon, RepoFactory
+    from tests.support.gitserver import GitDaemon
 
     settings = settings.model_copy(update={"allow_loopback_repos": True})
-    factory = RepoFactory(tmp_path / "repos")
-    repo = factory.create("team")
-    repo.commit(T3_FILES, "solution")
-    repo.tag("v1")
     builder, trainer, runner = _t3_backend(), _t3_backend(), _t3_backend()
     trainer.registry = runner.registry = builder.registry
-    with TestClient(create_app(settings)) as api, GitDaemon(factory.root) as daemon:
+    with TestClient(create_app(settings)) as api, GitDaemon(_t3_repos(tmp_path)) as daemon:
         url, alice = _t3_setup(settings, api, tmp_path, daemon)
-        r = api.post(
-            "/api/v1/challenges/stoic/phases/final/submissions",
-            json={"repository_url": url, "ref": "v1"},
-            headers=auth(alice),
-        )
-        assert r.status_code == 201, r.text
-        sid = int(r.json()["id"])
+        sid = _t3_submit(api, url, alice)
         nodes = {"validate": builder, "build": builder, "train": trainer, "*": runner}
         _drive_on(settings, nodes, sid)
         assert _final(api, alice, sid)["status"] == "succeeded"

@@ -348,25 +348,36 @@ def _t3_setup(settings: Settings, api: Any, tmp_path: Path, daemon: Any) -> tupl
     return daemon.url("team"), user_token(settings, "alice")
 
 
-def test_a_t3_codebase_is_built_trained_and_scored(
-    settings: Settings, tmp_path: Path, sent_tasks: list[Any]
-) -> None:
-    from tests.support.gitserver import GitDaemon, RepoFactory
+def _t3_repos(tmp_path: Path) -> Path:
+    """A git root holding the team's T3 solution, tagged v1."""
+    from tests.support.gitserver import RepoFactory
 
-    settings = settings.model_copy(update={"allow_loopback_repos": True})
     factory = RepoFactory(tmp_path / "repos")
     repo = factory.create("team")
     repo.commit(T3_FILES, "solution")
     repo.tag("v1")
-    with TestClient(create_app(settings)) as api, GitDaemon(factory.root) as daemon:
+    return factory.root
+
+
+def _t3_submit(api: TestClient, url: str, token: str) -> int:
+    r = api.post(
+        "/api/v1/challenges/stoic/phases/final/submissions",
+        json={"repository_url": url, "ref": "v1"},
+        headers=auth(token),
+    )
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def test_a_t3_codebase_is_built_trained_and_scored(
+    settings: Settings, tmp_path: Path, sent_tasks: list[Any]
+) -> None:
+    from tests.support.gitserver import GitDaemon
+
+    settings = settings.model_copy(update={"allow_loopback_repos": True})
+    with TestClient(create_app(settings)) as api, GitDaemon(_t3_repos(tmp_path)) as daemon:
         url, alice = _t3_setup(settings, api, tmp_path, daemon)
-        r = api.post(
-            "/api/v1/challenges/stoic/phases/final/submissions",
-            json={"repository_url": url, "ref": "v1"},
-            headers=auth(alice),
-        )
-        assert r.status_code == 201, r.text
-        sid = int(r.json()["id"])
+        sid = _t3_submit(api, url, alice)
         backend = _t3_backend()
         ran = _drive(settings, backend, sid)
         final = _final(api, alice, sid)
