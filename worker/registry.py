@@ -190,18 +190,20 @@ def _in_use(settings: Settings) -> tuple[set[int], set[str]]:
     claim it next), and the images those jobs run: a multi-task child runs its parent's
     image under the parent's tag."""
     with session_scope(settings) as session:
-        running = list(
+        # Ids only: every queued case of the installation may match, no rows needed.
+        ids = set(
             session.scalars(
-                select(Job).where(
+                select(Job.submission_id)
+                .where(
                     or_(
                         (Job.status == JobStatus.running.value)
                         & (Job.node == steps.node_name(settings)),
                         Job.status == JobStatus.pending.value,
                     )
                 )
+                .distinct()
             )
         )
-        ids = {job.submission_id for job in running}
         images = {
             image_id
             for image_id in session.scalars(
