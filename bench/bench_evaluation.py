@@ -221,6 +221,8 @@ def analysis_bench(y: np.ndarray, scores: np.ndarray, r: int) -> None:
             f"{result.uncertainty.tau_median:.3f}; target < 5 s: "
             f"{'met' if best < 5 else 'MISSED'}"
         )
+
+
 def _statistics_path(y: np.ndarray, scores: np.ndarray, r: int) -> float:
     """What scoring and a board cost: bootstrap CIs per submission, all-pairs DeLong, and
     the board from predictions sections (alignment, ranks, top-3 ensemble with its CI)."""

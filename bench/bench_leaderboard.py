@@ -33,9 +33,20 @@ At 548c1bd (2026-12-04; 10,000 results, --workers 2, 5 s loads, other jobs on th
     0.54 ms/req; worker RSS before SimpleITK and matplotlib were loaded lazily: 315-350 MB)
     errors: 0 (no 5xx) at c=1, 16 and 64 on both, leaderboard and statistics.
 
+At 2026-12-07 (10,000 results, --workers 2, 5 s loads, access log on, quiet machine), after
+the hot read stopped pinging its connection at checkout (the ping is a round trip of its
+own: 163 -> 75 us per read alone) and the lane kept one reader thread, not four:
+
+    leaderboard c=64   PostgreSQL 3192 req/s  p50 18.8 ms  p99 39.7 ms  0.41 ms/req  RSS 180-184 MB
+                       (same machine, the code before: 2065-2449 req/s, p99 53-78 ms)
+                       SQLite     7610 req/s  p50  7.8 ms  p99 15.1 ms  0.20 ms/req  RSS 161-179 MB
+    statistics c=64    PostgreSQL 1810 req/s  p99 71.6 ms;  SQLite 3291 req/s  p99 40.5 ms
+    errors: 0 (no 5xx) at c=1, 16 and 64 on both, leaderboard and statistics.
+
 A no-op ASGI app under the same uvicorn, returning the same 99 KiB, costs 0.14-0.17 ms
-per request (0.30 ms with the access log) and gave p99 49-102 ms at c=64 on this machine:
-p99 < 50 ms at c=64 needs cores the load generator and other jobs do not share.
+per request (0.30 ms with the access log), against the lane's 0.41 ms on PostgreSQL and
+0.20 ms on SQLite (the access log on); the rest of the 2 cores goes to the load generator
+and PostgreSQL's backends.
 """
 
 from __future__ import annotations

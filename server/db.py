@@ -54,7 +54,8 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def make_engine(url: str, pool_size: int = 32) -> Engine:
+def make_engine(url: str, pool_size: int = 32, *, hot: bool = False) -> Engine:
+    """An engine for sessions, or (`hot`) for `read_one`'s reads alone."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -82,6 +83,18 @@ def make_engine(url: str, pool_size: int = 32) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
+    if hot:
+        # Connections that only ever run one statement each in autocommit (one round trip,
+        # no BEGIN, nothing to roll back on return) and are not pinged at checkout: the
+        # ping is a round trip of its own, as dear as the read. A connection found dead
+        # is replaced and the read retried (`read_one`).
+        engine = create_engine(url, pool_size=pool_size, max_overflow=8, pool_reset_on_return=None)
+
+        @event.listens_for(engine, "connect")
+        def _autocommit(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.autocommit = True
+
+        return engine
     # One connection per thread that may hold a session (the server's threadpool, the
     # background toucher), so no thread waits on the pool: see Settings.server_threads.
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=8)
@@ -90,19 +103,20 @@ def make_engine(url: str, pool_size: int = 32) -> Engine:
 BEGIN_OPTION = "heldout_sqlite_begin"
 
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
+def get_engine(settings: Settings | None = None, *, hot: bool = False) -> Engine:
+    """The engine for sessions, or (`hot`) the one `read_one` reads with: a connection for
+    each thread that may hold one, the request threadpool or the hot-path readers."""
     settings = settings or get_settings()
     url = settings.sqlalchemy_url
-    if url not in _engines:
+    if (url, hot) not in _engines:
         if url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        # A connection for each thread that may hold one: the request threadpool and the
-        # hot-path readers.
-        _engines[url] = make_engine(url, settings.server_threads + readers.THREADS)
-    return _engines[url]
+        threads = readers.THREADS if hot else settings.server_threads
+        _engines[url, hot] = make_engine(url, threads, hot=hot)
+    return _engines[url, hot]
 
 
 def session_factory(
@@ -171,45 +185,49 @@ def session_scope(settings: Settings | None = None, *, write: bool = True) -> It
 def read_one(
     settings: Settings, statement: Select[*tuple[Any, ...]], params: dict[str, Any]
 ) -> tuple[Any, ...] | None:
-    """The first row of a read on a hot path, run straight on a pooled DBAPI connection:
-    the statement is compiled once per dialect and its columns converted by their types,
-    as SQLAlchemy would, but without a Connection, whose per-execute bookkeeping (events,
-    BEGIN, result metadata, ROLLBACK) costs ten times the indexed read itself on SQLite.
-    It runs outside any transaction (autocommit: one statement is one consistent snapshot;
-    no lock on SQLite), and a PostgreSQL connection goes back to the pool as it came."""
-    engine = get_engine(settings)
+    """The first row of a read on a hot path, run straight on a DBAPI connection of the
+    hot engine: the statement is compiled once per dialect and its columns converted by
+    their types, as SQLAlchemy would, but without a Connection, whose per-execute
+    bookkeeping (events, BEGIN, result metadata, ROLLBACK) costs ten times the indexed read
+    itself on SQLite. It runs outside any transaction (autocommit: one statement is one
+    consistent snapshot; no lock on SQLite). A connection that turns out dead (the hot
+    engine does not ping at checkout) is dropped and the read tried once more on a new one."""
+    engine = get_engine(settings, hot=True)
     sql, names, processors = _compiled(statement, engine.dialect)
     args: Any = tuple(params[n] for n in names) if names is not None else params
+    for attempt in (1, 2):
+        try:
+            row = _fetch_one(engine, sql, args)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+            continue
+        if row is None:
+            return None
+        return tuple(v if f is None else f(v) for f, v in zip(processors, row, strict=True))
+    raise AssertionError("unreachable")
+
+
+def _fetch_one(engine: Engine, sql: str, args: Any) -> Any:
     dbapi_error = engine.dialect.loaded_dbapi.Error
     conn = engine.raw_connection()
-    raw: Any = conn.dbapi_connection
-    # PostgreSQL: the read alone, in autocommit (one statement is one snapshot), costs one
-    # round trip instead of three (BEGIN, the read, the pool's ROLLBACK on return).
-    autocommit = engine.dialect.name == "postgresql" and not raw.autocommit
-    if autocommit:
-        raw.autocommit = True
     try:
         cursor = conn.cursor()
         try:
             cursor.execute(sql, args)
-            row = cursor.fetchone()
+            return cursor.fetchone()
         except dbapi_error as exc:
-            if engine.dialect.is_disconnect(exc, conn.dbapi_connection, cursor):
+            dead = engine.dialect.is_disconnect(exc, conn.dbapi_connection, cursor)
+            if dead:
                 conn.invalidate(exc)
             # As SQLAlchemy raises it (OperationalError for "database is locked"...).
-            raise DBAPIError.instance(sql, args, exc, dbapi_error) from exc
+            raise DBAPIError.instance(
+                sql, args, exc, dbapi_error, connection_invalidated=dead
+            ) from exc
         finally:
             cursor.close()
     finally:
-        if autocommit and conn.dbapi_connection is not None:
-            try:
-                raw.autocommit = False
-            except dbapi_error as exc:  # a broken connection: not back into the pool
-                conn.invalidate(exc)
-        conn.close()  # back to the pool, which rolls back
-    if row is None:
-        return None
-    return tuple(v if f is None else f(v) for f, v in zip(processors, row, strict=True))
+        conn.close()  # back to the pool
 
 
 @lru_cache(maxsize=32)

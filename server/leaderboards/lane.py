@@ -2,8 +2,9 @@
 board this process holds, current as the database says now, is answered here, in front
 of FastAPI's routing, dependency solving and response classes, which cost more than the
 rest of such a request together (see bench/bench_leaderboard.py). Anything else (no
-token, no board held, a newer generation, an unknown token or phase, a database error)
-goes on to the routes in endpoints.py, which answer or raise as every endpoint does."""
+token, no board held, a newer generation, an unknown token or phase, a database error,
+a reader held up for a second) goes on to the routes in endpoints.py, which answer or
+raise as every endpoint does."""
 
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ class HeldBoards:
             )
         except SQLAlchemyError:
             return False  # the full path meets the same error and renders it (503)
+        except readers.Late:
+            return False  # the reader is held up (a hung read): the full path answers
         if held is None:
             return False
         tag = f'"{held.etag}"'

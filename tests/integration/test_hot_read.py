@@ -1,21 +1,27 @@
-"""`read_one`, the leaderboard's hot read: on PostgreSQL it runs in autocommit (one round
-trip, not BEGIN + read + ROLLBACK), and every pooled connection goes back transactional,
-after a read, after a failed read, so that no later session runs without a transaction."""
+"""`read_one`, the leaderboard's hot read: it runs on connections of its own (the hot
+engine), in autocommit, one statement per read (no BEGIN, no ROLLBACK, no ping at
+checkout), replaces a connection found dead and reads again, and leaves the sessions'
+connections as they were: transactional."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import pytest
-from sqlalchemy import Integer, bindparam, func, select, text
+from sqlalchemy import Integer, bindparam, event, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from server.config import Settings
 from server.db import get_engine, read_one, session_scope
 
+from ..conftest import ON_POSTGRES
 
-def _pooled_autocommit(settings: Settings) -> list[bool]:
-    """The autocommit flag of each idle connection in the pool (checked out together)."""
-    pool = get_engine(settings).pool
-    conns = [pool.connect() for _ in range(pool.checkedin())]
+
+def _pooled_autocommit(settings: Settings, *, hot: bool = False) -> list[bool]:
+    """The autocommit flag of each idle connection in a pool (checked out together)."""
+    pool = get_engine(settings, hot=hot).pool
+    conns = [pool.connect() for _ in range(pool.checkedin())]  # type: ignore[attr-defined]
     try:
         return [bool(c.dbapi_connection.autocommit) for c in conns]  # type: ignore[union-attr]
     finally:
@@ -23,7 +29,9 @@ def _pooled_autocommit(settings: Settings) -> list[bool]:
             c.close()
 
 
-def test_a_hot_read_leaves_every_connection_transactional(settings: Settings) -> None:
+def test_a_hot_read_leaves_the_sessions_connections_transactional(settings: Settings) -> None:
+    with session_scope(settings) as session:  # a session's connection, now back in its pool
+        session.execute(text("SELECT 1"))
     assert read_one(settings, select(bindparam("x", type_=Integer)), {"x": 42}) == (42,)
     with pytest.raises(DBAPIError):
         read_one(settings, select(text("no_such_column")), {})
@@ -31,10 +39,49 @@ def test_a_hot_read_leaves_every_connection_transactional(settings: Settings) ->
         # No BEGIN of its own: the statement is its transaction, started when it started.
         alone = select(func.transaction_timestamp() == func.statement_timestamp())
         assert read_one(settings, alone, {}) == (True,)
-        assert _pooled_autocommit(settings) and not any(_pooled_autocommit(settings))
+        hot, sessions = _pooled_autocommit(settings, hot=True), _pooled_autocommit(settings)
+        assert hot and all(hot) and sessions and not any(sessions), (hot, sessions)
     # A session still rolls back what it did when it fails.
     with pytest.raises(RuntimeError), session_scope(settings) as session:
         session.execute(text("CREATE TABLE hot_read_probe (x integer)"))
         raise RuntimeError("undo")
     with session_scope(settings) as session:
         assert not get_engine(settings).dialect.has_table(session.connection(), "hot_read_probe")
+
+
+class _Counting(psycopg.Cursor[Any]):
+    statements: list[str] = []
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        _Counting.statements.append(str(query))
+        return super().execute(query, *args, **kwargs)
+
+
+@ON_POSTGRES
+def test_a_hot_read_is_one_statement_and_survives_a_dead_connection(settings: Settings) -> None:
+    hot = get_engine(settings, hot=True)
+    hot.dispose()
+
+    @event.listens_for(hot, "connect")
+    def _count(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.cursor_factory = _Counting
+
+    _Counting.statements = []
+    one = select(bindparam("x", type_=Integer))
+    try:
+        for x in range(5):
+            assert read_one(settings, one, {"x": x}) == (x,)
+        # Five reads, five statements: no ping, BEGIN or ROLLBACK around them.
+        assert len(_Counting.statements) == 5, _Counting.statements
+
+        pid = read_one(settings, select(func.pg_backend_pid()), {})
+        assert pid is not None
+        with session_scope(settings) as session:  # the server restarts, say
+            session.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid[0]})
+        # The pooled connection is dead; the read is retried on a new one.
+        assert read_one(settings, one, {"x": 7}) == (7,)
+        again = read_one(settings, select(func.pg_backend_pid()), {})
+        assert again is not None and again[0] != pid[0]
+    finally:
+        event.remove(hot, "connect", _count)
+        hot.dispose()

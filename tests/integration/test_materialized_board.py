@@ -5,6 +5,7 @@ recompute is running readers are served the previous board, whole, without waiti
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,13 +120,7 @@ def test_a_held_board_costs_one_read_and_keeps_every_check(
     from server.db import get_engine
     from server.leaderboards import endpoints
 
-    cases = _stoic_cases()
-    _challenge(api, settings, tmp_path, cases)
-    first = _submit(api, user_token(settings, "alice"))
-    score(settings, first, _stoic_outputs(cases, 0.0), tmp_path / "a")
-    reader = user_token(settings, "carol")
-    board = api.get(BOARD, headers=auth(reader))
-    assert board.status_code == 200
+    reader, board = _one_board_held(api, settings, tmp_path)
 
     real_board = endpoints._board
     routed: list[str] = []
@@ -135,7 +130,7 @@ def test_a_held_board_costs_one_read_and_keeps_every_check(
         return real_board(*args)
 
     monkeypatch.setattr(endpoints, "_board", route)
-    with _driver_statements(get_engine(settings)) as statements:
+    with _driver_statements(get_engine(settings), get_engine(settings, hot=True)) as statements:
         again = api.get(BOARD, headers=auth(reader))
         assert again.status_code == 200 and again.content == board.content
         assert again.headers["etag"] == board.headers["etag"]
@@ -161,22 +156,72 @@ def test_a_held_board_costs_one_read_and_keeps_every_check(
     assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
 
 
+def test_a_hung_hot_read_holds_up_no_other_reader(
+    api: TestClient, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane's one reader thread stuck in a read (a database that stopped answering)
+    delays another look at the board by the reader's start deadline at most: it is then
+    answered by the normal path, whole, and the stuck request still gets its answer."""
+    from server import readers
+
+    reader, board = _one_board_held(api, settings, tmp_path)
+
+    monkeypatch.setattr(readers, "START_WITHIN_S", 0.5)
+    real = boards.served
+    entered, release = threading.Event(), threading.Event()
+
+    def hung(*args: Any) -> Any:
+        if not entered.is_set():
+            entered.set()
+            release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(boards, "served", hung)
+    stuck: list[Any] = []
+    first_look = threading.Thread(target=lambda: stuck.append(api.get(BOARD, headers=auth(reader))))
+    first_look.start()
+    try:
+        assert entered.wait(10)
+        t0 = time.monotonic()
+        other = api.get(BOARD, headers=auth(user_token(settings, "bob")))
+        waited = time.monotonic() - t0
+    finally:
+        release.set()
+        first_look.join(30)
+    assert other.status_code == 200 and other.json() == board.json()
+    assert 0.5 <= waited < 5, waited
+    assert stuck and stuck[0].status_code == 200 and stuck[0].content == board.content
+
+
+def _one_board_held(api: TestClient, settings: Settings, tmp_path: Path) -> tuple[str, Any]:
+    """A phase with one scored submission, its board looked at once (so held), and the
+    token of a participant who looked (with the response)."""
+    cases = _stoic_cases()
+    _challenge(api, settings, tmp_path, cases)
+    first = _submit(api, user_token(settings, "alice"))
+    score(settings, first, _stoic_outputs(cases, 0.0), tmp_path / "a")
+    reader = user_token(settings, "carol")
+    board = api.get(BOARD, headers=auth(reader))
+    assert board.status_code == 200
+    return reader, board
+
+
 @contextmanager
-def _driver_statements(engine: Any) -> Iterator[list[str]]:
-    """Every statement request threads send through the database driver on the engine's
-    connections, whether or not through SQLAlchemy (left out: the background token
-    toucher's own writes, and the pool's liveness ping on checkout, `;` on PostgreSQL); the
-    engine's connections are closed afterwards."""
+def _driver_statements(*engines: Any) -> Iterator[list[str]]:
+    """Every statement request threads send through the database driver on the engines'
+    connections, whether or not through SQLAlchemy, the pool's liveness ping on checkout
+    included (`;` on PostgreSQL; left out: the background token toucher's own writes); the
+    engines' connections are closed afterwards."""
     from sqlalchemy import event
 
     seen: list[str] = []
 
     def note(statement: str) -> None:
-        if threading.current_thread().name != "token-touch" and statement != ";":
+        if threading.current_thread().name != "token-touch":
             seen.append(statement)
 
     def hook(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-        if engine.dialect.name == "sqlite":
+        if engines[0].dialect.name == "sqlite":
             dbapi_conn.set_trace_callback(note)
         else:
             import psycopg
@@ -188,10 +233,12 @@ def _driver_statements(engine: Any) -> Iterator[list[str]]:
 
             dbapi_conn.cursor_factory = Noting
 
-    engine.dispose()  # connections made from now on, each hooked when it is checked out
-    event.listen(engine, "checkout", hook)
+    for engine in engines:
+        engine.dispose()  # connections made from now on, each hooked when it is checked out
+        event.listen(engine, "checkout", hook)
     try:
         yield seen
     finally:
-        event.remove(engine, "checkout", hook)
-        engine.dispose()
+        for engine in engines:
+            event.remove(engine, "checkout", hook)
+            engine.dispose()
