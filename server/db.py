@@ -87,20 +87,27 @@ def make_engine(url: str, pool_size: int = 32, *, hot: bool = False) -> Engine:
         # Connections that only ever run one statement each in autocommit (one round trip,
         # no BEGIN, nothing to roll back on return) and are not pinged at checkout: the
         # ping is a round trip of its own, as dear as the read. A connection found dead
-        # is replaced and the read retried (`read_one`).
-        engine = create_engine(url, pool_size=pool_size, max_overflow=8, pool_reset_on_return=None)
+        # is replaced and the read retried (`read_one`). A read never waits long: not for
+        # a lock (a migration's), an unanswered socket or a connection being made.
+        engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=8,
+            pool_reset_on_return=None,
+            connect_args={"connect_timeout": 5, "tcp_user_timeout": 10_000},
+        )
 
         @event.listens_for(engine, "connect")
         def _autocommit(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.autocommit = True
+            dbapi_conn.execute(f"SET statement_timeout = {HOT_STATEMENT_TIMEOUT_MS}")
 
         return engine
-    # One connection per thread that may hold a session (the server's threadpool, the
-    # background toucher), so no thread waits on the pool: see Settings.server_threads.
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=8)
 
 
 BEGIN_OPTION = "heldout_sqlite_begin"
+HOT_STATEMENT_TIMEOUT_MS = 5000
 
 
 _engines: dict[tuple[str, bool], Engine] = {}
@@ -108,13 +115,14 @@ _engines: dict[tuple[str, bool], Engine] = {}
 
 def get_engine(settings: Settings | None = None, *, hot: bool = False) -> Engine:
     """The engine for sessions, or (`hot`) the one `read_one` reads with: a connection for
-    each thread that may hold one, the request threadpool or the hot-path readers."""
+    each thread that may hold one, so no thread waits on the pool (the request threadpool
+    and the background token toucher; the hot-path readers)."""
     settings = settings or get_settings()
     url = settings.sqlalchemy_url
     if (url, hot) not in _engines:
         if url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        threads = readers.THREADS if hot else settings.server_threads
+        threads = readers.THREADS if hot else settings.server_threads + 1
         _engines[url, hot] = make_engine(url, threads, hot=hot)
     return _engines[url, hot]
 
@@ -193,7 +201,8 @@ def read_one(
     consistent snapshot; no lock on SQLite). A connection that turns out dead (the hot
     engine does not ping at checkout) is dropped and the read tried once more on a new one."""
     engine = get_engine(settings, hot=True)
-    sql, names, processors = _compiled(statement, engine.dialect)
+    sql, names, processors, values = _compiled(statement, engine.dialect)
+    params = {**values, **params}  # the statement's own values, e.g. `func.f("literal")`
     args: Any = tuple(params[n] for n in names) if names is not None else params
     for attempt in (1, 2):
         try:
@@ -212,8 +221,9 @@ def _fetch_one(engine: Engine, sql: str, args: Any) -> Any:
     dbapi_error = engine.dialect.loaded_dbapi.Error
     conn = engine.raw_connection()
     try:
-        cursor = conn.cursor()
+        cursor = None
         try:
+            cursor = conn.cursor()
             cursor.execute(sql, args)
             return cursor.fetchone()
         except dbapi_error as exc:
@@ -225,7 +235,8 @@ def _fetch_one(engine: Engine, sql: str, args: Any) -> Any:
                 sql, args, exc, dbapi_error, connection_invalidated=dead
             ) from exc
         finally:
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
     finally:
         conn.close()  # back to the pool
 
@@ -233,13 +244,14 @@ def _fetch_one(engine: Engine, sql: str, args: Any) -> Any:
 @lru_cache(maxsize=32)
 def _compiled(
     statement: Select[*tuple[Any, ...]], dialect: Dialect
-) -> tuple[str, tuple[str, ...] | None, tuple[Callable[[Any], Any] | None, ...]]:
-    """The statement's SQL for the dialect, its bind names in order (None: named style)
-    and each column's result processor."""
+) -> tuple[str, tuple[str, ...] | None, tuple[Callable[[Any], Any] | None, ...], dict[str, Any]]:
+    """The statement's SQL for the dialect, its bind names in order (None: named style),
+    each column's result processor and the values bound in the statement itself."""
     compiled = statement.compile(dialect=dialect)
+    values = {k: v for k, v in compiled.params.items() if v is not None}
     names = tuple(compiled.positiontup or ()) if compiled.positional else None
     processors = tuple(
         column.type.dialect_impl(dialect).result_processor(dialect, None)
         for column in statement.selected_columns
     )
-    return compiled.string, names, processors
+    return compiled.string, names, processors, values

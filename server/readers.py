@@ -9,9 +9,10 @@ results, --workers 2, c=64, 2 cores), one reader served 3,556-4,409 req/s at p99
 on PostgreSQL, two 3,252-3,983 req/s at p99 33-39 ms and four 3,906-4,002 req/s at
 p99 36-39 ms; SQLite 6,856-8,082 req/s at p99 17 ms with one, 6,020-6,389 at p99 24-30 ms
 with four. More threads only contend for the GIL (and PostgreSQL backends for the cores).
-A job the thread has not started within `START_WITHIN_S` is given up (`Late`), so a read
-that hangs delays the lane's other requests by that much at most: they then take the
-normal path."""
+A job the thread has not started within `START_WITHIN_S` is given up (`Late`), and while
+the thread has been on one job longer than that, a new one is refused at once: a read
+that hangs delays the lane's other requests by that much at most, and they then take the
+normal path. A job whose request went away before it started is not run."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -40,7 +42,7 @@ class _Job(Generic[T]):
         self.loop = loop
         self.future: asyncio.Future[T] = loop.create_future()
         self.fn = fn
-        self.state = "queued"  # then "started" (by the reader) or "late" (by the loop)
+        self.state = "queued"  # then "started" (by the reader) or "dropped" (by the loop)
         self.lock = threading.Lock()
 
     def claim(self) -> bool:
@@ -50,54 +52,70 @@ class _Job(Generic[T]):
             self.state = "started"
             return True
 
-    def give_up(self) -> None:
-        """On the loop, when the job's start deadline passes."""
+    def drop(self) -> bool:
+        """Whether the job is dropped now, unstarted (never when the reader took it)."""
         with self.lock:
             if self.state != "queued":
-                return
-            self.state = "late"
-        if not self.future.done():
+                return False
+            self.state = "dropped"
+            return True
+
+    def give_up(self) -> None:
+        """On the loop, when the job's start deadline passes."""
+        if self.drop() and not self.future.done():
             self.future.set_exception(Late())
 
 
 _jobs: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
 _started: list[threading.Thread] = []
+_busy_since: list[float | None] = []  # per thread: when it started its job, None if idle
 _lock = threading.Lock()
 
 
 async def run(fn: Callable[[], T], *, start_within: float | None = None) -> T:
     """`fn()` in the reader thread; `Late` if it has not started within `start_within`
     seconds (default `START_WITHIN_S`)."""
-    job = _Job(asyncio.get_running_loop(), fn)
+    within = START_WITHIN_S if start_within is None else start_within
     if len(_started) < THREADS:
         _start()
+    now = time.monotonic()
+    if all(since is not None and now - since > within for since in _busy_since):
+        raise Late()  # every reader is stuck in a job: queueing more would only wait
+    job = _Job(asyncio.get_running_loop(), fn)
     _jobs.put(job)
-    timer = job.loop.call_later(start_within or START_WITHIN_S, job.give_up)
+    timer = job.loop.call_later(within, job.give_up)
     try:
         return await job.future
     finally:
         timer.cancel()
+        job.drop()  # the request was cancelled while queued: nobody wants the result
 
 
 def _start() -> None:
     with _lock:
         while len(_started) < THREADS:
-            thread = threading.Thread(target=_work, name="hot-reader", daemon=True)
+            _busy_since.append(None)
+            thread = threading.Thread(
+                target=_work, args=(len(_started),), name="hot-reader", daemon=True
+            )
             thread.start()
             _started.append(thread)
 
 
-def _work() -> None:
+def _work(slot: int) -> None:
     while True:
         job = _jobs.get()
         if not job.claim():
-            continue  # given up meanwhile: its request took the normal path
+            continue  # dropped meanwhile: its request took the normal path, or went away
+        _busy_since[slot] = time.monotonic()
         try:
             result = job.fn()
         except BaseException as exc:  # handed to the awaiting request, which raises it
             _settle(job, None, exc)
         else:
             _settle(job, result, None)
+        finally:
+            _busy_since[slot] = None
 
 
 def _settle(job: _Job[Any], result: Any, exc: BaseException | None) -> None:
