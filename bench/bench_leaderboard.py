@@ -33,20 +33,21 @@ At 548c1bd (2026-12-04; 10,000 results, --workers 2, 5 s loads, other jobs on th
     0.54 ms/req; worker RSS before SimpleITK and matplotlib were loaded lazily: 315-350 MB)
     errors: 0 (no 5xx) at c=1, 16 and 64 on both, leaderboard and statistics.
 
-At 2026-12-07 (10,000 results, --workers 2, 5 s loads, access log on, quiet machine), after
-the hot read stopped pinging its connection at checkout (the ping is a round trip of its
-own: 163 -> 75 us per read alone) and the lane kept one reader thread, not four:
+At ed2a22d (2026-12-08; 10,000 results, --workers 2, 5 s loads, access log on, quiet
+machine, a fresh clone), after the hot read stopped pinging its connection at checkout (a
+round trip of its own: 163 -> 75 us per read alone) and the lane kept one reader thread
+rather than four (fewer contend for the GIL: see server/readers.py), two runs:
 
-    leaderboard c=64   PostgreSQL 3192 req/s  p50 18.8 ms  p99 39.7 ms  0.41 ms/req  RSS 180-184 MB
-                       (same machine, the code before: 2065-2449 req/s, p99 53-78 ms)
-                       SQLite     7610 req/s  p50  7.8 ms  p99 15.1 ms  0.20 ms/req  RSS 161-179 MB
-    statistics c=64    PostgreSQL 1810 req/s  p99 71.6 ms;  SQLite 3291 req/s  p99 40.5 ms
-    errors: 0 (no 5xx) at c=1, 16 and 64 on both, leaderboard and statistics.
+    leaderboard c=64   PostgreSQL 4343, 3467 req/s  p99 25.1, 33.3 ms  0.30-0.37 ms/req
+                       (the code before, same machine: 2131 req/s, p99 65.9 ms, 0.58 ms/req)
+                       SQLite     7871, 8060 req/s  p99 15.4, 15.7 ms  0.19 ms/req
+    statistics c=64    PostgreSQL 2630, 2412 req/s  p99 46.8, 48.6 ms
+                       SQLite     4244, 4031 req/s  p99 48.0, 40.4 ms
+    RSS 165-190 MB per process; errors: 0 (no 5xx) at c=1, 16 and 64 on both.
 
-A no-op ASGI app under the same uvicorn, returning the same 99 KiB, costs 0.14-0.17 ms
-per request (0.30 ms with the access log), against the lane's 0.41 ms on PostgreSQL and
-0.20 ms on SQLite (the access log on); the rest of the 2 cores goes to the load generator
-and PostgreSQL's backends.
+A no-op ASGI app under the same uvicorn, returning the same 99 KiB, cost 0.14-0.17 ms per
+request (0.30 ms with the access log) on 2026-12-04, with other jobs on the cores. On
+PostgreSQL the rest of the 2 cores goes to the load generator and the database's backends.
 """
 
 from __future__ import annotations
