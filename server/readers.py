@@ -5,10 +5,12 @@ most of what such a request costs once routing is skipped. A daemon thread: a se
 shutting down abandons a read nobody waits for.
 
 One thread per process, not several: measured with bench/bench_leaderboard.py (10,000
-results, --workers 2, c=64, 2 cores), one reader served 3,556-4,409 req/s at p99 25-32 ms
-on PostgreSQL, two 3,252-3,983 req/s at p99 33-39 ms and four 3,906-4,002 req/s at
-p99 36-39 ms; SQLite 6,856-8,082 req/s at p99 17 ms with one, 6,020-6,389 at p99 24-30 ms
-with four. More threads only contend for the GIL (and PostgreSQL backends for the cores).
+results, --workers 2, c=64, 2 cores; 6-8 runs each on PostgreSQL, 2 on SQLite), one reader
+gave 3,541-4,409 req/s at p99 25-34 ms on PostgreSQL, two 3,252-4,698 req/s at p99
+32-55 ms, four 2,991-4,002 req/s at p99 36-66 ms; on SQLite one gave 6,856-8,082 req/s
+at p99 17 ms, four 6,020-6,389 at p99 24-30 ms. More threads contend for the GIL (and
+PostgreSQL's backends for the cores), which shows in the tail.
+
 A job the thread has not started within `START_WITHIN_S` is given up (`Late`), and while
 the thread has been on one job longer than that, a new one is refused at once: a read
 that hangs delays the lane's other requests by that much at most, and they then take the
