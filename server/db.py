@@ -202,19 +202,18 @@ def read_one(
     engine does not ping at checkout) is dropped and the read tried once more on a new one."""
     engine = get_engine(settings, hot=True)
     sql, names, processors, values = _compiled(statement, engine.dialect)
-    params = {**values, **params}  # the statement's own values, e.g. `func.f("literal")`
+    if values:  # the statement's own values, e.g. `func.f("literal")`
+        params = {**values, **params}
     args: Any = tuple(params[n] for n in names) if names is not None else params
-    for attempt in (1, 2):
-        try:
-            row = _fetch_one(engine, sql, args)
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-            continue
-        if row is None:
-            return None
-        return tuple(v if f is None else f(v) for f, v in zip(processors, row, strict=True))
-    raise AssertionError("unreachable")
+    try:
+        row = _fetch_one(engine, sql, args)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        row = _fetch_one(engine, sql, args)  # once more, on a new connection
+    if row is None:
+        return None
+    return tuple(v if f is None else f(v) for f, v in zip(processors, row, strict=True))
 
 
 def _fetch_one(engine: Engine, sql: str, args: Any) -> Any:

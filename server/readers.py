@@ -47,24 +47,18 @@ class _Job(Generic[T]):
         self.state = "queued"  # then "started" (by the reader) or "dropped" (by the loop)
         self.lock = threading.Lock()
 
-    def claim(self) -> bool:
+    def leave_queue(self, to: str) -> bool:
+        """Move the job from "queued" to `to`: "started" (the reader takes it) or "dropped"
+        (the loop gives it up); False if it had left the queue already."""
         with self.lock:
             if self.state != "queued":
                 return False
-            self.state = "started"
-            return True
-
-    def drop(self) -> bool:
-        """Whether the job is dropped now, unstarted (never when the reader took it)."""
-        with self.lock:
-            if self.state != "queued":
-                return False
-            self.state = "dropped"
+            self.state = to
             return True
 
     def give_up(self) -> None:
         """On the loop, when the job's start deadline passes."""
-        if self.drop() and not self.future.done():
+        if self.leave_queue("dropped") and not self.future.done():
             self.future.set_exception(Late())
 
 
@@ -90,7 +84,7 @@ async def run(fn: Callable[[], T], *, start_within: float | None = None) -> T:
         return await job.future
     finally:
         timer.cancel()
-        job.drop()  # the request was cancelled while queued: nobody wants the result
+        job.leave_queue("dropped")  # the request was cancelled while queued: not run
 
 
 def _start() -> None:
@@ -107,7 +101,7 @@ def _start() -> None:
 def _work(slot: int) -> None:
     while True:
         job = _jobs.get()
-        if not job.claim():
+        if not job.leave_queue("started"):
             continue  # dropped meanwhile: its request took the normal path, or went away
         _busy_since[slot] = time.monotonic()
         try:

@@ -5,15 +5,13 @@ connections as they were: transactional."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 import pytest
-from sqlalchemy import Integer, bindparam, event, func, select, text
+from sqlalchemy import Integer, bindparam, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from server.config import Settings
 from server.db import get_engine, read_one, session_scope
+from tests.support.statements import driver_statements
 
 from ..conftest import ON_POSTGRES
 
@@ -49,31 +47,15 @@ def test_a_hot_read_leaves_the_sessions_connections_transactional(settings: Sett
         assert not get_engine(settings).dialect.has_table(session.connection(), "hot_read_probe")
 
 
-class _Counting(psycopg.Cursor[Any]):
-    statements: list[str] = []
-
-    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        _Counting.statements.append(str(query))
-        return super().execute(query, *args, **kwargs)
-
-
 @ON_POSTGRES
 def test_a_hot_read_is_one_statement_and_survives_a_dead_connection(settings: Settings) -> None:
-    hot = get_engine(settings, hot=True)
-    hot.dispose()
-
-    @event.listens_for(hot, "connect")
-    def _count(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.cursor_factory = _Counting
-
-    _Counting.statements = []
     one = select(bindparam("x", type_=Integer))
-    try:
+    with driver_statements(get_engine(settings, hot=True)) as statements:
         for x in range(5):
             assert read_one(settings, one, {"x": x}) == (x,)
         # Five reads, five statements: no ping at checkout (BEGIN, which psycopg sends
         # outside the cursor, is ruled out by the transaction_timestamp check above).
-        assert len(_Counting.statements) == 5, _Counting.statements
+        assert len(statements) == 5, statements
         # A read does not wait for long on a lock (a migration's, say).
         timeout = read_one(settings, select(func.current_setting("statement_timeout")), {})
         assert timeout == ("5s",)
@@ -87,6 +69,3 @@ def test_a_hot_read_is_one_statement_and_survives_a_dead_connection(settings: Se
         assert read_one(settings, one, {"x": 7}) == (7,)
         again = read_one(settings, select(func.pg_backend_pid()), {})
         assert again is not None and again[0] != pid[0]
-    finally:
-        event.remove(hot, "connect", _count)
-        hot.dispose()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from tests.integration.test_leaderboard_fairness import (
 )
 from tests.support.factories import auth, user_token
 from tests.support.scoring import score
+from tests.support.statements import driver_statements
 
 BOARD = "/api/v1/challenges/stoic/phases/qualification/leaderboard"
 STATS = BOARD + "/statistics"
@@ -130,7 +129,7 @@ def test_a_held_board_costs_one_read_and_keeps_every_check(
         return real_board(*args)
 
     monkeypatch.setattr(endpoints, "_board", route)
-    with _driver_statements(get_engine(settings), get_engine(settings, hot=True)) as statements:
+    with driver_statements(get_engine(settings), get_engine(settings, hot=True)) as statements:
         again = api.get(BOARD, headers=auth(reader))
         assert again.status_code == 200 and again.content == board.content
         assert again.headers["etag"] == board.headers["etag"]
@@ -204,41 +203,3 @@ def _one_board_held(api: TestClient, settings: Settings, tmp_path: Path) -> tupl
     board = api.get(BOARD, headers=auth(reader))
     assert board.status_code == 200
     return reader, board
-
-
-@contextmanager
-def _driver_statements(*engines: Any) -> Iterator[list[str]]:
-    """Every statement request threads send through the database driver on the engines'
-    connections, whether or not through SQLAlchemy, the pool's liveness ping on checkout
-    included (`;` on PostgreSQL; left out: the background token toucher's own writes); the
-    engines' connections are closed afterwards."""
-    from sqlalchemy import event
-
-    seen: list[str] = []
-
-    def note(statement: str) -> None:
-        if threading.current_thread().name != "token-touch":
-            seen.append(statement)
-
-    def hook(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-        if engines[0].dialect.name == "sqlite":
-            dbapi_conn.set_trace_callback(note)
-        else:
-            import psycopg
-
-            class Noting(psycopg.Cursor[Any]):
-                def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-                    note(str(query))
-                    return super().execute(query, *args, **kwargs)
-
-            dbapi_conn.cursor_factory = Noting
-
-    for engine in engines:
-        engine.dispose()  # connections made from now on, each hooked when it is checked out
-        event.listen(engine, "checkout", hook)
-    try:
-        yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "checkout", hook)
-            engine.dispose()
